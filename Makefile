@@ -1,0 +1,41 @@
+# One entry point for the common tasks. Every target sets itself up from nothing.
+#   make setup  - create .venv/ with the runtime requirements (quick when already done)
+#   make test   - setup + test extras + the browser the demo test drives + the whole test suite
+#   make demo   - setup + the main job on its embedded default (tiny model, generated data, CPU)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup setup-dev browser test demo clean-venv
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps make re-runs quick: pip only runs again when a requirements file changed.
+$(VENV)/.runtime-stamp: requirements.txt | $(VENV)/bin/python
+	$(PIP) install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-stamp: requirements.txt requirements-dev.txt $(VENV)/.runtime-stamp
+	$(PIP) install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.runtime-stamp
+
+setup-dev: $(VENV)/.dev-stamp
+
+# The demo's browser test drives Debian's chromium through Playwright (never a browser download).
+browser:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: /usr/bin/chromium"; \
+	else echo "+ apt-get update && apt-get install -y chromium"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
+
+test: setup-dev browser
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) tutorial_train.py
+
+clean-venv:
+	rm -rf $(VENV)
