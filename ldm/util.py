@@ -1,0 +1,35 @@
+"""Build objects from `{target, params}` config nodes (like EDM's `construct_class_by_name`)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+
+def get_obj_from_str(path: str) -> Any:
+    """Import `package.module.Name` and return `Name`."""
+    module_name, _, attr = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"target {path!r} must be a dotted path such as 'cldm.cldm.ControlLDM'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"target {path!r}: cannot import module {module_name!r} ({err})") from err
+    if not hasattr(module, attr):
+        raise ValueError(f"target {path!r}: module {module_name!r} has no attribute {attr!r}")
+    return getattr(module, attr)
+
+
+def instantiate_from_config(config: Mapping[str, Any]) -> Any:
+    """Instantiate `config["target"]` with keyword arguments `config["params"]`."""
+    if not isinstance(config, Mapping) or "target" not in config:
+        raise ValueError(f"expected a config node with a 'target' key, got {config!r}")
+    params = config.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"'params' of {config['target']} must be a mapping, got {type(params).__name__}")
+    cls = get_obj_from_str(str(config["target"]))
+    try:
+        return cls(**{str(k): v for k, v in params.items()})
+    except TypeError as err:
+        raise ValueError(f"cannot build {config['target']} from params {sorted(params)}: {err}") from err
