@@ -1,0 +1,146 @@
+"""ControlLDM: Stable Diffusion with a ControlNet on its locked UNet (Zhang et al. 2023, §3–4).
+
+`ControlNet` and `ControlledUnetModel` live in their own modules and are re-exported here so the
+public class paths `cldm.cldm.ControlNet` / `cldm.cldm.ControlledUnetModel` in YAML configs work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from cldm.control_net import ControlNet
+from cldm.controlled_unet import ControlledUnetModel
+from cldm.text_image import text_as_images
+from ldm.models.diffusion.ddim import DDIMSampler
+from ldm.models.diffusion.ddpm import Cond, LatentDiffusion, batch_images
+from ldm.util import instantiate_from_config
+
+__all__ = ["ControlLDM", "ControlNet", "ControlledUnetModel"]
+
+logger = logging.getLogger(__name__)
+
+
+class ControlLDM(LatentDiffusion, pl.LightningModule):
+    """Latent diffusion whose locked UNet is steered by a trainable ControlNet reading a hint image."""
+
+    def __init__(self, *, control_stage_config: Mapping[str, Any], control_key: str = "hint",
+                 only_mid_control: bool = False, sd_locked: bool = True, learning_rate: float = 1e-5,
+                 control_scales: Sequence[float] | None = None, **ldm_params: Any) -> None:
+        # **ldm_params are LatentDiffusion's keyword-only parameters; it rejects unknown names.
+        super().__init__(**ldm_params)
+        self.control_model: ControlNet = instantiate_from_config(control_stage_config)
+        if not isinstance(self.model.diffusion_model, ControlledUnetModel):
+            raise ValueError("unet_config must build cldm.cldm.ControlledUnetModel (the UNet that accepts control), "
+                             f"got {type(self.model.diffusion_model).__name__}")
+        if learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        n = self.control_model.num_outputs
+        scales = [1.0] * n if control_scales is None else [float(s) for s in control_scales]
+        if len(scales) != n:
+            raise ValueError(f"control_scales needs {n} values (one per ControlNet output), got {len(scales)}")
+        self.control_key = control_key
+        self.only_mid_control = only_mid_control
+        self.learning_rate = learning_rate
+        self.control_scales = scales
+        self.sd_locked = sd_locked
+
+    @property
+    def sd_locked(self) -> bool:
+        return self._sd_locked
+
+    @sd_locked.setter
+    def sd_locked(self, locked: bool) -> None:
+        """Lock the whole SD UNet, or unlock its decoder (output blocks and `out`) as in the paper's §4.4."""
+        self._sd_locked = bool(locked)
+        unet = self.model.diffusion_model
+        unet.requires_grad_(False)
+        if not locked:
+            unet.output_blocks.requires_grad_(True)
+            unet.out.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> ControlLDM:
+        super().train(mode)
+        self.first_stage_model.eval()  # frozen parts never switch to training behaviour
+        return self
+
+    def get_input(self, batch: Mapping[str, Any], k: str, bs: int | None = None) -> tuple[torch.Tensor, Cond]:
+        z, cond = super().get_input(batch, k, bs)
+        hint = batch_images(batch, self.control_key, low=0.0, high=1.0)  # B×3×8H×8W
+        hint = (hint if bs is None else hint[:bs]).to(self.device)
+        return z, {"c_crossattn": cond["c_crossattn"], "c_concat": [hint]}
+
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        context = torch.cat(list(cond["c_crossattn"]), dim=1)  # B×L×D
+        unet: ControlledUnetModel = self.model.diffusion_model
+        if cond.get("c_concat") is None:
+            return unet(x_noisy, t, context, control=None, only_mid_control=self.only_mid_control)
+        hint = torch.cat(list(cond["c_concat"]), dim=1)  # B×3×8H×8W
+        control = self.control_model(x_noisy, hint, t, context)
+        if len(self.control_scales) != len(control):
+            raise ValueError(f"control_scales has {len(self.control_scales)} values but the ControlNet returns "
+                             f"{len(control)} residuals")
+        control = [c * scale for c, scale in zip(control, self.control_scales)]
+        return unet(x_noisy, t, context, control=control, only_mid_control=self.only_mid_control)  # B×C×H×W
+
+    def get_unconditional_conditioning(self, n: int) -> torch.Tensor:
+        return self.get_learned_conditioning([""] * n)  # B×L×D
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        z, cond = self.get_input(batch, self.first_stage_key)
+        t = torch.randint(0, self.num_timesteps, (z.shape[0],), device=z.device)  # B
+        loss, loss_dict = self.p_losses(z, cond, t)
+        self.log_dict(loss_dict, prog_bar=True, on_step=True, batch_size=z.shape[0])
+        return loss
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The ControlNet, plus the UNet decoder (output blocks and `out`) when `sd_locked` is False."""
+        params = list(self.control_model.parameters())
+        if not self.sd_locked:
+            unet = self.model.diffusion_model
+            params += list(unet.output_blocks.parameters()) + list(unet.out.parameters())
+        return params
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = self.trainable_parameters()
+        logger.info("optimising %d tensors, %.1fM parameters (sd_locked=%s)", len(params),
+                    sum(p.numel() for p in params) / 1e6, self.sd_locked)
+        return torch.optim.AdamW(params, lr=self.learning_rate)
+
+    @torch.no_grad()
+    def log_images(self, batch: Mapping[str, Any], N: int = 4, n_row: int = 2, sample: bool = False,
+                   ddim_steps: int = 50, ddim_eta: float = 0.0, unconditional_guidance_scale: float = 9.0,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Images for the logger, all B×3×H×W in [−1, 1]: reconstruction, control, prompt, samples."""
+        z, cond = self.get_input(batch, self.first_stage_key, bs=N)
+        hint, context = cond["c_concat"][0], cond["c_crossattn"][0]
+        n = z.shape[0]
+        log = {"reconstruction": self.decode_first_stage(z), "control": hint * 2.0 - 1.0,
+               "conditioning": text_as_images(list(batch[self.cond_stage_key])[:n], tuple(hint.shape[-1:-3:-1]))}
+        sampler = DDIMSampler(self)
+        shape = tuple(z.shape[1:])
+        full = {"c_concat": [hint], "c_crossattn": [context]}
+        if sample:
+            samples, _ = sampler.sample(ddim_steps, n, shape, full, eta=ddim_eta, generator=generator)
+            log["samples"] = self.decode_first_stage(samples)
+        if unconditional_guidance_scale > 1.0:
+            # The hint stays in the unconditional branch, as in the paper's CFG setting.
+            uncond = {"c_concat": [hint], "c_crossattn": [self.get_unconditional_conditioning(n)]}
+            samples, _ = sampler.sample(ddim_steps, n, shape, full, eta=ddim_eta,
+                                        unconditional_guidance_scale=unconditional_guidance_scale,
+                                        unconditional_conditioning=uncond, generator=generator)
+            log[f"samples_cfg_scale_{unconditional_guidance_scale:.2f}"] = self.decode_first_stage(samples)
+        return log
+
+    def low_vram_shift(self, is_diffusing: bool) -> None:
+        """Keep only the parts in use on the compute device: UNet + ControlNet while diffusing, else VAE + text."""
+        compute, cpu = self.device, torch.device("cpu")
+        diffusing_to, other_to = (compute, cpu) if is_diffusing else (cpu, compute)
+        self.model.to(diffusing_to)
+        self.control_model.to(diffusing_to)
+        self.first_stage_model.to(other_to)
+        self.cond_stage_model.to(other_to)

@@ -1,0 +1,63 @@
+"""Build a ControlLDM from a YAML config and read checkpoint files (.ckpt/.pth/.safetensors)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from ldm.util import instantiate_from_config
+
+logger = logging.getLogger(__name__)
+
+
+def load_config(config_path: str | Path) -> dict[str, Any]:
+    """Read a model YAML (`model: {target, params}`) into plain containers."""
+    path = Path(config_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model config {path} does not exist; the configs ship in models/ "
+                                "(cldm_v15.yaml, cldm_v21.yaml, cldm_tiny.yaml)")
+    config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if not isinstance(config, dict) or "model" not in config:
+        raise ValueError(f"{path}: expected a top-level 'model:' node with 'target' and 'params'")
+    return config
+
+
+def create_model(config_path: str | Path) -> Any:
+    """Instantiate the `model` node of a config (a ControlLDM for the configs in models/), on CPU in fp32."""
+    model = instantiate_from_config(load_config(config_path)["model"])
+    logger.info("built %s from %s", type(model).__name__, config_path)
+    return model
+
+
+def load_state_dict(path: str | Path, location: str | torch.device = "cpu", *,
+                    trusted: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file; `.ckpt`/`.pth` are unwrapped from `['state_dict']` when present.
+
+    Pickles load with `weights_only=True`. `trusted=True` allows full unpickling, which can run code
+    from the file: use it only for files from a source you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device=str(location))
+    if suffix not in (".ckpt", ".pth", ".pt", ".bin"):
+        raise ValueError(f"{path}: unknown checkpoint extension {suffix!r}; use .ckpt, .pth or .safetensors")
+    try:
+        data = torch.load(path, map_location=location, weights_only=not trusted)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} holds Python objects besides tensors, so it cannot be loaded safely "
+                         f"(weights_only=True). If you trust its source, pass trusted=True "
+                         f"(load_state_dict(path, trusted=True)). Detail: {str(err).splitlines()[0]}") from err
+    state = data.get("state_dict", data) if isinstance(data, dict) else data
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state_dict of tensors (top-level keys: {list(data)[:5]})")
+    return state
