@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from cldm.add_control import init_control_from_sd, unet_twin
+from cldm.model import load_state_dict
+from tool_add_control import main
+
+TINY = "models/cldm_tiny.yaml"
+
+
+@pytest.fixture
+def sd_file(tiny_model, tmp_path):
+    """A tiny SD checkpoint as real files hold it: no control_model, EMA extras, position_ids, no logvar."""
+    torch.manual_seed(1)
+    state = {}
+    for k, v in tiny_model.state_dict().items():
+        if k.startswith("control_model.") or k == "logvar":
+            continue
+        state[k] = torch.randn_like(v) if k.startswith("model.diffusion_model.") else v
+    state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    state["model_ema.decay"] = torch.tensor(0.9999)
+    path = tmp_path / "sd.ckpt"
+    torch.save({"state_dict": state}, path)
+    return path, state
+
+
+def test_twin_mapping():
+    assert unet_twin("control_model.input_blocks.1.0.in_layers.2.weight") == \
+        "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
+    with pytest.raises(ValueError):
+        unet_twin("model.diffusion_model.out.0.weight")
+
+
+def test_every_encoder_weight_is_copied_and_the_rest_kept_fresh(tiny_model, sd_file):
+    _, sd_state = sd_file
+    init = init_control_from_sd(tiny_model.state_dict(), sd_state)
+    for key in init.copied:
+        assert torch.equal(init.state[key], sd_state[unet_twin(key)])
+    encoder = {k for k in tiny_model.state_dict() if k.startswith("control_model.")
+               and k.split(".")[1] in ("time_embed", "input_blocks", "middle_block")}
+    assert set(init.copied) == encoder
+    assert {k.split(".")[1] for k in init.fresh} == {"input_hint_block", "zero_convs", "middle_block_out"}
+    assert all(torch.count_nonzero(init.state[k]) == 0 for k in init.fresh if "zero_convs" in k)
+    assert init.kept_fresh == ["logvar"]
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
+def test_tool_writes_a_loadable_checkpoint(tiny_model, sd_file, tmp_path, capsys, suffix):
+    src, sd_state = sd_file
+    out = tmp_path / f"control_ini{suffix}"
+    assert main([str(src), str(out), "--config", TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "copied" in printed and "control_model.input_hint_block" in printed and "logvar" in printed
+    state = load_state_dict(out)
+    tiny_model.load_state_dict(state, strict=True)
+    key = "control_model.input_blocks.1.0.in_layers.2.weight"
+    assert torch.equal(state[key], sd_state[unet_twin(key)])
+
+
+def test_tool_refusals(sd_file, tmp_path, capsys):
+    src, _ = sd_file
+    existing = tmp_path / "exists.ckpt"
+    existing.write_bytes(b"")
+    for args, match in [([str(tmp_path / "missing.ckpt"), str(tmp_path / "o.ckpt")], "does not exist"),
+                        ([str(src), str(existing)], "already exists"),
+                        ([str(src), str(tmp_path / "no_dir" / "o.ckpt")], "folder"),
+                        ([str(src), str(tmp_path / "o.bin")], "must end in")]:
+        with pytest.raises(SystemExit, match=match):
+            main([*args, "--config", TINY])
+    diffusers = tmp_path / "sd-diffusers"
+    (diffusers / "unet").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="diffusers folder"):
+        main([str(diffusers), str(tmp_path / "o.ckpt"), "--config", TINY])
+
+
+def test_tool_names_mismatches_and_points_sd2_files_at_the_sd2_config(sd_file, tmp_path):
+    _, state = sd_file
+    bad = dict(state)
+    bad["model.diffusion_model.out.2.weight"] = torch.zeros(4, 64, 3, 3)
+    torch.save({"state_dict": bad}, tmp_path / "bad.ckpt")
+    with pytest.raises(SystemExit, match=r"out.2.weight: file \(4, 64, 3, 3\)"):
+        main([str(tmp_path / "bad.ckpt"), str(tmp_path / "o.ckpt"), "--config", TINY])
+    sd2 = {"cond_stage_model.model.token_embedding.weight": torch.zeros(1), **state}
+    torch.save({"state_dict": sd2}, tmp_path / "sd2.ckpt")
+    with pytest.raises(SystemExit, match="cldm_v21.yaml"):
+        main([str(tmp_path / "sd2.ckpt"), str(tmp_path / "o.ckpt"), "--config", TINY])
+    assert not (tmp_path / "o.ckpt").exists()

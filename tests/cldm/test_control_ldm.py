@@ -1,0 +1,134 @@
+import pytest
+import torch
+
+from conftest import make_batch
+
+
+def _cond(model, batch):
+    z, cond = model.get_input(batch, "jpg")
+    return z, cond
+
+
+def test_get_input_shapes_and_ranges(tiny_model):
+    z, cond = _cond(tiny_model, make_batch())
+    assert z.shape == (2, 4, 8, 8)
+    assert cond["c_concat"][0].shape == (2, 3, 64, 64) and cond["c_crossattn"][0].shape == (2, 77, 32)
+
+
+@pytest.mark.parametrize("key, value, match", [("hint", 2.0, r"\[0.0, 1.0\]"), ("jpg", 3.0, r"\[-1.0, 1.0\]")])
+def test_get_input_rejects_out_of_range_images(tiny_model, key, value, match):
+    batch = make_batch()
+    batch[key] = batch[key] * value
+    with pytest.raises(ValueError, match=match):
+        tiny_model.get_input(batch, "jpg")
+
+
+def test_fresh_controlnet_predicts_exactly_the_locked_unet(tiny_model):
+    torch.manual_seed(0)
+    unet = tiny_model.model.diffusion_model
+    with torch.no_grad():  # a "trained" SD UNet: no zero-initialised layers left
+        for p in unet.parameters():
+            p.normal_(std=0.05)
+    z, cond = _cond(tiny_model, make_batch())
+    t = torch.tensor([3, 800])
+    x = torch.randn_like(z)
+    with_hint = tiny_model.apply_model(x, t, cond)
+    other_hint = tiny_model.apply_model(x, t, {**cond, "c_concat": [torch.rand_like(cond["c_concat"][0])]})
+    without = tiny_model.apply_model(x, t, {**cond, "c_concat": None})
+    plain = unet(x, t, cond["c_crossattn"][0])
+    assert torch.equal(with_hint, without) and torch.equal(other_hint, without) and torch.equal(without, plain)
+
+
+def _grads_after_step(model):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for conv in model.control_model.zero_convs:  # make the control path carry signal
+            conv[0].weight.normal_(std=0.1)
+    loss = model.training_step(make_batch(), 0)
+    loss.backward()
+    return {n for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_only_the_controlnet_gets_gradients_when_locked(tiny_model):
+    names = _grads_after_step(tiny_model)
+    assert names and all(n.startswith("control_model.") for n in names)
+    trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
+    assert all(n.startswith("control_model.") for n in trainable)
+    opt = tiny_model.configure_optimizers()
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == \
+        sum(p.numel() for p in tiny_model.control_model.parameters())
+
+
+def test_unlocking_adds_the_unet_decoder(tiny_model):
+    tiny_model.sd_locked = False
+    names = _grads_after_step(tiny_model)
+    assert any(n.startswith("model.diffusion_model.output_blocks.") for n in names)
+    assert any(n.startswith("model.diffusion_model.out.") for n in names)
+    assert not any(n.startswith(("model.diffusion_model.input_blocks.", "model.diffusion_model.middle_block.",
+                                 "first_stage_model.", "cond_stage_model.")) for n in names)
+    opt_params = {id(p) for g in tiny_model.configure_optimizers().param_groups for p in g["params"]}
+    assert id(tiny_model.model.diffusion_model.out[2].weight) in opt_params
+    tiny_model.sd_locked = True
+    assert not tiny_model.model.diffusion_model.out[2].weight.requires_grad
+
+
+def test_control_scales_follow_the_architecture(tiny_model):
+    n = tiny_model.control_model.num_outputs
+    assert n == len(tiny_model.model.diffusion_model.input_blocks) + 1 and n != 13
+    assert tiny_model.control_scales == [1.0] * n
+    z, cond = _cond(tiny_model, make_batch())
+    tiny_model.control_scales = [1.0] * 13
+    with pytest.raises(ValueError, match="control_scales"):
+        tiny_model.apply_model(z, torch.tensor([1, 2]), cond)
+
+
+def test_guess_mode_scales_each_residual(tiny_model):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in tiny_model.model.diffusion_model.parameters():
+            p.normal_(std=0.05)
+    z, cond = _cond(tiny_model, make_batch())
+    t = torch.tensor([1, 500])
+    control = tiny_model.control_model(z, cond["c_concat"][0], t, cond["c_crossattn"][0])
+    for conv in list(tiny_model.control_model.zero_convs) + [tiny_model.control_model.middle_block_out]:
+        conv[0].bias.data.fill_(0.3)
+    n = tiny_model.control_model.num_outputs
+    tiny_model.control_scales = [0.7 * 0.825 ** float(n - 1 - i) for i in range(n)]
+    control = tiny_model.control_model(z, cond["c_concat"][0], t, cond["c_crossattn"][0])
+    scaled = [c * s for c, s in zip(control, tiny_model.control_scales)]
+    expected = tiny_model.model.diffusion_model(z, t, cond["c_crossattn"][0], control=scaled)
+    torch.testing.assert_close(tiny_model.apply_model(z, t, cond), expected)
+    tiny_model.control_scales = [1.0] * n
+    assert not torch.allclose(tiny_model.apply_model(z, t, cond), expected)
+
+
+def test_frozen_parts_stay_in_eval_mode(tiny_model):
+    tiny_model.train()
+    assert not tiny_model.first_stage_model.training and not tiny_model.cond_stage_model.training
+    assert tiny_model.control_model.training
+
+
+def test_log_images_returns_grids_in_range(tiny_model):
+    logs = tiny_model.log_images(make_batch(), N=2, ddim_steps=2, sample=True, unconditional_guidance_scale=9.0,
+                                 generator=torch.Generator().manual_seed(0))
+    assert set(logs) == {"reconstruction", "control", "conditioning", "samples", "samples_cfg_scale_9.00"}
+    assert all(v.shape == (2, 3, 64, 64) for v in logs.values())
+    assert logs["conditioning"].min() >= -1 and logs["conditioning"].max() <= 1 and logs["conditioning"].min() < 0
+
+
+def test_low_vram_shift_keeps_everything_usable_on_cpu(tiny_model):
+    tiny_model.low_vram_shift(is_diffusing=True)
+    tiny_model.low_vram_shift(is_diffusing=False)
+    assert all(p.device.type == "cpu" for p in tiny_model.parameters())
+
+
+@pytest.mark.parametrize("bad, match", [(dict(use_ema=True), "use_ema"), (dict(conditioning_key="concat"), "crossattn"),
+                                        (dict(learning_rate=0.0), "learning_rate"), (dict(control_scales=[1.0]), "control_scales")])
+def test_bad_knobs_raise(repo_root, bad, match):
+    from cldm.model import load_config
+    from ldm.util import instantiate_from_config
+
+    config = load_config(repo_root / "models/cldm_tiny.yaml")["model"]
+    config["params"].update(bad)
+    with pytest.raises(ValueError, match=match):
+        instantiate_from_config(config)

@@ -1,0 +1,111 @@
+import json
+import socket
+
+import pytest
+import torch
+
+from cldm.checkpoint_keys import CheckpointMismatchError, load_weights
+from cldm.model import create_model, load_state_dict
+
+
+@pytest.mark.parametrize("config, manifest", [("cldm_v15.yaml", "sd15_controlnet_keys.json"),
+                                              ("cldm_v21.yaml", "sd21_controlnet_keys.json")])
+def test_full_model_state_dict_matches_the_public_format(repo_root, config, manifest, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("building a model must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    expected = json.loads((repo_root / "tests/data" / manifest).read_text())
+    with torch.device("meta"):
+        model = create_model(repo_root / "models" / config)
+    state = model.state_dict()
+    assert {k: list(v.shape) for k, v in state.items()} == expected["keys"]
+    assert {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()} == expected["dtypes"]
+    counts = expected["meta"]["counts"]
+    assert sum(p.numel() for p in model.control_model.parameters()) == counts["control_model"]
+    assert sum(p.numel() for p in model.parameters()) == counts["total_params"]
+
+
+def _real_file_state(model):
+    """The tiny model's state as a real SD/ControlNet file holds it: position_ids, EMA entries, no logvar."""
+    state = {k: v.clone() for k, v in model.state_dict().items() if k != "logvar"}
+    state["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    state["model_ema.diffusion_modelinput_blocks00weight"] = torch.zeros(1)
+    state["model_ema.decay"] = torch.tensor(0.9999)
+    return state
+
+
+def test_real_file_extras_load_without_silent_loss(tiny_model):
+    state = _real_file_state(tiny_model)
+    for v in state.values():
+        if v.is_floating_point():
+            v.add_(1.0)
+    report = load_weights(tiny_model, state)
+    assert report.kept_fresh == ["logvar"] and len(report.dropped_extras) == 3
+    loaded = tiny_model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if k in loaded)
+
+
+def test_unknown_and_missing_keys_are_listed(tiny_model):
+    state = _real_file_state(tiny_model)
+    state["control_model.some_new_block.weight"] = torch.zeros(1)
+    del state["control_model.zero_convs.0.0.bias"]
+    state["model.diffusion_model.out.2.bias"] = torch.zeros(7)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_weights(tiny_model, state)
+    message = str(err.value)
+    assert "control_model.some_new_block.weight" in message and "control_model.zero_convs.0.0.bias" in message
+    assert "model.diffusion_model.out.2.bias: file (7,)" in message
+
+
+def test_control_only_file_loads_on_top(tiny_model):
+    control = {k: v + 1 for k, v in tiny_model.state_dict().items() if k.startswith("control_model.")}
+    load_weights(tiny_model, control, prefixes=("control_model.",))
+    assert torch.equal(tiny_model.control_model.zero_convs[0][0].bias, control["control_model.zero_convs.0.0.bias"])
+    with pytest.raises(CheckpointMismatchError, match="unexpected"):
+        load_weights(tiny_model, {**control, "model.diffusion_model.out.2.bias": torch.zeros(4)},
+                     prefixes=("control_model.",))
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".pth", ".safetensors"])
+def test_save_load_round_trip(tiny_model, tmp_path, suffix):
+    state = tiny_model.state_dict()
+    path = tmp_path / f"model{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({"state_dict": state}, path)
+    loaded = load_state_dict(path)
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_pickle_with_objects_needs_explicit_trust(tmp_path):
+    path = tmp_path / "odd.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "callbacks": {"cfg": _Custom()}}, path)
+    with pytest.raises(ValueError, match="trusted=True"):
+        load_state_dict(path)
+    assert torch.equal(load_state_dict(path, trusted=True)["w"], torch.zeros(1))
+
+
+class _Custom:
+    pass
+
+
+def test_missing_file_and_unknown_extension(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_state_dict(tmp_path / "nope.ckpt")
+    (tmp_path / "w.npz").write_bytes(b"x")
+    with pytest.raises(ValueError, match="extension"):
+        load_state_dict(tmp_path / "w.npz")
+
+
+def test_missing_config_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="models/"):
+        create_model(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  target: cldm.cldm.NoSuchModel\n")
+    with pytest.raises(ValueError, match="NoSuchModel"):
+        create_model(bad)
