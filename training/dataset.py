@@ -1,0 +1,71 @@
+"""The training Dataset over a prepared folder (prompt.json + source/ + target/), as the ControlNet tutorial reads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from training.prompt_file import PROMPT_FILE, read_prompt_file
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Items `dict(jpg=H×W×3 float32 in [−1, 1], txt=str, hint=H×W×3 float32 in [0, 1])`.
+
+    `hflip` flips image and hint together (p = 0.5); `empty_prompt_p` replaces the prompt by "" (the
+    paper uses 0.5 so the ControlNet learns to read the hint without text). Both draw from a generator
+    seeded by (seed, epoch, index): call `set_epoch` each epoch for fresh draws, reproducibly.
+    """
+
+    def __init__(self, root: str | Path, *, prompt_file: str = PROMPT_FILE, hflip: bool = False,
+                 empty_prompt_p: float = 0.0, seed: int = 0) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data folder {self.root} does not exist; prepare it with "
+                                    "`python -m training.prepare_dogs` or `python -m training.toy_data`")
+        path = self.root / prompt_file
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; a prepared folder holds {PROMPT_FILE} (JSON Lines)")
+        if not 0.0 <= empty_prompt_p <= 1.0:
+            raise ValueError(f"empty_prompt_p must be in [0, 1], got {empty_prompt_p}")
+        self.rows = read_prompt_file(path)
+        if not self.rows:
+            raise ValueError(f"{path} lists no pairs")
+        missing = [f for r in self.rows for f in (r["source"], r["target"]) if not (self.root / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path} names {len(missing)} missing files under {self.root}, first: "
+                                    + ", ".join(missing[:5]))
+        self.hflip = hflip
+        self.empty_prompt_p = empty_prompt_p
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _read(self, rel: str) -> np.ndarray:
+        image = cv2.imread(str(self.root / rel), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"cannot decode {self.root / rel}")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # H×W×3 uint8
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        target, hint = self._read(row["target"]), self._read(row["source"])
+        if target.shape != hint.shape:
+            raise ValueError(f"{row['target']} {target.shape} and {row['source']} {hint.shape} differ in size")
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        if self.hflip and rng.random() < 0.5:
+            target, hint = target[:, ::-1], hint[:, ::-1]
+        prompt = "" if rng.random() < self.empty_prompt_p else row["prompt"]
+        return {"jpg": np.ascontiguousarray(target, dtype=np.float32) / 127.5 - 1.0,
+                "txt": prompt,
+                "hint": np.ascontiguousarray(hint, dtype=np.float32) / 255.0}
+
+
+MyDataset = PairDataset  # the original tutorial's name

@@ -1,0 +1,246 @@
+"""Prepare ControlNet training pairs from Stanford Dogs (or any image folder): crop, canny, caption.
+
+    python -m training.prepare_dogs --images Images --annotations Annotation --out training/dogs
+
+Resumable: finished items are skipped and captions are appended one by one, so a re-run after a crash
+continues where it stopped and produces byte-identical output. Originals are only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from annotator.canny import CannyDetector
+from training.captions import BLIP_MODEL_ID, finalise_caption, load_blip
+from training.crop import CROP_MODES, crop_square
+from training.discover import ImageRecord, discover, read_split_list
+from training.prompt_file import (PROMPT_FILE, VAL_PROMPT_FILE, write_bytes_atomically, write_prompt_file,
+                                  write_text_atomically)
+from training.validate import UnreadableImage, load_rgb
+
+logger = logging.getLogger(__name__)
+
+CAPTIONS_FILE = "captions.jsonl"
+QUARANTINE_FILE = "quarantine.tsv"
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """How each image becomes a (target, edge map) pair."""
+
+    size: int = 512
+    crop: str = "bbox"
+    low_threshold: int = 100
+    high_threshold: int = 200
+    jpeg_quality: int = 95
+
+
+@dataclass
+class Summary:
+    """What a run did, for the log and the notebook."""
+
+    found: int = 0
+    prepared: int = 0
+    reused: int = 0
+    quarantined: dict[str, str] = field(default_factory=dict)
+    captions_new: int = 0
+    captions_replaced: int = 0
+    train: int = 0
+    val: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        reasons = Counter(r.split(":")[0] for r in self.quarantined.values())
+        out = [f"images found: {self.found}; prepared now: {self.prepared}; already done: {self.reused}",
+               f"quarantined: {len(self.quarantined)}" + (f" ({dict(reasons)})" if reasons else ""),
+               f"captions written now: {self.captions_new} (degenerate BLIP captions replaced: {self.captions_replaced})",
+               f"pairs: {self.train} train + {self.val} validation; {self.seconds:.1f} s"]
+        return out
+
+
+def pair_paths(out: Path, item_id: str) -> tuple[Path, Path]:
+    return out / "target" / f"{item_id}.jpg", out / "source" / f"{item_id}.png"
+
+
+def process_item(record: ImageRecord, out: Path, settings: ImageSettings) -> tuple[str, str | None, bool]:
+    """Write target and edge map for one image: (item_id, failure reason or None, newly written)."""
+    target_path, source_path = pair_paths(out, record.item_id)
+    if target_path.exists() and source_path.exists():
+        return record.item_id, None, False
+    try:
+        rgb = load_rgb(record.path)
+    except UnreadableImage as err:
+        return record.item_id, str(err), False
+    crop = settings.crop if record.boxes or settings.crop != "bbox" else "center"
+    square = crop_square(rgb, size=settings.size, mode=crop, boxes=record.boxes)  # S×S×3
+    edges = CannyDetector()(square, settings.low_threshold, settings.high_threshold)  # S×S
+    ok_t, jpg = cv2.imencode(".jpg", cv2.cvtColor(square, cv2.COLOR_RGB2BGR),
+                             [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality])
+    ok_s, png = cv2.imencode(".png", edges, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    assert ok_t and ok_s, "OpenCV failed to encode an in-memory image"
+    write_bytes_atomically(target_path, jpg.tobytes())
+    write_bytes_atomically(source_path, png.tobytes())  # written last: its presence marks the item done
+    return record.item_id, None, True
+
+
+def _process_star(args: tuple[ImageRecord, Path, ImageSettings]) -> tuple[str, str | None, bool]:
+    return process_item(*args)
+
+
+def prepare_images(records: Sequence[ImageRecord], out: Path, settings: ImageSettings, *, workers: int,
+                   summary: Summary) -> list[ImageRecord]:
+    """Crop + canny every record in parallel processes; returns the usable records, in input order."""
+    (out / "target").mkdir(parents=True, exist_ok=True)
+    (out / "source").mkdir(parents=True, exist_ok=True)
+    jobs = [(r, out, settings) for r in records]
+    if workers <= 1:
+        results = map(_process_star, jobs)
+        results = list(tqdm(results, total=len(jobs), desc="crop+canny", unit="img"))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(tqdm(pool.map(_process_star, jobs, chunksize=8), total=len(jobs), desc="crop+canny",
+                                unit="img"))
+    by_id = {r.item_id: r for r in records}
+    usable = []
+    for item_id, failure, new in results:
+        if failure is not None:
+            summary.quarantined[str(by_id[item_id].path)] = failure
+            logger.warning("skipped %s: %s", by_id[item_id].path, failure)
+            continue
+        summary.prepared += int(new)
+        summary.reused += int(not new)
+        usable.append(by_id[item_id])
+    return usable
+
+
+def read_captions(path: Path) -> dict[str, str]:
+    """Captions written so far; a line cut off by a crash is dropped (and removed from the file)."""
+    if not path.exists():
+        return {}
+    text = path.read_text()
+    lines = text.split("\n")
+    complete, tail = lines[:-1], lines[-1]
+    if tail:  # the last write was interrupted: keep only whole lines
+        write_text_atomically(path, "".join(line + "\n" for line in complete))
+    return {row["id"]: row["prompt"] for row in map(json.loads, complete) if row}
+
+
+def caption_items(records: Sequence[ImageRecord], out: Path, captioner: Callable | None, *, batch_size: int,
+                  summary: Summary) -> dict[str, str]:
+    """Caption every record not captioned yet, appending each batch to captions.jsonl as it finishes."""
+    path = out / CAPTIONS_FILE
+    captions = read_captions(path)
+    todo = [r for r in records if r.item_id not in captions]
+    with path.open("a") as sink, tqdm(total=len(todo), desc="captions", unit="img") as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start: start + batch_size]
+            raw: list[str | None] = [None] * len(batch)
+            if captioner is not None:
+                images = [cv2.cvtColor(cv2.imread(str(pair_paths(out, r.item_id)[0])), cv2.COLOR_BGR2RGB) for r in batch]
+                raw = list(captioner(images))
+            for record, text in zip(batch, raw):
+                prompt, replaced = finalise_caption(text, record.breed)
+                summary.captions_replaced += int(replaced)
+                captions[record.item_id] = prompt
+                sink.write(json.dumps({"id": record.item_id, "prompt": prompt}) + "\n")
+            sink.flush()
+            os.fsync(sink.fileno())
+            summary.captions_new += len(batch)
+            bar.update(len(batch))
+    return captions
+
+
+def is_validation(item_id: str, val_fraction: float) -> bool:
+    """A stable split: the same items are held out on every machine and every run."""
+    digest = int(hashlib.sha1(item_id.encode()).hexdigest()[:8], 16)
+    return digest / 0xFFFFFFFF < val_fraction
+
+
+def write_split(records: Sequence[ImageRecord], captions: dict[str, str], out: Path, *, val_fraction: float,
+                test_ids: set[str] | None, summary: Summary) -> None:
+    rows = {"train": [], "val": []}
+    for record in sorted(records, key=lambda r: r.item_id):
+        target, source = (p.relative_to(out).as_posix() for p in pair_paths(out, record.item_id))
+        held_out = record.item_id in test_ids if test_ids is not None else is_validation(record.item_id, val_fraction)
+        rows["val" if held_out else "train"].append({"source": source, "target": target, "prompt": captions[record.item_id]})
+    write_prompt_file(out / PROMPT_FILE, rows["train"])
+    write_prompt_file(out / VAL_PROMPT_FILE, rows["val"])
+    summary.train, summary.val = len(rows["train"]), len(rows["val"])
+
+
+def prepare(images: Path, out: Path, *, annotations: Path | None = None, test_list: Path | None = None,
+            settings: ImageSettings = ImageSettings(), captioner: str = "blip", blip_model: str = BLIP_MODEL_ID,
+            batch_size: int = 16, workers: int | None = None, val_fraction: float = 0.02,
+            limit: int | None = None) -> Summary:
+    """The whole pipeline: discover → validate+crop+canny → captions → prompt.json + prompt_val.json."""
+    start = time.perf_counter()
+    if captioner not in ("blip", "breed"):
+        raise ValueError(f"captioner must be 'blip' or 'breed', got {captioner!r}")
+    if settings.crop not in CROP_MODES:
+        raise ValueError(f"crop must be one of {CROP_MODES}, got {settings.crop!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = discover(Path(images), annotations)
+    records = records[:limit] if limit is not None else records
+    summary = Summary(found=len(records))
+    usable = prepare_images(records, out, settings, workers=workers or os.cpu_count() or 1, summary=summary)
+    write_text_atomically(out / QUARANTINE_FILE, "".join(f"{p}\t{r}\n" for p, r in sorted(summary.quarantined.items())))
+    model = load_blip(blip_model) if captioner == "blip" else None
+    captions = caption_items(usable, out, model, batch_size=batch_size, summary=summary)
+    test_ids = read_split_list(test_list) if test_list is not None else None
+    write_split(usable, captions, out, val_fraction=val_fraction, test_ids=test_ids, summary=summary)
+    summary.seconds = time.perf_counter() - start
+    for line in summary.lines():
+        logger.info(line)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, required=True, help="Stanford Dogs Images/ folder or any image folder")
+    parser.add_argument("--annotations", type=Path, help="Stanford Dogs Annotation/ folder (dog boxes for --crop bbox)")
+    parser.add_argument("--test-list", type=Path, help="Stanford Dogs lists/test_list.mat: hold these out for validation")
+    parser.add_argument("--out", type=Path, default=Path("training/dogs"), help="output folder (default training/dogs)")
+    parser.add_argument("--size", type=int, default=512, help="square output side, a multiple of 64 (default 512)")
+    parser.add_argument("--crop", choices=CROP_MODES, default="bbox",
+                        help="bbox: square around the dog box (center when an image has none); center; squash")
+    parser.add_argument("--low-threshold", type=int, default=100, help="canny low threshold (default 100)")
+    parser.add_argument("--high-threshold", type=int, default=200, help="canny high threshold (default 200)")
+    parser.add_argument("--captioner", choices=("blip", "breed"), default="blip",
+                        help="blip: BLIP captions with the breed woven in; breed: templates only")
+    parser.add_argument("--blip-model", default=BLIP_MODEL_ID, help="BLIP hub id or local folder")
+    parser.add_argument("--batch-size", type=int, default=16, help="BLIP batch size (default 16)")
+    parser.add_argument("--workers", type=int, default=None, help="processes for crop+canny (default: all cores)")
+    parser.add_argument("--val-fraction", type=float, default=0.02, help="held-out share without --test-list")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images (a quick look)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        summary = prepare(args.images, args.out, annotations=args.annotations, test_list=args.test_list,
+                          settings=ImageSettings(args.size, args.crop, args.low_threshold, args.high_threshold),
+                          captioner=args.captioner, blip_model=args.blip_model, batch_size=args.batch_size,
+                          workers=args.workers, val_fraction=args.val_fraction, limit=args.limit)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(summary.lines()))
+    print(f"wrote {args.out / PROMPT_FILE}, {args.out / VAL_PROMPT_FILE}, quarantine list {args.out / QUARANTINE_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

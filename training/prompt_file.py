@@ -1,0 +1,45 @@
+"""The prepared-data format the original ControlNet tutorial reads: JSON Lines of {source, target, prompt}."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+PROMPT_FILE = "prompt.json"
+VAL_PROMPT_FILE = "prompt_val.json"
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_prompt_file(path: Path, rows: Iterable[dict[str, str]]) -> None:
+    lines = [json.dumps({"source": r["source"], "target": r["target"], "prompt": r["prompt"]}) for r in rows]
+    write_text_atomically(path, "".join(line + "\n" for line in lines))
+
+
+def read_prompt_file(path: Path) -> list[dict[str, str]]:
+    """Rows of a prompt file; a clear error names the file and line of anything malformed."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict) or not {"source", "target", "prompt"} <= row.keys():
+            raise ValueError(f"{path}:{number}: each line needs 'source', 'target' and 'prompt'")
+        rows.append(row)
+    return rows
