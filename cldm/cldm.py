@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from cldm.control_net import ControlNet
+from cldm.checkpoint_keys import CheckpointMismatchError, check_state_dict
 from cldm.controlled_unet import ControlledUnetModel
 from cldm.text_image import text_as_images
 from ldm.models.diffusion.ddim import DDIMSampler
@@ -48,6 +49,8 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         self.learning_rate = learning_rate
         self.control_scales = scales
         self.sd_locked = sd_locked
+        # Checkpoints hold only the trainable tensors; `on_load_checkpoint` checks them strictly.
+        self.strict_loading = False
 
     @property
     def sd_locked(self) -> bool:
@@ -94,8 +97,31 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         z, cond = self.get_input(batch, self.first_stage_key)
         t = torch.randint(0, self.num_timesteps, (z.shape[0],), device=z.device)  # B
         loss, loss_dict = self.p_losses(z, cond, t)
+        if not torch.isfinite(loss):
+            # Raised before backward, so no optimizer step and no checkpoint ever sees the bad values.
+            raise FloatingPointError(f"non-finite loss {loss.item()} at global step {self.global_step}, "
+                                     f"batch {batch_idx}; lower the learning rate or check the data")
         self.log_dict(loss_dict, prog_bar=True, on_step=True, batch_size=z.shape[0])
         return loss
+
+    def trainable_state_keys(self) -> list[str]:
+        """state_dict names of the trainable tensors: what a training checkpoint holds."""
+        return [name for name, p in self.named_parameters() if p.requires_grad]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = set(self.trainable_state_keys())
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        trainable = set(self.trainable_state_keys())
+        model_state = {k: v for k, v in self.state_dict().items() if k in trainable}
+        missing, unexpected = sorted(trainable - set(state)), sorted(set(state) - trainable)
+        if missing or unexpected:
+            raise CheckpointMismatchError(
+                f"training checkpoint does not hold this model's trainable tensors (sd_locked={self.sd_locked}); "
+                f"missing: {missing[:5]}, unexpected: {unexpected[:5]}")
+        check_state_dict(model_state, state)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """The ControlNet, plus the UNet decoder (output blocks and `out`) when `sd_locked` is False."""

@@ -55,11 +55,15 @@ class PairDataset(torch.utils.data.Dataset):
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # H×W×3 uint8
 
     def __getitem__(self, index: int) -> dict:
+        return self.get(index, self.epoch)
+
+    def get(self, index: int, epoch: int) -> dict:
+        """Item `index` with the flip/empty-prompt draws of `epoch`."""
         row = self.rows[index]
         target, hint = self._read(row["target"]), self._read(row["source"])
         if target.shape != hint.shape:
             raise ValueError(f"{row['target']} {target.shape} and {row['source']} {hint.shape} differ in size")
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         if self.hflip and rng.random() < 0.5:
             target, hint = target[:, ::-1], hint[:, ::-1]
         prompt = "" if rng.random() < self.empty_prompt_p else row["prompt"]

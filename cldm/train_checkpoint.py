@@ -1,0 +1,77 @@
+"""Training checkpoints: trainable weights + optimizer + step + config, written atomically; ControlNet export."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+logger = logging.getLogger(__name__)
+
+STEP_FILE = re.compile(r"^step-(\d+)\.ckpt$")
+CONTROL_FILE = "control.safetensors"
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Resumable checkpoints in `folder`, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def export_control(model: torch.nn.Module, path: Path) -> None:
+    """Write the ControlNet alone (`control_model.*` keys, fp32) as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()
+             if k.startswith("control_model.")}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "source": "cutenet"})
+    os.replace(tmp, path)
+
+
+class PeriodicCheckpoint(pl.Callback):
+    """Every `every` optimizer steps (and at the end): `step-N.ckpt` (keep the last `keep`) and the ControlNet export."""
+
+    def __init__(self, folder: Path, *, every: int, keep: int, config: dict[str, Any]) -> None:
+        if every < 1 or keep < 1:
+            raise ValueError(f"checkpoint interval and count must be >= 1, got every={every}, keep={keep}")
+        self.folder = Path(folder)
+        self.every, self.keep, self.config = every, keep, config
+        self._last_saved = -1
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cutenet_config"] = self.config
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step > 0 and step % self.every == 0 and step != self._last_saved:
+            self.save(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step != self._last_saved:
+            self.save(trainer, pl_module)
+
+    def save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        self._last_saved = step
+        path = self.folder / f"step-{step:07d}.ckpt"
+        tmp = self.folder / f".step-{step:07d}.ckpt.tmp"
+        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        self._finish(tmp, path, pl_module)
+
+    @rank_zero_only
+    def _finish(self, tmp: Path, path: Path, pl_module: pl.LightningModule) -> None:
+        os.replace(tmp, path)
+        export_control(pl_module, self.folder.parent / CONTROL_FILE)
+        for old in list_checkpoints(self.folder)[: -self.keep]:
+            old.unlink()
+        logger.info("saved %s and %s", path, self.folder.parent / CONTROL_FILE)

@@ -1,0 +1,164 @@
+"""One training run of ControlLDM with PyTorch Lightning: input checks, model set-up, data, trainer."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from cldm.checkpoint_keys import CheckpointMismatchError, check_state_dict, load_weights
+from cldm.logger import ImageLogger
+from cldm.model import load_state_dict
+from cldm.train_checkpoint import PeriodicCheckpoint, list_checkpoints
+from cldm.train_settings import TrainSettings
+from ldm.util import instantiate_from_config
+from training.dataset import PairDataset
+from training.loader import make_train_loader
+from training.prompt_file import PROMPT_FILE
+from training.toy_data import write_toy_dataset
+
+logger = logging.getLogger(__name__)
+
+INIT_FILE = "init.safetensors"
+
+
+class RunInputError(ValueError):
+    """Bad input found before any model is built; the message says what and where."""
+
+
+@dataclass
+class RunPlan:
+    """Everything checked and resolved before the model is built."""
+
+    settings: TrainSettings
+    model_config: dict[str, Any]
+    output: Path
+    dataset: PairDataset
+    base: Path | None  # full ControlLDM weights to start from (None: fresh init, saved as init.safetensors)
+    resume_from: Path | None  # a training checkpoint to continue
+    start_step: int
+
+
+def _meta_state(model_config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Key/shape plan of the model, and its trainable keys, without allocating weights."""
+    with torch.device("meta"):
+        model = instantiate_from_config(model_config)
+    return model.state_dict(), model.trainable_state_keys()
+
+
+def _resolve_resume_from(resume_from: str | None, output: Path) -> Path | None:
+    if resume_from is None:
+        return None
+    if resume_from == "last":
+        found = list_checkpoints(output / "checkpoints")
+        if not found:
+            raise RunInputError(f"--resume-from last: no checkpoint in {output / 'checkpoints'} yet")
+        return found[-1]
+    path = Path(resume_from)
+    if not path.is_file():
+        raise RunInputError(f"--resume-from {path}: file does not exist")
+    return path
+
+
+def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_path: str,
+             resume_from: str | None) -> RunPlan:
+    """Check data, checkpoints and config against each other before building anything."""
+    settings.validate()
+    output = Path(settings.output)
+    data = Path(settings.data)
+    if not (data / PROMPT_FILE).is_file() and settings.toy_data and not data.exists():
+        logger.info("generating toy data in %s (%s)", data, settings.toy_data)
+        write_toy_dataset(data, **settings.toy_data)
+    try:
+        dataset = PairDataset(data, hflip=settings.hflip, empty_prompt_p=settings.empty_prompt_p, seed=settings.seed)
+    except (FileNotFoundError, ValueError) as err:
+        raise RunInputError(f"data: {err}") from None
+    model_state, trainable = _meta_state(model_config)
+    ckpt_path = _resolve_resume_from(resume_from, output)
+    base = Path(settings.resume) if settings.resume else None
+    start_step = 0
+    if ckpt_path is not None:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        base = Path(ckpt.get("cutenet_config", {}).get("base") or output / INIT_FILE)
+        start_step = int(ckpt["global_step"])
+        try:
+            check_state_dict({k: model_state[k] for k in trainable}, ckpt["state_dict"])
+        except CheckpointMismatchError as err:
+            raise RunInputError(f"{ckpt_path} was written for another config than {config_path}: {err}") from None
+    if base is not None:
+        if not base.is_file():
+            raise RunInputError(f"initial checkpoint {base} does not exist; make it with tool_add_control.py "
+                                "(see README) or set training.resume: null for a fresh start")
+        try:
+            check_state_dict(model_state, load_state_dict(base))
+        except CheckpointMismatchError as err:
+            raise RunInputError(f"{base} does not fit {config_path}: {err}") from None
+    return RunPlan(settings, model_config, output, dataset, base, ckpt_path, start_step)
+
+
+class TrainData(pl.LightningDataModule):
+    """Builds each rank's loader inside its own process, where rank and world size are known."""
+
+    def __init__(self, plan: RunPlan) -> None:
+        super().__init__()
+        self.plan = plan
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        s = self.plan.settings
+        return make_train_loader(self.plan.dataset, batch_size=s.batch_size, seed=s.seed,
+                                 start_sample=self.plan.start_step * s.samples_per_step,
+                                 rank=self.trainer.global_rank, world_size=self.trainer.world_size, workers=s.workers)
+
+
+def build_model(plan: RunPlan) -> pl.LightningModule:
+    """The ControlLDM with its starting weights; a fresh start saves them so resumes reload the same frozen parts."""
+    model = instantiate_from_config(plan.model_config)
+    if plan.base is not None:
+        load_weights(model, load_state_dict(plan.base))
+        logger.info("loaded initial weights from %s", plan.base)
+    else:
+        from safetensors.torch import save_file
+
+        plan.output.mkdir(parents=True, exist_ok=True)
+        init = plan.output / INIT_FILE
+        if pl.utilities.rank_zero.rank_zero_only.rank == 0:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(init))
+        plan.base = init
+        logger.info("no initial checkpoint: fresh weights, saved to %s", init)
+    return model
+
+
+def resolved_config(plan: RunPlan, config: dict[str, Any]) -> dict[str, Any]:
+    resolved = copy.deepcopy(config)
+    resolved["training"] = asdict(plan.settings)
+    resolved["base"] = str(plan.base) if plan.base else None
+    return resolved
+
+
+def make_trainer(plan: RunPlan, resolved: dict[str, Any]) -> pl.Trainer:
+    s = plan.settings
+    callbacks = [
+        PeriodicCheckpoint(plan.output / "checkpoints", every=s.ckpt_every, keep=s.keep_last, config=resolved),
+        ImageLogger(plan.output / "image_log" / "train", every=s.logger_freq, ddim_steps=s.image_log_ddim_steps,
+                    seed=s.seed),
+        TQDMProgressBar(refresh_rate=1),
+    ]
+    return pl.Trainer(
+        accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.resolved_strategy(),
+        precision=s.precision, max_steps=s.total_steps(len(plan.dataset)), accumulate_grad_batches=s.accumulate,
+        callbacks=callbacks, logger=TensorBoardLogger(str(plan.output), name="lightning_logs"),
+        enable_checkpointing=False, use_distributed_sampler=False, num_sanity_val_steps=0,
+        log_every_n_steps=min(50, s.logger_freq), default_root_dir=str(plan.output))
+
+
+def write_config(path: Path, resolved: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(resolved), path)

@@ -1,0 +1,114 @@
+"""Train a ControlNet with PyTorch Lightning, from one CPU to multi-node DDP.
+
+With no flags it runs the embedded default: the tiny model (models/cldm_tiny.yaml) on generated toy
+data, on CPU, in a few minutes. For SD1.5 on Stanford Dogs:
+
+    python tutorial_train.py --config models/cldm_v15.yaml --resume models/control_sd15_ini.ckpt \
+        --data training/dogs --devices 2
+
+Defaults come from the config's `training:` section; each flag below overrides one field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import pytorch_lightning as pl
+
+from cldm.checkpoint_keys import CheckpointMismatchError
+from cldm.model import load_config
+from cldm.train_run import RunInputError, build_model, make_trainer, plan_run, resolved_config, write_config
+from cldm.train_settings import PRECISIONS, TrainSettings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="models/cldm_tiny.yaml", help="model + training YAML (default: the tiny model)")
+    p.add_argument("--resume", help="initial ControlLDM checkpoint from tool_add_control.py ('none': fresh init)")
+    p.add_argument("--resume-from", help="continue a run: a step-N.ckpt, or 'last' (newest in OUTPUT/checkpoints)")
+    p.add_argument("--data", help="prepared folder with prompt.json, source/, target/")
+    p.add_argument("--batch-size", type=int, help="samples per device per step")
+    p.add_argument("--accumulate", type=int, help="gradient accumulation steps")
+    p.add_argument("--lr", type=float, help="learning rate (model.params.learning_rate)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps to train")
+    p.add_argument("--max-epochs", type=int, help="passes over the data (converted to steps; overrides --max-steps)")
+    p.add_argument("--accelerator", help="cpu, gpu or auto")
+    p.add_argument("--devices", type=int, help="devices per node")
+    p.add_argument("--num-nodes", type=int, help="nodes")
+    p.add_argument("--strategy", help="Lightning strategy (auto = ddp on more than one device)")
+    p.add_argument("--precision", choices=PRECISIONS, help="32, 16-mixed or bf16-mixed")
+    p.add_argument("--sd-locked", action=argparse.BooleanOptionalAction, default=None,
+                   help="lock the whole SD UNet (--no-sd-locked also trains its decoder)")
+    p.add_argument("--only-mid-control", action=argparse.BooleanOptionalAction, default=None,
+                   help="feed the ControlNet into the middle block only")
+    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="gradient checkpointing in the UNet and ControlNet (use_checkpoint)")
+    p.add_argument("--empty-prompt-p", type=float, help="probability of training with an empty prompt")
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
+    p.add_argument("--logger-freq", type=int, help="steps between image grids")
+    p.add_argument("--ckpt-every", type=int, help="steps between resumable checkpoints")
+    p.add_argument("--keep-last", type=int, help="resumable checkpoints to keep")
+    p.add_argument("--output", help="run folder")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    return p.parse_args(argv)
+
+
+def apply_model_flags(model_config: dict, args: argparse.Namespace) -> None:
+    params = model_config["params"]
+    for flag, key in (("lr", "learning_rate"), ("sd_locked", "sd_locked"), ("only_mid_control", "only_mid_control")):
+        if getattr(args, flag) is not None:
+            params[key] = getattr(args, flag)
+    if args.checkpointing is not None:
+        for node in ("unet_config", "control_stage_config"):
+            params[node]["params"]["use_checkpoint"] = args.checkpointing
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        config = load_config(args.config)
+        settings = TrainSettings.from_config(config.get("training"), args.config)
+        settings.override(data=args.data, batch_size=args.batch_size, accumulate=args.accumulate,
+                          max_steps=args.max_steps, max_epochs=args.max_epochs, accelerator=args.accelerator,
+                          devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
+                          precision=args.precision, empty_prompt_p=args.empty_prompt_p, hflip=args.hflip,
+                          logger_freq=args.logger_freq, ckpt_every=args.ckpt_every, keep_last=args.keep_last,
+                          output=args.output, seed=args.seed, workers=args.workers)
+        if args.resume is not None:
+            settings.resume = None if args.resume.lower() == "none" else args.resume
+        apply_model_flags(config["model"], args)
+        plan = plan_run(config["model"], settings, config_path=args.config, resume_from=args.resume_from)
+    except (RunInputError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    pl.seed_everything(settings.seed, workers=True)
+    model = build_model(plan)
+    resolved = resolved_config(plan, config)
+    trainer = make_trainer(plan, resolved)
+    if trainer.is_global_zero:
+        write_config(plan.output / "config.yaml", resolved)
+    try:
+        trainer.fit(model, datamodule=_data(plan), ckpt_path=str(plan.resume_from) if plan.resume_from else None)
+    except (FloatingPointError, CheckpointMismatchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if trainer.is_global_zero:
+        print(f"trained to step {trainer.global_step}; outputs in {plan.output}/:")
+        print(f"  ControlNet weights: {plan.output}/control.safetensors (base: {plan.base})")
+        print(f"  resumable checkpoints: {plan.output}/checkpoints/ (continue with --resume-from last)")
+        print(f"  image grids: {plan.output}/image_log/train/   TensorBoard: {plan.output}/lightning_logs/")
+    return 0
+
+
+def _data(plan):
+    from cldm.train_run import TrainData
+
+    return TrainData(plan)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
