@@ -19,7 +19,8 @@ import pytorch_lightning as pl
 
 from cldm.checkpoint_keys import CheckpointMismatchError
 from cldm.model import load_config
-from cldm.train_run import RunInputError, build_model, make_trainer, plan_run, resolved_config, write_config
+from cldm.train_run import (RunInputError, TrainData, build_model, make_trainer, plan_run, resolved_config,
+                            write_config)
 from cldm.train_settings import PRECISIONS, TrainSettings
 
 
@@ -53,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", help="run folder")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--log-samples", action="store_true",
+                   help="write the sample indices each rank trained on to OUTPUT/samples/rank<R>.txt (audit)")
     return p.parse_args(argv)
 
 
@@ -78,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
                           precision=args.precision, empty_prompt_p=args.empty_prompt_p, hflip=args.hflip,
                           logger_freq=args.logger_freq, ckpt_every=args.ckpt_every, keep_last=args.keep_last,
                           output=args.output, seed=args.seed, workers=args.workers)
+        if args.data is not None:
+            settings.toy_data = None  # only the config's own data folder is generated when missing
         if args.resume is not None:
             settings.resume = None if args.resume.lower() == "none" else args.resume
         apply_model_flags(config["model"], args)
+        config["model"]["params"]["seed"] = settings.seed
         plan = plan_run(config["model"], settings, config_path=args.config, resume_from=args.resume_from)
     except (RunInputError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -88,26 +94,23 @@ def main(argv: list[str] | None = None) -> int:
     pl.seed_everything(settings.seed, workers=True)
     model = build_model(plan)
     resolved = resolved_config(plan, config)
-    trainer = make_trainer(plan, resolved)
+    trainer = make_trainer(plan, resolved, log_samples=args.log_samples)
     if trainer.is_global_zero:
         write_config(plan.output / "config.yaml", resolved)
     try:
-        trainer.fit(model, datamodule=_data(plan), ckpt_path=str(plan.resume_from) if plan.resume_from else None)
+        trainer.fit(model, datamodule=TrainData(plan), ckpt_path=str(plan.resume_from) if plan.resume_from else None)
     except (FloatingPointError, CheckpointMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    # Every rank prints its own checksum: equal lines show the DDP replicas stayed in sync.
+    checksum = sum(float(v.double().sum()) for v in model.control_model.state_dict().values())
+    print(f"control checksum rank {trainer.global_rank}: {checksum:.12e}")
     if trainer.is_global_zero:
         print(f"trained to step {trainer.global_step}; outputs in {plan.output}/:")
         print(f"  ControlNet weights: {plan.output}/control.safetensors (base: {plan.base})")
         print(f"  resumable checkpoints: {plan.output}/checkpoints/ (continue with --resume-from last)")
         print(f"  image grids: {plan.output}/image_log/train/   TensorBoard: {plan.output}/lightning_logs/")
     return 0
-
-
-def _data(plan):
-    from cldm.train_run import TrainData
-
-    return TrainData(plan)
 
 
 if __name__ == "__main__":

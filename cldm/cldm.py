@@ -31,13 +31,15 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
 
     def __init__(self, *, control_stage_config: Mapping[str, Any], control_key: str = "hint",
                  only_mid_control: bool = False, sd_locked: bool = True, learning_rate: float = 1e-5,
-                 control_scales: Sequence[float] | None = None, **ldm_params: Any) -> None:
+                 control_scales: Sequence[float] | None = None, seed: int = 0, **ldm_params: Any) -> None:
         # **ldm_params are LatentDiffusion's keyword-only parameters; it rejects unknown names.
         super().__init__(**ldm_params)
         self.control_model: ControlNet = instantiate_from_config(control_stage_config)
         if not isinstance(self.model.diffusion_model, ControlledUnetModel):
             raise ValueError("unet_config must build cldm.cldm.ControlledUnetModel (the UNet that accepts control), "
                              f"got {type(self.model.diffusion_model).__name__}")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
         n = self.control_model.num_outputs
@@ -47,6 +49,7 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         self.control_key = control_key
         self.only_mid_control = only_mid_control
         self.learning_rate = learning_rate
+        self.seed = seed
         self.control_scales = scales
         self.sd_locked = sd_locked
         # Checkpoints hold only the trainable tensors; `on_load_checkpoint` checks them strictly.
@@ -71,8 +74,9 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         self.first_stage_model.eval()  # frozen parts never switch to training behaviour
         return self
 
-    def get_input(self, batch: Mapping[str, Any], k: str, bs: int | None = None) -> tuple[torch.Tensor, Cond]:
-        z, cond = super().get_input(batch, k, bs)
+    def get_input(self, batch: Mapping[str, Any], k: str, bs: int | None = None, *,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, Cond]:
+        z, cond = super().get_input(batch, k, bs, generator=generator)
         hint = batch_images(batch, self.control_key, low=0.0, high=1.0)  # B×3×8H×8W
         hint = (hint if bs is None else hint[:bs]).to(self.device)
         return z, {"c_crossattn": cond["c_crossattn"], "c_concat": [hint]}
@@ -93,10 +97,21 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
     def get_unconditional_conditioning(self, n: int) -> torch.Tensor:
         return self.get_learned_conditioning([""] * n)  # B×L×D
 
+    def step_generator(self, batch_idx: int) -> torch.Generator:
+        """Randomness of one micro-batch, a function of (seed, step, micro-batch, rank) only, so a resumed run
+        draws exactly what an uninterrupted one would have."""
+        trainer = self._trainer
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        key = ((self.seed * 1_000_003 + self.global_step) * 64 + batch_idx % accumulate) * 4096 + rank
+        return torch.Generator(device=self.device).manual_seed(key % (2**63))
+
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        z, cond = self.get_input(batch, self.first_stage_key)
-        t = torch.randint(0, self.num_timesteps, (z.shape[0],), device=z.device)  # B
-        loss, loss_dict = self.p_losses(z, cond, t)
+        generator = self.step_generator(batch_idx)
+        z, cond = self.get_input(batch, self.first_stage_key, generator=generator)
+        t = torch.randint(0, self.num_timesteps, (z.shape[0],), device=z.device, generator=generator)  # B
+        noise = torch.randn(z.shape, device=z.device, generator=generator)  # B×C×H×W
+        loss, loss_dict = self.p_losses(z, cond, t, noise)
         if not torch.isfinite(loss):
             # Raised before backward, so no optimizer step and no checkpoint ever sees the bad values.
             raise FloatingPointError(f"non-finite loss {loss.item()} at global step {self.global_step}, "

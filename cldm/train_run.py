@@ -143,14 +143,29 @@ def resolved_config(plan: RunPlan, config: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def make_trainer(plan: RunPlan, resolved: dict[str, Any]) -> pl.Trainer:
+class SampleLog(pl.Callback):
+    """Appends the dataset indices of every training batch to `folder/rank<R>.txt` (which rank saw what)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / f"rank{trainer.global_rank}.txt").open("a") as f:
+            f.write("".join(f"{int(i)}\n" for i in batch["index"]))
+
+
+def make_trainer(plan: RunPlan, resolved: dict[str, Any], *, log_samples: bool = False) -> pl.Trainer:
     s = plan.settings
-    callbacks = [
+    callbacks: list[pl.Callback] = [
         PeriodicCheckpoint(plan.output / "checkpoints", every=s.ckpt_every, keep=s.keep_last, config=resolved),
         ImageLogger(plan.output / "image_log" / "train", every=s.logger_freq, ddim_steps=s.image_log_ddim_steps,
                     seed=s.seed),
         TQDMProgressBar(refresh_rate=1),
     ]
+    if log_samples:
+        callbacks.append(SampleLog(plan.output / "samples"))
     return pl.Trainer(
         accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.resolved_strategy(),
         precision=s.precision, max_steps=s.total_steps(len(plan.dataset)), accumulate_grad_batches=s.accumulate,

@@ -151,7 +151,8 @@ class LatentDiffusion(nn.Module):
         """B×3×H×W in [−1, 1] → scaled latents B×C×H/f×W/f (a posterior sample, as in training)."""
         return self.get_first_stage_encoding(self.encode_first_stage(images), generator).detach()
 
-    def get_input(self, batch: Mapping[str, Any], k: str, bs: int | None = None) -> tuple[torch.Tensor, Cond]:
+    def get_input(self, batch: Mapping[str, Any], k: str, bs: int | None = None, *,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, Cond]:
         """Unpack a batch: images (B×H×W×3 in [−1, 1]) → latents, prompts → context."""
         x = batch_images(batch, k, low=-1.0, high=1.0)
         x = (x if bs is None else x[:bs]).to(self.device)
@@ -159,7 +160,7 @@ class LatentDiffusion(nn.Module):
         if isinstance(prompts, str) or not isinstance(prompts, Sequence):
             raise TypeError(f"batch[{self.cond_stage_key!r}] must be a list of prompts, got {type(prompts).__name__}")
         prompts = list(prompts if bs is None else prompts[:bs])
-        z = self.image_to_latent(x)  # B×C×H/f×W/f
+        z = self.image_to_latent(x, generator)  # B×C×H/f×W/f
         return z, {"c_crossattn": [self.get_learned_conditioning(prompts)]}
 
 

@@ -1,0 +1,137 @@
+"""tutorial_train.py end to end on the tiny config (CPU): fit, resume after SIGKILL, DDP, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cldm.model import create_model, load_state_dict
+from training.toy_data import write_toy_dataset
+from tutorial_train import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), n=48, size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A stand-in for a pretrained SD: the tiny model with a random (not zero-initialised) UNet."""
+    torch.manual_seed(0)
+    model = create_model(ROOT / "models/cldm_tiny.yaml")
+    with torch.no_grad():
+        for p in model.model.diffusion_model.parameters():
+            p.normal_(std=0.05)
+    path = tmp_path_factory.mktemp("base") / "base.ckpt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture
+def _args(base):
+    def build(toy: Path, out: Path, *extra: str) -> list[str]:
+        return ["--data", str(toy), "--output", str(out), "--batch-size", "2", "--logger-freq", "1000",
+                "--workers", "0", "--resume", str(base), *extra]
+    return build
+
+
+def _run(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "tutorial_train.py"), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_few_step_fit_writes_loadable_checkpoints(toy, tmp_path, capsys, _args, base):
+    out = tmp_path / "run"
+    assert main(_args(toy, out, "--max-steps", "3", "--ckpt-every", "2", "--logger-freq", "3")) == 0
+    ckpts = sorted((out / "checkpoints").glob("step-*.ckpt"))
+    assert [p.name for p in ckpts] == ["step-0000002.ckpt", "step-0000003.ckpt"]
+    ckpt = torch.load(ckpts[-1], weights_only=True)
+    assert ckpt["global_step"] == 3 and ckpt["optimizer_states"] and "cutenet_config" in ckpt
+    assert ckpt["state_dict"] and all(k.startswith("control_model.") for k in ckpt["state_dict"])
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    control = load_file(str(out / "control.safetensors"))
+    model = create_model(ROOT / "models/cldm_tiny.yaml")
+    model.load_state_dict({**load_state_dict(base), **control}, strict=True)
+    assert torch.equal(model.control_model.zero_convs[0][0].weight, ckpt["state_dict"]["control_model.zero_convs.0.0.weight"])
+    assert any(v.abs().sum() > 0 for k, v in control.items() if "zero_convs" in k)  # training moved the zero convs
+    assert sorted(p.name.split("_gs")[0] for p in (out / "image_log/train").glob("*.png")) == \
+        ["conditioning", "control", "reconstruction", "samples_cfg_scale_9.00"]
+    assert "control.safetensors" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_an_uninterrupted_run(toy, tmp_path, _args):
+    common = ["--max-steps", "8", "--ckpt-every", "3", "--seed", "5"]
+    straight = _run(_args(toy, tmp_path / "straight", *common))
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()
+    killed = tmp_path / "killed"
+    proc = _run(_args(toy, killed, *common))
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-0000003.ckpt").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoints" / "step-0000006.ckpt").exists(), "killed too late to test a resume"
+    resumed = _run(_args(toy, killed, *common, "--resume-from", "last"))
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+    final = [torch.load(run / "checkpoints/step-0000008.ckpt", weights_only=True) for run in (tmp_path / "straight", killed)]
+    assert final[0]["global_step"] == final[1]["global_step"] == 8
+    for key, value in final[0]["state_dict"].items():
+        assert torch.equal(value, final[1]["state_dict"][key]), key
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(toy, tmp_path, _args):
+    out = tmp_path / "ddp"
+    proc = _run(_args(toy, out, "--max-steps", "3", "--ckpt-every", "3", "--logger-freq", "3", "--devices", "2",
+                      "--accelerator", "cpu", "--strategy", "ddp", "--log-samples"))
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    seen = [[int(x) for x in (out / f"samples/rank{r}.txt").read_text().split()] for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 6 and not set(seen[0]) & set(seen[1])
+    # Every rank ends with the same ControlNet: the saved weights are rank 0's; rank 1 reports its own checksum.
+    assert output.count("trained to step 3") == 1  # only rank 0 reports and writes
+    assert len(list((out / "checkpoints").glob("*.ckpt"))) == 1
+    assert len(list((out / "image_log/train").glob("*.png"))) == 4
+    checksums = sorted(line for line in output.splitlines() if line.startswith("control checksum"))
+    assert len(checksums) == 2 and checksums[0].split()[-1] == checksums[1].split()[-1]
+
+
+def test_bad_input_gives_one_clear_line(toy, tmp_path, _args):
+    cases = [(["--data", str(tmp_path / "missing")], "does not exist"),
+             (["--resume", str(tmp_path / "nope.ckpt")], "does not exist")]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "prompt.json").write_text('{"source": "source/a.png", "target": "target/a.png", "prompt": "x"}\n')
+    cases.append((["--data", str(broken)], "source/a.png"))
+    other = create_model(ROOT / "models/cldm_tiny.yaml").state_dict()
+    other["control_model.input_hint_block.0.weight"] = torch.zeros(16, 4, 3, 3)
+    torch.save({"state_dict": other}, tmp_path / "other.ckpt")
+    cases.append((["--resume", str(tmp_path / "other.ckpt")], "shape mismatches"))
+    for extra, message in cases:
+        args = _args(toy, tmp_path / "out", *extra) + ["--max-steps", "1"]
+        result = subprocess.run([sys.executable, str(ROOT / "tutorial_train.py"), *args], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert result.stderr.strip().count("\n") == 0 or result.stderr.strip().splitlines()[-1].startswith("error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_fresh_start_saves_its_initial_weights(toy, tmp_path):
+    out = tmp_path / "fresh"
+    args = ["--data", str(toy), "--output", str(out), "--batch-size", "2", "--max-steps", "1", "--resume", "none"]
+    assert main(args) == 0
+    init = load_state_dict(out / "init.safetensors")
+    assert any(k.startswith("model.diffusion_model.") for k in init)
