@@ -38,14 +38,17 @@ def _preview(keys: Sequence[str], limit: int = 10) -> str:
 
 
 def check_state_dict(model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], *,
-                     prefixes: Sequence[str] | None = None) -> tuple[dict[str, torch.Tensor], LoadReport]:
+                     prefixes: Sequence[str] | None = None,
+                     exclude: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Filter `state` against the model's keys; raise CheckpointMismatchError listing every problem.
 
     With `prefixes`, only model keys under them are expected (e.g. ("control_model.",) for a
-    ControlNet-only file) and anything else in the file is unexpected.
+    ControlNet-only file); keys under `exclude` are not expected (e.g. an SD base file has no
+    ControlNet). Anything else in the file is unexpected.
     """
     report = LoadReport()
-    wanted = {k: v for k, v in model_state.items() if prefixes is None or k.startswith(tuple(prefixes))}
+    wanted = {k: v for k, v in model_state.items()
+              if (prefixes is None or k.startswith(tuple(prefixes))) and not k.startswith(tuple(exclude))}
     kept: dict[str, torch.Tensor] = {}
     unexpected, mis_shaped = [], []
     for key, value in state.items():
@@ -74,9 +77,9 @@ def check_state_dict(model_state: Mapping[str, torch.Tensor], state: Mapping[str
 
 
 def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
-                 prefixes: Sequence[str] | None = None) -> LoadReport:
+                 prefixes: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> LoadReport:
     """Copy `state` into `model` strictly (see `check_state_dict`); returns what was dropped or kept fresh."""
-    kept, report = check_state_dict(model.state_dict(), state, prefixes=prefixes)
+    kept, report = check_state_dict(model.state_dict(), state, prefixes=prefixes, exclude=exclude)
     model.load_state_dict(kept, strict=False)
     if report.dropped_extras:
         logger.info("dropped %d known extra entries (position_ids, model_ema.*)", len(report.dropped_extras))

@@ -22,6 +22,7 @@ class CountingModel(torch.nn.Module):
 def test_timesteps_follow_the_reference_offset():
     assert ddim_timesteps(50, 1000)[:3].tolist() == [1, 21, 41] and ddim_timesteps(50, 1000)[-1] == 981
     assert len(ddim_timesteps(30, 1000)) == 31  # 1000 // 30 = 33 → 31 steps, as the reference
+    assert ddim_timesteps(3, 1000).tolist() == [1, 334, 667]  # the reference would index 1000 here
     with pytest.raises(ValueError):
         ddim_timesteps(0, 1000)
 

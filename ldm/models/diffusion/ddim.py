@@ -14,10 +14,15 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x B×C×H×W
 
 
 def ddim_timesteps(num_steps: int, num_train_steps: int) -> torch.Tensor:
-    """Uniform discretisation with the reference's +1 offset: 1, 1+c, 1+2c, … with c = T // S."""
+    """Uniform discretisation with the reference's +1 offset: 1, 1+c, 1+2c, … with c = T // S.
+
+    Where the offset would reach T (e.g. S = 3: 1, 334, 667, 1000) the reference fails with an index
+    error; that last step is dropped here instead.
+    """
     if not 1 <= num_steps <= num_train_steps:
         raise ValueError(f"DDIM steps must be in [1, {num_train_steps}], got {num_steps}")
-    return torch.arange(0, num_train_steps, num_train_steps // num_steps) + 1
+    steps = torch.arange(0, num_train_steps, num_train_steps // num_steps) + 1
+    return steps[steps < num_train_steps]
 
 
 def ddim_sample(denoise: Denoiser, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, *, steps: int,

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from skimage import data
+
+from cldm.canny2image import (DemoModel, GenerationInputError, GenerationRequest, generate, guess_mode_scales,
+                              load_demo_model)
+from gradio_canny2image import main
+
+REQUEST = dict(prompt="a cat", num_samples=2, image_resolution=64, ddim_steps=3, seed=123)
+
+
+@pytest.fixture(scope="module")
+def demo() -> DemoModel:
+    return load_demo_model("models/cldm_tiny.yaml", device="cpu")
+
+
+def test_generation_is_deterministic_for_a_seed_and_edge_map_first(demo):
+    photo = data.chelsea()
+    first = generate(demo, photo, GenerationRequest(**REQUEST))
+    again = generate(demo, photo, GenerationRequest(**REQUEST))
+    assert first.seed == 123 and len(first.images) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(first.images, again.images))
+    edges = first.images[0]
+    assert edges.shape[:2] == first.images[1].shape[:2] and edges.min() == 0 and edges.max() == 255
+    assert set(np.unique(edges)) == {0, 255}  # the inverted canny map, not a generated image
+    h, w = first.images[1].shape[:2]
+    assert min(h, w) == 64 and h % 64 == 0 and w % 64 == 0 and first.images[1].dtype == np.uint8
+    other = generate(demo, photo, GenerationRequest(**{**REQUEST, "seed": 124}))
+    assert not np.array_equal(other.images[1], first.images[1])
+
+
+def test_random_seed_is_reported(demo):
+    result = generate(demo, data.chelsea(), GenerationRequest(**{**REQUEST, "seed": -1, "num_samples": 1}))
+    assert 0 <= result.seed < 2**31
+
+
+@pytest.mark.parametrize("image, message", [(None, "Upload an image"), (np.zeros((8, 8, 3), np.uint8), "pixels a side")])
+def test_bad_input_gives_a_message(demo, image, message):
+    with pytest.raises(GenerationInputError, match=message):
+        generate(demo, image, GenerationRequest(**REQUEST))
+
+
+def test_resolution_out_of_range_is_refused(demo):
+    with pytest.raises(GenerationInputError, match="multiple of 64"):
+        generate(demo, data.chelsea(), GenerationRequest(**{**REQUEST, "image_resolution": 100}))
+
+
+@pytest.mark.parametrize("image, note", [(data.camera(), "Grayscale"),
+                                         (np.dstack([data.chelsea(), np.full(data.chelsea().shape[:2], 200, np.uint8)]), "Transparency"),
+                                         (data.chelsea().astype(np.uint16) * 257, "16-bit")])
+def test_unusual_images_are_converted_and_said(demo, image, note):
+    result = generate(demo, image, GenerationRequest(**{**REQUEST, "num_samples": 1}))
+    assert any(note in n for n in result.notes) and result.images[1].shape[2] == 3
+
+
+def test_long_prompt_is_said(demo):
+    result = generate(demo, data.chelsea(), GenerationRequest(**{**REQUEST, "prompt": "dog " * 120, "num_samples": 1}))
+    assert any("cut off" in n for n in result.notes)
+
+
+def test_guess_mode_scales_follow_the_number_of_outputs():
+    assert guess_mode_scales(1.0, 13, guess_mode=True)[0] == pytest.approx(0.825**12)
+    assert guess_mode_scales(0.5, 5, guess_mode=True)[-1] == 0.5
+    assert guess_mode_scales(0.7, 5, guess_mode=False) == [0.7] * 5
+
+
+def test_progress_is_reported_per_step(demo):
+    seen = []
+    generate(demo, data.chelsea(), GenerationRequest(**{**REQUEST, "num_samples": 1}), progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(ValueError, match="GPU"):
+        load_demo_model("models/cldm_tiny.yaml", device="cpu", precision="fp16")
+
+
+def test_cli_batch_mode_writes_files(tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "in.png")
+    assert main(["--input", str(tmp_path / "in.png"), "--prompt", "a dog", "--out", str(tmp_path / "out"),
+                 "--steps", "2", "--seed", "3", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["edges.png", "sample_00.png"]
+    assert "seed 3" in capsys.readouterr().out
