@@ -1,0 +1,32 @@
+"""prepare_dataset.ipynb runs headless end to end on a tiny tree, with parameters injected papermill-style."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_notebook_executes_on_a_tiny_tree(dogs_tree, tmp_path):
+    nb = nbformat.read(ROOT / "prepare_dataset.ipynb", as_version=4)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1
+    out = tmp_path / "prepared"
+    params[0].source += (f"\nIMAGES_DIR = {str(dogs_tree['images'])!r}\nANNOTATIONS_DIR = {str(dogs_tree['annotations'])!r}"
+                         f"\nOUT_DIR = {str(out)!r}\nSIZE = 64\nWORKERS = 1")
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the pair grid is shown as a picture"
+    rows = [json.loads(line) for line in (out / "prompt.json").read_text().splitlines()]
+    assert rows and all((out / r["source"]).is_file() for r in rows)
+    assert (out / "quarantine.tsv").read_text().count("\n") == 3
+
+
+def test_notebook_is_committed_without_outputs():
+    nb = nbformat.read(ROOT / "prepare_dataset.ipynb", as_version=4)
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
