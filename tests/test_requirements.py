@@ -7,6 +7,8 @@ cannot hide behind a warm environment.
 from __future__ import annotations
 
 import ast
+import functools
+import os
 import importlib.metadata
 import re
 import sys
@@ -43,13 +45,17 @@ def _requirement_entries(path: Path) -> list[tuple[str, list[str]]]:
 
 
 def _local_modules() -> set[str]:
-    names = {p.stem for p in ROOT.glob("*.py")}
+    names = {p.stem for p in ROOT.glob("*.py")} | {"conftest"}
     names |= {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")}
     return names
 
 
 def _python_files(under: Path) -> list[Path]:
-    return [p for p in under.rglob("*.py") if not SKIP_DIRS & set(p.relative_to(ROOT).parts)]
+    found = []
+    for folder, dirs, files in os.walk(under):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")]
+        found += [Path(folder) / f for f in files if f.endswith(".py")]
+    return found
 
 
 def _notebook_sources() -> list[tuple[Path, str]]:
@@ -81,8 +87,13 @@ def _third_party(mods: set[str]) -> set[str]:
     return {m for m in mods if m not in sys.stdlib_module_names and m not in local and m != "__future__"}
 
 
+@functools.lru_cache(maxsize=1)
+def _module_to_distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
 def _distributions_for(module: str) -> set[str]:
-    mapping = importlib.metadata.packages_distributions()
+    mapping = _module_to_distributions()
     return {_normalise(d) for d in mapping.get(module, [module])}
 
 
@@ -91,7 +102,9 @@ def _imports_by_scope() -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
     tests: dict[str, list[Path]] = {}
     sources = [(p, p.read_text()) for p in _python_files(ROOT)] + _notebook_sources()
     for path, text in sources:
-        scope = tests if path.is_relative_to(ROOT / "tests") or path.is_relative_to(ROOT / "bench") else runtime
+        # Tests, benchmarks and the notebook (run in Jupyter, a dev extra) may use the dev requirements.
+        dev_only = path.suffix == ".ipynb" or any(path.is_relative_to(ROOT / d) for d in ("tests", "bench"))
+        scope = tests if dev_only else runtime
         for mod in _third_party(_imported_top_modules(text, path)):
             scope.setdefault(mod, []).append(path.relative_to(ROOT))
     return runtime, tests
