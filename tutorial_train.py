@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="models/cldm_tiny.yaml", help="model + training YAML (default: the tiny model)")
     p.add_argument("--resume", help="initial ControlLDM checkpoint from tool_add_control.py ('none': fresh init)")
-    p.add_argument("--resume-from", help="continue a run: a step-N.ckpt, or 'last' (newest in OUTPUT/checkpoints)")
+    p.add_argument("--resume-from", help="continue a run: a step-N.ckpt, 'last' (newest in OUTPUT/checkpoints) or 'auto' (last if any)")
     p.add_argument("--data", help="prepared folder with prompt.json, source/, target/")
     p.add_argument("--batch-size", type=int, help="samples per device per step")
     p.add_argument("--accumulate", type=int, help="gradient accumulation steps")
@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RunInputError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if plan.base is None:
+        print("note: no initial checkpoint (training.resume is null): the SD part is freshly initialised, so its "
+              "zero-initialised output layer passes no gradient to the ControlNet and nothing is learned. "
+              "This run only exercises the pipeline; pass --resume with a tool_add_control.py checkpoint.")
     pl.seed_everything(settings.seed, workers=True)
     model = build_model(plan)
     resolved = resolved_config(plan, config)

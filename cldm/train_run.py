@@ -57,11 +57,13 @@ def _meta_state(model_config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], 
 def _resolve_resume_from(resume_from: str | None, output: Path) -> Path | None:
     if resume_from is None:
         return None
-    if resume_from == "last":
+    if resume_from in ("last", "auto"):
         found = list_checkpoints(output / "checkpoints")
-        if not found:
-            raise RunInputError(f"--resume-from last: no checkpoint in {output / 'checkpoints'} yet")
-        return found[-1]
+        if found:
+            return found[-1]
+        if resume_from == "auto":  # e.g. a requeued SLURM job that had not saved anything yet
+            return None
+        raise RunInputError(f"--resume-from last: no checkpoint in {output / 'checkpoints'} yet")
     path = Path(resume_from)
     if not path.is_file():
         raise RunInputError(f"--resume-from {path}: file does not exist")

@@ -47,5 +47,5 @@ def crop_square(image: np.ndarray, *, size: int, mode: str, boxes: Sequence[Box]
         if pad_bottom or pad_right:  # a box longer than the short side: extend the image by reflection
             image = cv2.copyMakeBorder(image, 0, pad_bottom, 0, pad_right, cv2.BORDER_REFLECT_101)
         square = image[top: top + side, left: left + side]
-    interpolation = cv2.INTER_AREA if min(square.shape[:2]) > size else cv2.INTER_CUBIC
+    interpolation = cv2.INTER_AREA if min(square.shape[:2]) > size else cv2.INTER_LINEAR
     return cv2.resize(square, (size, size), interpolation=interpolation)

@@ -90,7 +90,7 @@ def process_item(record: ImageRecord, out: Path, settings: ImageSettings) -> tup
     edges = CannyDetector()(square, settings.low_threshold, settings.high_threshold)  # S×S
     ok_t, jpg = cv2.imencode(".jpg", cv2.cvtColor(square, cv2.COLOR_RGB2BGR),
                              [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality])
-    ok_s, png = cv2.imencode(".png", edges, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok_s, png = cv2.imencode(".png", edges, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     assert ok_t and ok_s, "OpenCV failed to encode an in-memory image"
     write_bytes_atomically(target_path, jpg.tobytes())
     write_bytes_atomically(source_path, png.tobytes())  # written last: its presence marks the item done

@@ -1,0 +1,77 @@
+"""Throughput of the data pipeline (validate + crop + canny + write) against the decode/re-encode floor.
+
+    .venv/bin/python -m bench.prepare --n 200 --workers 2
+
+The floor is what any pipeline must pay: decoding each JPEG and encoding one JPEG back. The goal is a
+pipeline at most 2x that cost on the same files and cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from skimage import data
+
+from training.discover import ImageRecord
+from training.prepare_dogs import ImageSettings, prepare_images, Summary
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat")
+
+
+def make_jpegs(folder: Path, n: int) -> list[Path]:
+    """n JPEGs of about Stanford Dogs' size (500×375), cut from scikit-image's photos."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        photo = getattr(data, PHOTOS[i % len(PHOTOS)])()
+        h, w = photo.shape[:2]
+        y, x = int(rng.integers(0, max(h - 375, 1))), int(rng.integers(0, max(w - 500, 1)))
+        crop = cv2.resize(photo[y: y + 375, x: x + 500], (500, 375))
+        path = folder / f"img_{i:05d}.jpg"
+        Image.fromarray(crop).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def floor_one(path: Path) -> int:
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    return len(cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200, help="number of JPEGs")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes for both measurements")
+    parser.add_argument("--size", type=int, default=512, help="output side")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_jpegs(Path(tmp), args.n)
+        with ProcessPoolExecutor(args.workers) as pool:
+            floor = timed(lambda: list(pool.map(floor_one, paths, chunksize=8)))
+        records = [ImageRecord(p, p.stem) for p in paths]
+        pipeline = timed(lambda: prepare_images(records, Path(tmp) / "out", ImageSettings(size=args.size, crop="center"),
+                                                workers=args.workers, summary=Summary()))
+    print(f"{args.n} JPEGs of 500x375, {args.workers} worker processes, output {args.size}x{args.size}")
+    print(f"{'step':40s} {'images/s':>10s} {'seconds':>8s}")
+    print(f"{'decode + re-encode (floor)':40s} {args.n / floor:10.1f} {floor:8.2f}")
+    print(f"{'validate + crop + canny + write':40s} {args.n / pipeline:10.1f} {pipeline:8.2f}")
+    print(f"pipeline / floor: {pipeline / floor:.2f}x (goal: at most 2x)")
+
+
+if __name__ == "__main__":
+    main()
