@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="feed the ControlNet into the middle block only")
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="gradient checkpointing in the UNet and ControlNet (use_checkpoint)")
+    p.add_argument("--frozen-dtype", choices=("float32", "bfloat16", "float16"),
+                   help="store the locked UNet, VAE and text encoder in this dtype (with --precision *-mixed)")
     p.add_argument("--empty-prompt-p", type=float, help="probability of training with an empty prompt")
     p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
     p.add_argument("--logger-freq", type=int, help="steps between image grids")
@@ -61,7 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def apply_model_flags(model_config: dict, args: argparse.Namespace) -> None:
     params = model_config["params"]
-    for flag, key in (("lr", "learning_rate"), ("sd_locked", "sd_locked"), ("only_mid_control", "only_mid_control")):
+    for flag, key in (("lr", "learning_rate"), ("sd_locked", "sd_locked"), ("only_mid_control", "only_mid_control"),
+                      ("frozen_dtype", "frozen_dtype")):
         if getattr(args, flag) is not None:
             params[key] = getattr(args, flag)
     if args.checkpointing is not None:
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             settings.resume = None if args.resume.lower() == "none" else args.resume
         apply_model_flags(config["model"], args)
         config["model"]["params"]["seed"] = settings.seed
+        if config["model"]["params"].get("frozen_dtype", "float32") != "float32" and settings.precision == "32":
+            raise ValueError("--frozen-dtype below float32 needs mixed precision: add --precision bf16-mixed (or 16-mixed)")
         plan = plan_run(config["model"], settings, config_path=args.config, resume_from=args.resume_from)
     except (RunInputError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

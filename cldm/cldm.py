@@ -25,19 +25,24 @@ __all__ = ["ControlLDM", "ControlNet", "ControlledUnetModel"]
 
 logger = logging.getLogger(__name__)
 
+FROZEN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 class ControlLDM(LatentDiffusion, pl.LightningModule):
     """Latent diffusion whose locked UNet is steered by a trainable ControlNet reading a hint image."""
 
     def __init__(self, *, control_stage_config: Mapping[str, Any], control_key: str = "hint",
                  only_mid_control: bool = False, sd_locked: bool = True, learning_rate: float = 1e-5,
-                 control_scales: Sequence[float] | None = None, seed: int = 0, **ldm_params: Any) -> None:
+                 control_scales: Sequence[float] | None = None, seed: int = 0, frozen_dtype: str = "float32",
+                 **ldm_params: Any) -> None:
         # **ldm_params are LatentDiffusion's keyword-only parameters; it rejects unknown names.
         super().__init__(**ldm_params)
         self.control_model: ControlNet = instantiate_from_config(control_stage_config)
         if not isinstance(self.model.diffusion_model, ControlledUnetModel):
             raise ValueError("unet_config must build cldm.cldm.ControlledUnetModel (the UNet that accepts control), "
                              f"got {type(self.model.diffusion_model).__name__}")
+        if frozen_dtype not in FROZEN_DTYPES:
+            raise ValueError(f"frozen_dtype must be one of {sorted(FROZEN_DTYPES)}, got {frozen_dtype!r}")
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if learning_rate <= 0:
@@ -51,6 +56,10 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         self.learning_rate = learning_rate
         self.seed = seed
         self.control_scales = scales
+        # Memory saver: the frozen parts stored in the compute dtype of mixed-precision training.
+        self.frozen_dtype = FROZEN_DTYPES[frozen_dtype]
+        self.first_stage_model.to(self.frozen_dtype)
+        self.cond_stage_model.to(self.frozen_dtype)
         self.sd_locked = sd_locked
         # Checkpoints hold only the trainable tensors; `on_load_checkpoint` checks them strictly.
         self.strict_loading = False
@@ -65,9 +74,11 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         self._sd_locked = bool(locked)
         unet = self.model.diffusion_model
         unet.requires_grad_(False)
-        if not locked:
-            unet.output_blocks.requires_grad_(True)
-            unet.out.requires_grad_(True)
+        unet.to(self.frozen_dtype)
+        if not locked:  # the trainable decoder stays in float32 for the optimizer
+            for part in (unet.output_blocks, unet.out):
+                part.requires_grad_(True)
+                part.float()
 
     def train(self, mode: bool = True) -> ControlLDM:
         super().train(mode)

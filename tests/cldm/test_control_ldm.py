@@ -132,3 +132,24 @@ def test_bad_knobs_raise(repo_root, bad, match):
     config["params"].update(bad)
     with pytest.raises(ValueError, match=match):
         instantiate_from_config(config)
+
+
+def test_frozen_parts_in_bf16_train_only_the_fp32_controlnet(repo_root):
+    from cldm.model import load_config
+    from ldm.util import instantiate_from_config
+
+    config = load_config(repo_root / "models/cldm_tiny.yaml")["model"]
+    config["params"]["frozen_dtype"] = "bfloat16"
+    model = instantiate_from_config(config)
+    assert {p.dtype for p in model.model.diffusion_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.first_stage_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.control_model.parameters()} == {torch.float32}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z, cond = model.get_input(make_batch(), "jpg")
+        loss, _ = model.p_losses(z, cond, torch.tensor([5, 900]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None} == {"control_model"}
+    model.sd_locked = False
+    assert model.model.diffusion_model.out[2].weight.dtype == torch.float32
+    assert model.model.diffusion_model.input_blocks[0][0].weight.dtype == torch.bfloat16

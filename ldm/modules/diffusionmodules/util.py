@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint
 
 
@@ -33,7 +34,10 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 and cast back, so half-precision activations normalise stably."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        # Parameters are upcast too, so a UNet stored in bf16 (a memory saver) normalises in float32 as well.
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def normalization(channels: int) -> nn.Module:

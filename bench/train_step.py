@@ -1,0 +1,100 @@
+"""Seconds per training step, samples/s and peak memory of ControlLDM for one set of options.
+
+    .venv/bin/python -m bench.train_step --config models/cldm_v15.yaml --resolution 128 --batch 1
+
+Random weights (no download needed): the cost of a step does not depend on the values. Run one
+configuration per process, so the peak-memory figure belongs to it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+from cldm.model import load_config
+from ldm.util import instantiate_from_config
+
+
+def peak_rss_gb() -> float:
+    """The process's resident-set high-water mark (VmHWM), in GB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    return float("nan")
+
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise SystemExit(f"adamw8bit needs bitsandbytes (pip install bitsandbytes; GPU builds): {err}") from None
+        return bnb.optim.AdamW8bit(params, lr=lr)
+    raise SystemExit(f"unknown optimizer {name!r}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="models/cldm_v15.yaml")
+    p.add_argument("--resolution", type=int, default=128, help="image side (latents are side/8)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--precision", choices=("32", "bf16-mixed", "16-mixed"), default="32")
+    p.add_argument("--frozen-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default="adamw")
+    p.add_argument("--cached-latents", action="store_true", help="skip the VAE and text encoder (precomputed inputs)")
+    p.add_argument("--steps", type=int, default=4, help="timed steps (after one warm-up step)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+
+    config = load_config(args.config)["model"]
+    params = config["params"]
+    params["frozen_dtype"] = args.frozen_dtype
+    for node in ("unet_config", "control_stage_config"):
+        params[node]["params"]["use_checkpoint"] = args.checkpointing
+    torch.manual_seed(0)
+    model = instantiate_from_config(config).to(args.device).train()
+    optimizer = make_optimizer(args.optimizer, model.trainable_parameters(), 1e-5)
+    dtype = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[args.precision]
+    autocast = torch.autocast(torch.device(args.device).type, dtype=dtype) if dtype else nullcontext()
+    b, side = args.batch, args.resolution
+    batch = {"jpg": torch.rand(b, side, side, 3) * 2 - 1, "hint": torch.rand(b, side, side, 3),
+             "txt": ["a photography of a corgi on the grass"] * b}
+    with autocast:
+        z_cached, cond_cached = model.get_input(batch, "jpg")
+
+    def step() -> float:
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with autocast:
+            z, cond = (z_cached, cond_cached) if args.cached_latents else model.get_input(batch, "jpg")
+            t = torch.randint(0, model.num_timesteps, (b,), device=z.device)
+            loss, _ = model.p_losses(z, cond, t)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    step()  # warm-up: allocator, optimizer state
+    times = [step() for _ in range(args.steps)]
+    median = statistics.median(times)
+    memory = (torch.cuda.max_memory_allocated() / 1024**3) if args.device == "cuda" else peak_rss_gb()
+    kind = "peak CUDA allocated" if args.device == "cuda" else "peak RSS"
+    print(f"config={args.config} resolution={side} batch={b} precision={args.precision} "
+          f"frozen_dtype={args.frozen_dtype} checkpointing={args.checkpointing} optimizer={args.optimizer} "
+          f"cached_latents={args.cached_latents} device={args.device} threads={torch.get_num_threads()}")
+    print(f"step {median:.2f} s (median of {len(times)}), {b / median:.2f} samples/s, {kind} {memory:.1f} GB")
+
+
+if __name__ == "__main__":
+    main()
