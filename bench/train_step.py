@@ -28,15 +28,18 @@ def peak_rss_gb() -> float:
     return float("nan")
 
 
-def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = model.trainable_parameters()
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
+        return model.configure_optimizers()  # what training uses
+    if name == "adamw-foreach":
+        return torch.optim.AdamW(params, lr=model.learning_rate, foreach=True)
     if name == "adamw8bit":
         try:
             import bitsandbytes as bnb
         except ImportError as err:
             raise SystemExit(f"adamw8bit needs bitsandbytes (pip install bitsandbytes; GPU builds): {err}") from None
-        return bnb.optim.AdamW8bit(params, lr=lr)
+        return bnb.optim.AdamW8bit(params, lr=model.learning_rate)
     raise SystemExit(f"unknown optimizer {name!r}")
 
 
@@ -48,7 +51,8 @@ def main() -> None:
     p.add_argument("--precision", choices=("32", "bf16-mixed", "16-mixed"), default="32")
     p.add_argument("--frozen-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default="adamw")
+    p.add_argument("--optimizer", choices=("adamw", "adamw-foreach", "adamw8bit"), default="adamw",
+                   help="adamw: ControlLDM.configure_optimizers (fused); adamw-foreach: torch's default kernel")
     p.add_argument("--cached-latents", action="store_true", help="skip the VAE and text encoder (precomputed inputs)")
     p.add_argument("--steps", type=int, default=4, help="timed steps (after one warm-up step)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -61,7 +65,7 @@ def main() -> None:
         params[node]["params"]["use_checkpoint"] = args.checkpointing
     torch.manual_seed(0)
     model = instantiate_from_config(config).to(args.device).train()
-    optimizer = make_optimizer(args.optimizer, model.trainable_parameters(), 1e-5)
+    optimizer = make_optimizer(args.optimizer, model)
     dtype = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[args.precision]
     autocast = torch.autocast(torch.device(args.device).type, dtype=dtype) if dtype else nullcontext()
     b, side = args.batch, args.resolution
@@ -70,30 +74,36 @@ def main() -> None:
     with autocast:
         z_cached, cond_cached = model.get_input(batch, "jpg")
 
-    def step() -> float:
+    def clock() -> float:
         if args.device == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        return time.perf_counter()
+
+    def step() -> tuple[float, float, float]:
+        start = clock()
         with autocast:
             z, cond = (z_cached, cond_cached) if args.cached_latents else model.get_input(batch, "jpg")
             t = torch.randint(0, model.num_timesteps, (b,), device=z.device)
             loss, _ = model.p_losses(z, cond, t)
+        forward = clock()
         loss.backward()
+        backward = clock()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return forward - start, backward - forward, clock() - backward
 
     step()  # warm-up: allocator, optimizer state
-    times = [step() for _ in range(args.steps)]
+    parts = [step() for _ in range(args.steps)]
+    times = [sum(p) for p in parts]
     median = statistics.median(times)
+    fwd, bwd, opt = (statistics.median(p[i] for p in parts) for i in range(3))
     memory = (torch.cuda.max_memory_allocated() / 1024**3) if args.device == "cuda" else peak_rss_gb()
     kind = "peak CUDA allocated" if args.device == "cuda" else "peak RSS"
     print(f"config={args.config} resolution={side} batch={b} precision={args.precision} "
           f"frozen_dtype={args.frozen_dtype} checkpointing={args.checkpointing} optimizer={args.optimizer} "
           f"cached_latents={args.cached_latents} device={args.device} threads={torch.get_num_threads()}")
-    print(f"step {median:.2f} s (median of {len(times)}), {b / median:.2f} samples/s, {kind} {memory:.1f} GB")
+    print(f"step {median:.2f} s (median of {len(times)}: forward {fwd:.2f}, backward {bwd:.2f}, optimizer {opt:.2f}), "
+          f"{b / median:.2f} samples/s, {kind} {memory:.1f} GB")
 
 
 if __name__ == "__main__":

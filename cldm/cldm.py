@@ -161,7 +161,8 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         params = self.trainable_parameters()
         logger.info("optimising %d tensors, %.1fM parameters (sd_locked=%s)", len(params),
                     sum(p.numel() for p in params) / 1e6, self.sd_locked)
-        return torch.optim.AdamW(params, lr=self.learning_rate)
+        # The fused kernel updates in one pass without per-step temporaries: faster and lighter than foreach.
+        return torch.optim.AdamW(params, lr=self.learning_rate, fused=True)
 
     @torch.no_grad()
     def log_images(self, batch: Mapping[str, Any], N: int = 4, n_row: int = 2, sample: bool = False,

@@ -20,12 +20,7 @@ class ControlledUnetModel(UNetModel):
         # The encoder is the locked copy: the reference runs it without autograd in every mode.
         with torch.no_grad():
             emb = self.embed_time(timesteps)  # B×4·model_channels
-            hs = []
-            h = x
-            for block in self.input_blocks:
-                h = block(h, emb, context)
-                hs.append(h)
-            h = self.middle_block(h, emb, context)  # B×C×H/f×W/f
+            h, hs = self.encode(x, emb, context)  # B×C×H/f×W/f, skips
         if control is not None:
             h = h + control[-1]
         for i, block in enumerate(self.output_blocks):

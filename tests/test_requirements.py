@@ -45,7 +45,7 @@ def _requirement_entries(path: Path) -> list[tuple[str, list[str]]]:
 
 
 def _local_modules() -> set[str]:
-    names = {p.stem for p in ROOT.glob("*.py")} | {"conftest"}
+    names = {p.stem for p in ROOT.glob("*.py")} | {"conftest", "batches"}
     names |= {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")}
     return names
 
@@ -71,10 +71,23 @@ def _notebook_sources() -> list[tuple[Path, str]]:
     return out
 
 
+def _optional_imports(tree: ast.AST) -> set[int]:
+    """ids of import nodes inside `try:` blocks that catch ImportError: optional extras, not requirements."""
+    optional: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError") for h in node.handlers):
+            optional |= {id(n) for stmt in node.body for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return optional
+
+
 def _imported_top_modules(source: str, path: Path) -> set[str]:
     tree = ast.parse(source, filename=str(path))
+    optional = _optional_imports(tree)
     mods: set[str] = set()
     for node in ast.walk(tree):
+        if id(node) in optional:
+            continue
         if isinstance(node, ast.Import):
             mods |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -137,7 +150,9 @@ def test_listed_packages_are_imported_or_explained() -> None:
 
 
 @pytest.mark.parametrize("source, expected", [("import torch.nn as nn\nfrom PIL import Image", {"torch", "PIL"}),
-                                              ("from . import x\nimport os", {"os"})])
+                                              ("from . import x\nimport os", {"os"}),
+                                              ("try:\n    import bnb\nexcept ImportError:\n    bnb = None", set()),
+                                              ("try:\n    import bnb\nexcept OSError:\n    pass", {"bnb"})])
 def test_import_scanner_finds_top_level_modules(source: str, expected: set[str]) -> None:
     assert _imported_top_modules(source, Path("x.py")) == expected
 

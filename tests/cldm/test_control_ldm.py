@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import make_batch
+from batches import make_batch
 
 
 def _cond(model, batch):
@@ -153,3 +153,10 @@ def test_frozen_parts_in_bf16_train_only_the_fp32_controlnet(repo_root):
     model.sd_locked = False
     assert model.model.diffusion_model.out[2].weight.dtype == torch.float32
     assert model.model.diffusion_model.input_blocks[0][0].weight.dtype == torch.bfloat16
+
+
+def test_non_finite_loss_stops_before_the_optimizer_step(tiny_model):
+    batch = make_batch()
+    batch["jpg"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="global step 0, batch 7"):
+        tiny_model.training_step(batch, 7)

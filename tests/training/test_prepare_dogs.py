@@ -82,3 +82,17 @@ def test_missing_images_folder_is_a_clear_cli_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "training.prepare_dogs", "--images", str(tmp_path / "nope"),
                              "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_test_list_mat_becomes_the_validation_split(dogs_tree, tmp_path):
+    from scipy.io import savemat
+
+    entries = np.empty((2, 1), dtype=object)
+    entries[0, 0] = np.array(["n02085620-Chihuahua/n02085620_0.jpg"])
+    entries[1, 0] = np.array(["n02086240-Shih-Tzu/n02086240_2.jpg"])
+    savemat(tmp_path / "test_list.mat", {"file_list": entries})
+    out = tmp_path / "out"
+    summary = prepare(dogs_tree["images"], out, annotations=dogs_tree["annotations"], settings=SETTINGS,
+                      captioner="breed", workers=1, test_list=tmp_path / "test_list.mat")
+    val = [json.loads(line)["target"] for line in (out / "prompt_val.json").read_text().splitlines()]
+    assert sorted(val) == ["target/n02085620_0.jpg", "target/n02086240_2.jpg"] and summary.val == 2

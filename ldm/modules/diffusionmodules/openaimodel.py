@@ -206,14 +206,19 @@ class UNetModel(UNetEncoder):
         self.out = nn.Sequential(normalization(ch), nn.SiLU(),
                                  zero_module(nn.Conv2d(spec.model_channels, out_channels, 3, padding=1)))
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        emb = self.embed_time(timesteps)  # B×4·model_channels
+    def encode(self, x: torch.Tensor, emb: torch.Tensor,
+               context: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Input blocks and middle block: (middle output, the skip features in order)."""
         hs = []
         h = x
         for block in self.input_blocks:
             h = block(h, emb, context)
             hs.append(h)
-        h = self.middle_block(h, emb, context)  # B×C×H/f×W/f
+        return self.middle_block(h, emb, context), hs  # B×C×H/f×W/f, skips
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        emb = self.embed_time(timesteps)  # B×4·model_channels
+        h, hs = self.encode(x, emb, context)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb, context)
         return self.out(h)  # B×C_out×H×W
