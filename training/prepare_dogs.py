@@ -152,7 +152,7 @@ def caption_items(records: Sequence[ImageRecord], out: Path, captioner: Callable
             if captioner is not None:
                 images = [cv2.cvtColor(cv2.imread(str(pair_paths(out, r.item_id)[0])), cv2.COLOR_BGR2RGB) for r in batch]
                 raw = list(captioner(images))
-            for record, text in zip(batch, raw):
+            for record, text in zip(batch, raw, strict=True):
                 prompt, replaced = finalise_caption(text, record.breed)
                 summary.captions_replaced += int(replaced)
                 captions[record.item_id] = prompt

@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from training.crop import crop_square, square_window
 from training.discover import Box, breed_from_folder, discover
