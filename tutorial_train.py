@@ -16,11 +16,12 @@ import logging
 import sys
 
 import pytorch_lightning as pl
+import torch
 
 from cldm.checkpoint_keys import CheckpointMismatchError
 from cldm.model import load_config
-from cldm.train_run import (RunInputError, TrainData, build_model, make_trainer, plan_run, resolved_config,
-                            write_config)
+from cldm.train_run import (RunInputError, TrainData, build_model, make_trainer, plan_run, prepare_latent_cache,
+                            resolved_config, write_config)
 from cldm.train_settings import PRECISIONS, TrainSettings
 
 
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="store the locked UNet, VAE and text encoder in this dtype (with --precision *-mixed)")
     p.add_argument("--empty-prompt-p", type=float, help="probability of training with an empty prompt")
     p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
+    p.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
+                   help="encode images and prompts once before training (needs --no-hflip)")
     p.add_argument("--logger-freq", type=int, help="steps between image grids")
     p.add_argument("--ckpt-every", type=int, help="steps between resumable checkpoints")
     p.add_argument("--keep-last", type=int, help="resumable checkpoints to keep")
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                           max_steps=args.max_steps, max_epochs=args.max_epochs, accelerator=args.accelerator,
                           devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy,
                           precision=args.precision, empty_prompt_p=args.empty_prompt_p, hflip=args.hflip,
+                          cache_latents=args.cache_latents,
                           logger_freq=args.logger_freq, ckpt_every=args.ckpt_every, keep_last=args.keep_last,
                           output=args.output, seed=args.seed, workers=args.workers)
         if args.data is not None:
@@ -102,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
               "This run only exercises the pipeline; pass --resume with a tool_add_control.py checkpoint.")
     pl.seed_everything(settings.seed, workers=True)
     model = build_model(plan)
+    cuda = torch.cuda.is_available() and settings.accelerator != "cpu"
+    prepare_latent_cache(plan, model, "cuda" if cuda else "cpu")
     resolved = resolved_config(plan, config)
     trainer = make_trainer(plan, resolved, log_samples=args.log_samples)
     if trainer.is_global_zero:

@@ -21,6 +21,7 @@ from cldm.train_checkpoint import PeriodicCheckpoint, list_checkpoints
 from cldm.train_settings import TrainSettings
 from ldm.util import instantiate_from_config
 from training.dataset import PairDataset
+from training.latent_cache import CachedPairs, build_latent_cache
 from training.loader import make_train_loader
 from training.prompt_file import PROMPT_FILE
 from training.toy_data import write_toy_dataset
@@ -28,6 +29,7 @@ from training.toy_data import write_toy_dataset
 logger = logging.getLogger(__name__)
 
 INIT_FILE = "init.safetensors"
+CACHE_DIR = "latent_cache"
 
 
 class RunInputError(ValueError):
@@ -115,7 +117,8 @@ class TrainData(pl.LightningDataModule):
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         s = self.plan.settings
-        return make_train_loader(self.plan.dataset, batch_size=s.batch_size, seed=s.seed,
+        dataset = CachedPairs(self.plan.dataset, self.plan.output / CACHE_DIR) if s.cache_latents else self.plan.dataset
+        return make_train_loader(dataset, batch_size=s.batch_size, seed=s.seed,
                                  start_sample=self.plan.start_step * s.samples_per_step,
                                  rank=self.trainer.global_rank, world_size=self.trainer.world_size, workers=s.workers)
 
@@ -136,6 +139,15 @@ def build_model(plan: RunPlan) -> pl.LightningModule:
         plan.base = init
         logger.info("no initial checkpoint: fresh weights, saved to %s", init)
     return model
+
+
+def prepare_latent_cache(plan: RunPlan, model: pl.LightningModule, device: torch.device | str) -> None:
+    """Rank 0 encodes the data once before training (the other DDP ranks start later, at fit)."""
+    if not plan.settings.cache_latents or pl.utilities.rank_zero.rank_zero_only.rank != 0:
+        return
+    home = model.device
+    build_latent_cache(model.to(device), plan.dataset, plan.output / CACHE_DIR)
+    model.to(home)
 
 
 def resolved_config(plan: RunPlan, config: dict[str, Any]) -> dict[str, Any]:

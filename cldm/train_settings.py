@@ -28,6 +28,7 @@ class TrainSettings:
     precision: str
     empty_prompt_p: float
     hflip: bool
+    cache_latents: bool
     logger_freq: int
     image_log_ddim_steps: int
     ckpt_every: int
@@ -63,6 +64,8 @@ class TrainSettings:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0.0 <= self.empty_prompt_p <= 1.0:
             raise ValueError(f"empty_prompt_p must be in [0, 1], got {self.empty_prompt_p}")
+        if self.cache_latents and self.hflip:
+            raise ValueError("cache_latents needs hflip off: cached latents cannot follow random flips")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 

@@ -15,12 +15,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from training.dataset import PairDataset
+from training.latent_cache import CachedPairs
 
 
 class EpochPermuted(Dataset):
     """Maps a run position k to (item, epoch) of the underlying dataset and tags the sample with k."""
 
-    def __init__(self, dataset: PairDataset, *, seed: int) -> None:
+    def __init__(self, dataset: PairDataset | CachedPairs, *, seed: int) -> None:
         self.dataset = dataset
         self.seed = seed
         self._perms: dict[int, np.ndarray] = {}
@@ -54,7 +55,7 @@ class ShardedPositions(Sampler[int]):
             position += self.world_size
 
 
-def make_train_loader(dataset: PairDataset, *, batch_size: int, seed: int, start_sample: int, rank: int,
+def make_train_loader(dataset: PairDataset | CachedPairs, *, batch_size: int, seed: int, start_sample: int, rank: int,
                       world_size: int, workers: int) -> DataLoader:
     """The per-rank DataLoader that resumes at `start_sample` (a position counted over all ranks)."""
     return DataLoader(EpochPermuted(dataset, seed=seed), batch_size=batch_size,

@@ -153,7 +153,15 @@ class LatentDiffusion(nn.Module):
 
     def get_input(self, batch: Mapping[str, Any], k: str, bs: int | None = None, *,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, Cond]:
-        """Unpack a batch: images (B×H×W×3 in [−1, 1]) → latents, prompts → context."""
+        """Unpack a batch: images (B×H×W×3 in [−1, 1]) → latents, prompts → context.
+
+        A batch from the latent cache carries `moments` (the VAE posterior) and `context` instead.
+        """
+        if "moments" in batch and "context" in batch:
+            moments, context = batch["moments"], batch["context"]
+            moments, context = (moments, context) if bs is None else (moments[:bs], context[:bs])
+            posterior = DiagonalGaussianDistribution(moments.to(self.device).float())
+            return self.get_first_stage_encoding(posterior, generator), {"c_crossattn": [context.to(self.device)]}
         x = batch_images(batch, k, low=-1.0, high=1.0)
         x = (x if bs is None else x[:bs]).to(self.device)
         prompts = batch[self.cond_stage_key]

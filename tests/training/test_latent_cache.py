@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import torch
+
+from training.dataset import PairDataset
+from training.latent_cache import CachedPairs, build_latent_cache
+from training.toy_data import write_toy_dataset
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), n=7, size=64, seed=2)
+
+
+def _collate(items):
+    return {k: (torch.from_numpy(np.stack([i[k] for i in items])) if k != "txt" else [i[k] for i in items])
+            for k in items[0]}
+
+
+def test_cached_inputs_equal_encoding_on_the_fly(tiny_model, toy, tmp_path):
+    dataset = PairDataset(toy, empty_prompt_p=0.5, seed=1)
+    folder = build_latent_cache(tiny_model, dataset, tmp_path / "cache", batch_size=4)
+    cached = CachedPairs(dataset, folder)
+    indices = range(len(dataset))
+    raw_batch = _collate([dataset.get(i, 3) for i in indices])
+    cached_batch = _collate([cached.get(i, 3) for i in indices])
+    assert "" in raw_batch["txt"]  # empty prompts map to the empty-prompt context
+    z_raw, c_raw = tiny_model.get_input(raw_batch, "jpg", generator=torch.Generator().manual_seed(0))
+    z_cached, c_cached = tiny_model.get_input(cached_batch, "jpg", generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(z_cached, z_raw, atol=2e-3, rtol=2e-3)  # float16 storage
+    torch.testing.assert_close(c_cached["c_crossattn"][0], c_raw["c_crossattn"][0], atol=2e-3, rtol=2e-3)
+    assert torch.equal(c_cached["c_concat"][0], c_raw["c_concat"][0])
+    assert build_latent_cache(tiny_model, dataset, folder) == folder  # complete caches are reused
+
+
+def test_cache_refuses_random_flips(tiny_model, toy, tmp_path):
+    with pytest.raises(ValueError, match="flips"):
+        build_latent_cache(tiny_model, PairDataset(toy, hflip=True), tmp_path / "cache")
