@@ -142,27 +142,15 @@ def guess_mode_scales(strength: float, n: int, *, guess_mode: bool) -> list[floa
 
 
 @torch.no_grad()
-def generate(demo: DemoModel, image: np.ndarray | None, request: GenerationRequest,
-             progress: Callable[[int, int], None] | None = None) -> GenerationResult:
-    """Edge map + `num_samples` images for the upload and prompt, reproducible from the returned seed."""
-    r = request
-    if not 1 <= r.num_samples <= 12:
-        raise GenerationInputError(f"Number of images must be 1 to 12, got {r.num_samples}.")
-    if not 1 <= r.ddim_steps <= 100:
-        raise GenerationInputError(f"Steps must be 1 to 100, got {r.ddim_steps}.")
-    if not 0 <= r.low_threshold <= r.high_threshold <= 255:
-        raise GenerationInputError("Canny thresholds need 0 ≤ low ≤ high ≤ 255.")
+def sample_from_edges(demo: DemoModel, edges: np.ndarray, prompt: str, r: GenerationRequest, *, seed: int,
+                      progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+    """`r.num_samples` uint8 H×W×3 images steered by an edge map (uint8 H×W×3, white edges on black)."""
     model = demo.model
-    img, notes = prepare_input(image, r.image_resolution, min_resolution=min(256, demo.native_resolution))
-    h, w = img.shape[:2]
-    edges = HWC3(CannyDetector()(img, r.low_threshold, r.high_threshold))  # H×W×3
+    h, w = edges.shape[:2]
     device = model.betas.device
     control = torch.from_numpy(edges.copy()).float().to(device) / 255.0  # H×W×3
     control = rearrange(torch.stack([control] * r.num_samples), "b h w c -> b c h w")  # B×3×H×W
-    seed = random.randint(0, 2**31 - 1) if r.seed == -1 else int(r.seed)
     generator = torch.Generator(device=device).manual_seed(seed)
-    prompt = f"{r.prompt}, {r.a_prompt}" if r.a_prompt else r.prompt
-    notes += prompt_notes(model, [prompt, r.n_prompt])
     if demo.low_vram:
         model.low_vram_shift(is_diffusing=False)
     cond = {"c_concat": [control], "c_crossattn": [model.get_learned_conditioning([prompt] * r.num_samples)]}
@@ -173,10 +161,8 @@ def generate(demo: DemoModel, image: np.ndarray | None, request: GenerationReque
     if demo.low_vram:
         model.low_vram_shift(is_diffusing=True)
     model.control_scales = guess_mode_scales(r.strength, model.control_model.num_outputs, guess_mode=r.guess_mode)
-    steps_done = [0]
 
     def on_step(i: int) -> None:
-        steps_done[0] = i + 1
         if progress is not None:
             progress(i + 1, r.ddim_steps)
 
@@ -188,4 +174,24 @@ def generate(demo: DemoModel, image: np.ndarray | None, request: GenerationReque
             model.low_vram_shift(is_diffusing=False)
         x = model.decode_first_stage(samples).float()  # B×3×H×W
     x = (rearrange(x, "b c h w -> b h w c") * 127.5 + 127.5).cpu().numpy().clip(0, 255).astype(np.uint8)
-    return GenerationResult([255 - edges] + list(x), seed, notes)
+    return list(x)
+
+
+@torch.no_grad()
+def generate(demo: DemoModel, image: np.ndarray | None, request: GenerationRequest,
+             progress: Callable[[int, int], None] | None = None) -> GenerationResult:
+    """Edge map + `num_samples` images for the upload and prompt, reproducible from the returned seed."""
+    r = request
+    if not 1 <= r.num_samples <= 12:
+        raise GenerationInputError(f"Number of images must be 1 to 12, got {r.num_samples}.")
+    if not 1 <= r.ddim_steps <= 100:
+        raise GenerationInputError(f"Steps must be 1 to 100, got {r.ddim_steps}.")
+    if not 0 <= r.low_threshold <= r.high_threshold <= 255:
+        raise GenerationInputError("Canny thresholds need 0 ≤ low ≤ high ≤ 255.")
+    img, notes = prepare_input(image, r.image_resolution, min_resolution=min(256, demo.native_resolution))
+    edges = HWC3(CannyDetector()(img, r.low_threshold, r.high_threshold))  # H×W×3
+    seed = random.randint(0, 2**31 - 1) if r.seed == -1 else int(r.seed)
+    prompt = f"{r.prompt}, {r.a_prompt}" if r.a_prompt else r.prompt
+    notes += prompt_notes(demo.model, [prompt, r.n_prompt])
+    images = sample_from_edges(demo, edges, prompt, r, seed=seed, progress=progress)
+    return GenerationResult([255 - edges] + images, seed, notes)
