@@ -15,6 +15,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from cldm.canny2image import load_demo_model
 from evaluation.evaluate_control import EvalSettings, evaluate
 from training.prompt_file import VAL_PROMPT_FILE
@@ -36,12 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cuda or cpu")
     p.add_argument("--out", type=Path, help="JSON file for the results")
+    p.add_argument("--grid", type=Path, help="PNG of the first pairs: control | sample per strength | target")
+    p.add_argument("--grid-rows", type=int, default=6, help="rows in --grid")
     args = p.parse_args(argv)
     try:
         demo = load_demo_model(args.config, ckpt=args.ckpt, base=args.base, control=args.control, device=args.device)
+        rows: list = []
         results = evaluate(demo, args.data, tuple(args.strengths), prompt_file=args.prompt_file,
                            settings=EvalSettings(n=args.n, steps=args.steps, guidance_scale=args.scale,
-                                                 tolerance=args.tolerance, seed=args.seed))
+                                                 tolerance=args.tolerance, seed=args.seed), grid_rows=rows)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -49,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'strength':>8s} {'edge F1':>8s} {'precision':>9s} {'recall':>7s} {'SSIM':>6s} {'pairs':>5s}")
     for strength, m in results.items():
         print(f"{strength:>8s} {m['f1']:8.3f} {m['precision']:9.3f} {m['recall']:7.3f} {m['ssim']:6.3f} {m['n']:5d}")
+    if args.grid is not None:
+        args.grid.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate([np.concatenate(r, axis=1) for r in rows[: args.grid_rows]], axis=0)).save(args.grid)
+        columns = " | ".join(["control"] + [f"strength {s:g}" for s in args.strengths] + ["target"])
+        print(f"sample grid ({columns}): {args.grid}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"weights": demo.description, "results": results}, indent=2))

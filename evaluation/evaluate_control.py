@@ -39,8 +39,12 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def evaluate(demo: DemoModel, folder: str | Path, strengths: tuple[float, ...], *, settings: EvalSettings = EvalSettings(),
-             prompt_file: str = VAL_PROMPT_FILE) -> dict[str, dict[str, float]]:
-    """Mean edge precision/recall/F1 (canny of the sample vs the input edges) and SSIM (vs the target) per strength."""
+             prompt_file: str = VAL_PROMPT_FILE,
+             grid_rows: list[list[np.ndarray]] | None = None) -> dict[str, dict[str, float]]:
+    """Mean edge precision/recall/F1 (canny of the sample vs the input edges) and SSIM (vs the target) per strength.
+
+    When `grid_rows` is a list, one row per pair is appended to it: edges, a sample per strength, target.
+    """
     folder = Path(folder)
     rows = read_prompt_file(folder / prompt_file)[: settings.n]
     if not rows:
@@ -51,6 +55,7 @@ def evaluate(demo: DemoModel, folder: str | Path, strengths: tuple[float, ...], 
         edges, target = _read_rgb(folder / row["source"]), _read_rgb(folder / row["target"])
         if edges.shape[0] % 64 or edges.shape[1] % 64:
             raise ValueError(f"{row['source']}: sides must be multiples of 64, got {edges.shape[:2]}")
+        row_images = [edges]
         for strength in strengths:
             request = GenerationRequest(prompt=row["prompt"], a_prompt="", n_prompt="", num_samples=1,
                                         ddim_steps=settings.steps, strength=strength, scale=settings.guidance_scale)
@@ -63,4 +68,7 @@ def evaluate(demo: DemoModel, folder: str | Path, strengths: tuple[float, ...], 
             entry["recall"].append(score.recall)
             entry["f1"].append(score.f1)
             entry["ssim"].append(ssim(sample, target))
+            row_images.append(sample)
+        if grid_rows is not None:
+            grid_rows.append(row_images + [target])
     return {s: {k: float(np.mean(v)) for k, v in metrics.items()} | {"n": len(rows)} for s, metrics in scores.items()}

@@ -34,7 +34,12 @@ def test_a_model_that_follows_its_control_scores_far_above_one_that_ignores_it(t
 
 def test_cli_prints_a_table_and_writes_json(toy, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert main(["--data", str(toy), "--n", "1", "--steps", "2", "--out", str(out), "--device", "cpu"]) == 0
+    grid = tmp_path / "grid.png"
+    assert main(["--data", str(toy), "--n", "2", "--steps", "2", "--out", str(out), "--device", "cpu",
+                 "--grid", str(grid)]) == 0
+    from PIL import Image
+
+    assert Image.open(grid).size == (4 * 64, 2 * 64)  # control | strength 1 | strength 0 | target, 2 rows
     printed = capsys.readouterr().out
     assert "edge F1" in printed and "UNTRAINED" in printed
     data = json.loads(out.read_text())
