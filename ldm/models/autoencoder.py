@@ -64,24 +64,3 @@ class AutoencoderKL(nn.Module):
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         return self.decode(z), posterior
-
-
-class SpaceToDepth(nn.Module):
-    """A parameter-free, exact first stage: each f×f×C pixel patch becomes one f²C-channel latent.
-
-    Stands in for the KL autoencoder in the pixel-space toy model (`models/cldm_toy.yaml`), so the
-    quickstart needs no trained VAE; the 8× downsampling keeps the hint encoder's geometry.
-    """
-
-    def __init__(self, *, factor: int = 8, channels: int = 3) -> None:
-        super().__init__()
-        if factor < 1 or channels < 1:
-            raise ValueError(f"factor and channels must be positive, got {factor}, {channels}")
-        self.downsample_factor = factor
-        self.embed_dim = factor * factor * channels
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pixel_unshuffle(x, self.downsample_factor)  # B×f²C×H/f×W/f
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pixel_shuffle(z, self.downsample_factor)  # B×C×H×W

@@ -60,13 +60,3 @@ def test_bad_ddconfig_raises(bad, match):
 def test_vae_training_loss_config_is_refused():
     with pytest.raises(ValueError, match="does not train the autoencoder"):
         AutoencoderKL(ddconfig=TINY_DD, embed_dim=4, lossconfig={"target": "ldm.modules.losses.LPIPSWithDiscriminator"})
-
-
-def test_space_to_depth_first_stage_is_exact():
-    from ldm.models.autoencoder import SpaceToDepth
-
-    stage = SpaceToDepth(factor=8, channels=3)
-    x = torch.rand(2, 3, 64, 64) * 2 - 1
-    z = stage.encode(x)
-    assert z.shape == (2, 192, 8, 8) and torch.equal(stage.decode(z), x)
-    assert torch.equal(z[0, :8, 0, 0], x[0, 0, 0, :8])  # channel-major: the patch rows of the first colour
