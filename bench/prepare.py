@@ -20,8 +20,11 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
+from annotator.canny import CannyDetector
+from training.crop import crop_square
 from training.discover import ImageRecord
-from training.prepare_dogs import ImageSettings, prepare_images, Summary
+from training.prepare_dogs import ImageSettings, Summary, prepare_images
+from training.validate import load_rgb
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat")
 
@@ -47,6 +50,27 @@ def floor_one(path: Path) -> int:
     return len(cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
 
 
+def stage_breakdown(paths: list[Path], size: int) -> dict[str, float]:
+    """Milliseconds per image for each stage, in one process."""
+    def per_image(fn) -> float:
+        start = time.perf_counter()
+        for p in paths:
+            fn(p)
+        return (time.perf_counter() - start) / len(paths) * 1000
+
+    rgb = {p: load_rgb(p) for p in paths}
+    square = {p: crop_square(rgb[p], size=size, mode="center") for p in paths}
+    edges = {p: CannyDetector()(square[p]) for p in paths}
+    return {
+        "floor: decode + re-encode": per_image(floor_one),
+        "full decode + checks (load_rgb)": per_image(load_rgb),
+        f"crop + resize to {size}": per_image(lambda p: crop_square(rgb[p], size=size, mode="center")),
+        "canny": per_image(lambda p: CannyDetector()(square[p])),
+        "encode target JPEG": per_image(lambda p: cv2.imencode(".jpg", square[p], [cv2.IMWRITE_JPEG_QUALITY, 95])),
+        "encode edges PNG": per_image(lambda p: cv2.imencode(".png", edges[p], [cv2.IMWRITE_PNG_COMPRESSION, 1])),
+    }
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -66,11 +90,15 @@ def main() -> None:
         records = [ImageRecord(p, p.stem) for p in paths]
         pipeline = timed(lambda: prepare_images(records, Path(tmp) / "out", ImageSettings(size=args.size, crop="center"),
                                                 workers=args.workers, summary=Summary()))
+        stages = stage_breakdown(paths[:50], args.size)
     print(f"{args.n} JPEGs of 500x375, {args.workers} worker processes, output {args.size}x{args.size}")
     print(f"{'step':40s} {'images/s':>10s} {'seconds':>8s}")
     print(f"{'decode + re-encode (floor)':40s} {args.n / floor:10.1f} {floor:8.2f}")
     print(f"{'validate + crop + canny + write':40s} {args.n / pipeline:10.1f} {pipeline:8.2f}")
     print(f"pipeline / floor: {pipeline / floor:.2f}x (goal: at most 2x)")
+    print("per image, one process:")
+    for name, ms in stages.items():
+        print(f"  {name:38s} {ms:6.2f} ms")
 
 
 if __name__ == "__main__":
