@@ -53,6 +53,10 @@ def main() -> None:
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--optimizer", choices=("adamw", "adamw-foreach", "adamw8bit"), default="adamw",
                    help="adamw: ControlLDM.configure_optimizers (fused); adamw-foreach: torch's default kernel")
+    p.add_argument("--optimizer-states", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of AdamW's moments (ControlLDM optimizer_state_dtype)")
+    p.add_argument("--gradient-release", action="store_true",
+                   help="update inside backward and free each gradient at once (ControlLDM gradient_release)")
     p.add_argument("--cached-latents", action="store_true", help="skip the VAE and text encoder (precomputed inputs)")
     p.add_argument("--steps", type=int, default=4, help="timed steps (after one warm-up step)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -61,6 +65,8 @@ def main() -> None:
     config = load_config(args.config)["model"]
     params = config["params"]
     params["frozen_dtype"] = args.frozen_dtype
+    params["optimizer_state_dtype"] = args.optimizer_states
+    params["gradient_release"] = args.gradient_release
     for node in ("unet_config", "control_stage_config"):
         params[node]["params"]["use_checkpoint"] = args.checkpointing
     torch.manual_seed(0)
@@ -101,6 +107,7 @@ def main() -> None:
     kind = "peak CUDA allocated" if args.device == "cuda" else "peak RSS"
     print(f"config={args.config} resolution={side} batch={b} precision={args.precision} "
           f"frozen_dtype={args.frozen_dtype} checkpointing={args.checkpointing} optimizer={args.optimizer} "
+          f"optimizer_states={args.optimizer_states} gradient_release={args.gradient_release} "
           f"cached_latents={args.cached_latents} device={args.device} threads={torch.get_num_threads()}")
     print(f"step {median:.2f} s (median of {len(times)}: forward {fwd:.2f}, backward {bwd:.2f}, optimizer {opt:.2f}), "
           f"{b / median:.2f} samples/s, {kind} {memory:.1f} GB")

@@ -16,6 +16,7 @@ import torch
 from cldm.control_net import ControlNet
 from cldm.checkpoint_keys import CheckpointMismatchError, check_state_dict
 from cldm.controlled_unet import ControlledUnetModel
+from cldm.optimizer import STATE_DTYPES, AdamW, GradientRelease
 from cldm.text_image import text_as_images
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.ddpm import Cond, LatentDiffusion, batch_images
@@ -34,6 +35,7 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
     def __init__(self, *, control_stage_config: Mapping[str, Any], control_key: str = "hint",
                  only_mid_control: bool = False, sd_locked: bool = True, learning_rate: float = 1e-5,
                  control_scales: Sequence[float] | None = None, seed: int = 0, frozen_dtype: str = "float32",
+                 optimizer_state_dtype: str = "float32", gradient_release: bool = False,
                  **ldm_params: Any) -> None:
         # **ldm_params are LatentDiffusion's keyword-only parameters; it rejects unknown names.
         super().__init__(**ldm_params)
@@ -43,6 +45,8 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
                              f"got {type(self.model.diffusion_model).__name__}")
         if frozen_dtype not in FROZEN_DTYPES:
             raise ValueError(f"frozen_dtype must be one of {sorted(FROZEN_DTYPES)}, got {frozen_dtype!r}")
+        if optimizer_state_dtype not in STATE_DTYPES:
+            raise ValueError(f"optimizer_state_dtype must be one of {sorted(STATE_DTYPES)}, got {optimizer_state_dtype!r}")
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if learning_rate <= 0:
@@ -61,6 +65,10 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         self.first_stage_model.to(self.frozen_dtype)
         self.cond_stage_model.to(self.frozen_dtype)
         self.sd_locked = sd_locked
+        # Memory savers of the optimizer (cldm/optimizer.py): bf16 moments, and the step inside backward.
+        self.optimizer_state_dtype = STATE_DTYPES[optimizer_state_dtype]
+        self.gradient_release = bool(gradient_release)
+        self.automatic_optimization = not self.gradient_release
         # Checkpoints hold only the trainable tensors; `on_load_checkpoint` checks them strictly.
         self.strict_loading = False
 
@@ -128,6 +136,10 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
             raise FloatingPointError(f"non-finite loss {loss.item()} at global step {self.global_step}, "
                                      f"batch {batch_idx}; lower the learning rate or check the data")
         self.log_dict(loss_dict, prog_bar=True, on_step=True, batch_size=z.shape[0])
+        if self.gradient_release:
+            optimizer = self.optimizers()
+            self.manual_backward(loss)  # each parameter is updated, and its gradient freed, as it completes
+            optimizer.step()  # no gradients are left: this only advances Lightning's step count
         return loss
 
     def trainable_state_keys(self) -> list[str]:
@@ -161,8 +173,15 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         params = self.trainable_parameters()
         logger.info("optimising %d tensors, %.1fM parameters (sd_locked=%s)", len(params),
                     sum(p.numel() for p in params) / 1e6, self.sd_locked)
-        # The fused kernel updates in one pass without per-step temporaries: faster and lighter than foreach.
-        return torch.optim.AdamW(params, lr=self.learning_rate, fused=True)
+        if self.optimizer_state_dtype == torch.float32 and not self.gradient_release:
+            # The fused kernel updates in one pass without per-step temporaries: faster and lighter than foreach.
+            return torch.optim.AdamW(params, lr=self.learning_rate, fused=True)
+        optimizer = AdamW(params, lr=self.learning_rate, state_dtype=self.optimizer_state_dtype)
+        if self.gradient_release:
+            self._gradient_release = GradientRelease(optimizer)
+        logger.info("AdamW with %s moments%s", self.optimizer_state_dtype,
+                    ", stepping inside backward (gradient release)" if self.gradient_release else "")
+        return optimizer
 
     @torch.no_grad()
     def log_images(self, batch: Mapping[str, Any], N: int = 4, n_row: int = 2, sample: bool = False,

@@ -1,0 +1,116 @@
+"""AdamW (Loshchilov & Hutter 2019) with low-precision moments and an optional step inside the backward pass.
+
+Two memory savers for the ControlNet's optimizer, both off by default:
+
+- `state_dtype=torch.bfloat16` stores the two moment estimates in bf16 (half of fp32 AdamW's state);
+  each update is computed in fp32 from them, so only the stored moments are rounded.
+- `GradientRelease` updates each parameter as soon as its gradient is complete during backward and
+  frees that gradient at once ("gradient release"), so the whole-model gradient never exists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CHUNK = 1 << 16  # elements per slice of the update
+
+
+class AdamW(torch.optim.Optimizer):
+    """Decoupled-weight-decay Adam whose moments are stored in `state_dtype` and updated in fp32."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter] | Iterable[dict], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2, *,
+                 state_dtype: torch.dtype = torch.float32) -> None:
+        if lr <= 0 or eps <= 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"need lr > 0, eps > 0, weight_decay >= 0, betas in [0, 1); got lr={lr}, eps={eps}, "
+                             f"weight_decay={weight_decay}, betas={betas}")
+        if state_dtype not in STATE_DTYPES.values():
+            raise ValueError(f"state_dtype must be one of {sorted(STATE_DTYPES)}, got {state_dtype}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.state_dtype = state_dtype
+        self._group_of = {p: g for g in self.param_groups for p in g["params"]}
+
+    @torch.no_grad()
+    def step(self, closure=None) -> torch.Tensor | None:  # noqa: ANN001 (torch's signature)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group)
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        # torch casts loaded state to each parameter's dtype; keep the moments in their storage dtype.
+        for state in self.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key] = state[key].to(self.state_dtype)
+
+    @torch.no_grad()
+    def step_param(self, p: torch.nn.Parameter) -> None:
+        """Update one parameter from its gradient (the gradient-release path)."""
+        if p.grad is not None:
+            self._update(p, self._group_of[p])
+
+    def _update(self, p: torch.nn.Parameter, group: dict) -> None:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=self.state_dtype, memory_format=torch.contiguous_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=self.state_dtype, memory_format=torch.contiguous_format)
+        state["step"] += 1
+        beta1, beta2 = group["betas"]
+        step = float(state["step"])
+        bias1, bias2_sqrt = 1 - beta1**step, math.sqrt(1 - beta2**step)
+        # Δ = lr/b1 · m / (√(v/b2) + ε) = (lr·√b2/b1) · m / (√v + ε√b2), with b1, b2 the bias corrections.
+        hyper = (beta1, beta2, group["eps"] * bias2_sqrt, -group["lr"] * bias2_sqrt / bias1,
+                 1 - group["lr"] * group["weight_decay"])
+        flat = [t.view(-1) for t in (p.data, p.grad, state["exp_avg"], state["exp_avg_sq"])] \
+            if p.is_contiguous() and p.grad.is_contiguous() else None
+        if flat is None:
+            _adamw_slice(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], *hyper)
+            return
+        # Slices small enough for the fp32 temporaries to stay in cache: the update makes ~10 passes.
+        for start in range(0, flat[0].numel(), CHUNK):
+            _adamw_slice(*(t[start: start + CHUNK] for t in flat), *hyper)
+
+
+def _adamw_slice(p: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                 beta1: float, beta2: float, eps: float, step_size: float, decay: float) -> None:
+    grad = grad.float()
+    m = exp_avg.float().lerp_(grad, 1 - beta1)
+    v = exp_avg_sq.float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    exp_avg.copy_(m)
+    exp_avg_sq.copy_(v)
+    denom = v.sqrt().add_(eps)  # out of place: with fp32 states, v is the stored second moment itself
+    p.mul_(decay).addcdiv_(m.to(p.dtype), denom.to(p.dtype), value=step_size)
+
+
+class GradientRelease:
+    """Steps `optimizer` per parameter from a post-accumulate-grad hook and drops the gradient right after.
+
+    Valid only when one backward pass makes one optimizer step on one process: with gradient
+    accumulation the hook would step on partial gradients, and under DDP before the all-reduce.
+    """
+
+    def __init__(self, optimizer: AdamW) -> None:
+        self.optimizer = optimizer
+        self.handles = [p.register_post_accumulate_grad_hook(self._release)
+                        for group in optimizer.param_groups for p in group["params"]]
+
+    def _release(self, p: torch.Tensor) -> None:
+        self.optimizer.step_param(p)
+        p.grad = None
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
