@@ -1,7 +1,7 @@
 # One entry point for the common tasks. Every target sets itself up from nothing.
 #   make setup  - create .venv/ with the runtime requirements (quick when already done)
 #   make test   - setup + test extras + the browser the demo test drives + the whole test suite
-#   make demo   - setup + the main job on its embedded default (tiny model, generated data, CPU)
+#   make demo   - setup + the main job on its embedded default (toy model, generated data, CPU)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -34,8 +34,17 @@ browser:
 test: setup-dev browser
 	$(PY) -m pytest
 
+# The CPU quickstart (about 10 minutes): ControlNet on the committed toy base, trained on generated
+# circles, then scored with control against the same model at control strength 0.
+TOY_RUN := runs/toy
 demo: setup
+	@test -f $(TOY_RUN)/control_init.safetensors || { mkdir -p $(TOY_RUN) && \
+	  $(PY) tool_add_control.py models/toy_base.safetensors $(TOY_RUN)/control_init.safetensors --config models/cldm_toy.yaml; }
 	$(PY) tutorial_train.py
+	$(PY) tool_eval_control.py --config models/cldm_toy.yaml --base models/toy_base.safetensors \
+	  --control $(TOY_RUN)/control.safetensors --grid $(TOY_RUN)/eval_grid.png --out $(TOY_RUN)/eval.json
+	@echo "open the demo on the trained weights:"
+	@echo "  $(PY) gradio_canny2image.py --config models/cldm_toy.yaml --base models/toy_base.safetensors --control $(TOY_RUN)/control.safetensors"
 
 clean-venv:
 	rm -rf $(VENV)

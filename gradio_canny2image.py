@@ -1,6 +1,6 @@
 """Browser demo: canny edges of an uploaded image steer Stable Diffusion (or the tiny quickstart model).
 
-    python gradio_canny2image.py                        # tiny model, quickstart weights when present
+    python gradio_canny2image.py                        # the toy quickstart model (make demo trains its ControlNet)
     python gradio_canny2image.py --config models/cldm_v15.yaml --ckpt models/control_sd15_canny.pth
     python gradio_canny2image.py --config models/cldm_v15.yaml --base models/v1-5-pruned.ckpt \
         --control runs/sd15_canny_dogs/control.safetensors
@@ -20,13 +20,14 @@ from PIL import Image
 
 from cldm.canny2image import (DemoModel, GenerationInputError, GenerationRequest, generate, load_demo_model)
 
-QUICKSTART = Path("runs/tiny")
-TINY_CONFIG = "models/cldm_tiny.yaml"
+TOY_CONFIG = "models/cldm_toy.yaml"
+TOY_BASE = Path("models/toy_base.safetensors")
+QUICKSTART_CONTROL = Path("runs/toy/control.safetensors")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=TINY_CONFIG, help="model config (default: the tiny quickstart model)")
+    p.add_argument("--config", default=TOY_CONFIG, help="model config (default: the toy quickstart model)")
     p.add_argument("--ckpt", help="full ControlLDM checkpoint, e.g. models/control_sd15_canny.pth")
     p.add_argument("--base", help="SD checkpoint to put under --control (e.g. models/v1-5-pruned.ckpt)")
     p.add_argument("--control", help="ControlNet-only .safetensors/.pth (what tutorial_train.py writes)")
@@ -49,8 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_model(args: argparse.Namespace) -> DemoModel:
     base, control = args.base, args.control
-    if args.config == TINY_CONFIG and not (args.ckpt or base or control) and (QUICKSTART / "control.safetensors").exists():
-        base, control = QUICKSTART / "init.safetensors", QUICKSTART / "control.safetensors"
+    if args.config == TOY_CONFIG and not (args.ckpt or base or control):
+        # The quickstart's own weights: the committed base, and the ControlNet once `make demo` trained it.
+        base = TOY_BASE if TOY_BASE.exists() else None
+        control = QUICKSTART_CONTROL if QUICKSTART_CONTROL.exists() else None
     return load_demo_model(args.config, ckpt=args.ckpt, base=base, control=control, device=args.device,
                            precision=args.precision, low_vram=args.low_vram)
 

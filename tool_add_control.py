@@ -10,14 +10,11 @@ extension (.ckpt/.pth: a torch pickle with 'state_dict'; .safetensors).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
-import torch
-
-from cldm.add_control import init_control_from_sd
+from cldm.add_control import init_control_from_sd, save_state
 from cldm.checkpoint_keys import CheckpointMismatchError
 from cldm.model import create_model, load_state_dict
 
@@ -55,17 +52,6 @@ def check_family(sd_state: dict, config: Path) -> None:
                          f"(first keys: {', '.join(list(sd_state)[:3])})")
 
 
-def save_atomically(state: dict[str, torch.Tensor], dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    if dst.suffix.lower() == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    else:
-        torch.save({"state_dict": state}, tmp)
-    os.replace(tmp, dst)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", type=Path, help="SD checkpoint (.ckpt, .pth or .safetensors)")
@@ -80,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         init = init_control_from_sd(model.state_dict(), sd_state)
     except CheckpointMismatchError as err:
         raise SystemExit(f"error: {args.input} is not an SD checkpoint for {args.config}: {err}") from None
-    save_atomically(init.state, args.output)
+    save_state(init.state, args.output)
     blocks = Counter(".".join(k.split(".")[:2]) for k in init.fresh)
     print(f"copied {len(init.copied)} ControlNet tensors from their UNet twins (model.diffusion_model.*)")
     print(f"newly initialised {len(init.fresh)} ControlNet tensors (no twin in the UNet):")

@@ -25,7 +25,7 @@ from training.prompt_file import VAL_PROMPT_FILE
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="models/cldm_tiny.yaml", help="model config")
+    p.add_argument("--config", default="models/cldm_toy.yaml", help="model config")
     p.add_argument("--ckpt", help="full ControlLDM checkpoint")
     p.add_argument("--base", help="SD (base) checkpoint, with --control")
     p.add_argument("--control", help="ControlNet-only checkpoint")
@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'strength':>8s} {'edge F1':>8s} {'precision':>9s} {'recall':>7s} {'SSIM':>6s} {'pairs':>5s}")
     for strength, m in results.items():
         print(f"{strength:>8s} {m['f1']:8.3f} {m['precision']:9.3f} {m['recall']:7.3f} {m['ssim']:6.3f} {m['n']:5d}")
+    if "0" in results and len(results) > 1:
+        off = results["0"]["f1"]
+        for strength, m in results.items():
+            if strength != "0":
+                gain = f"{m['f1'] / off:.1f}x" if off > 0 else "inf (strength 0 found no edges)"
+                print(f"edge F1 at strength {strength} vs strength 0 (control off): {m['f1']:.3f} vs {off:.3f} = {gain}")
     if args.grid is not None:
         args.grid.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.concatenate([np.concatenate(r, axis=1) for r in rows[: args.grid_rows]], axis=0)).save(args.grid)

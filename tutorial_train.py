@@ -1,7 +1,8 @@
 """Train a ControlNet with PyTorch Lightning, from one CPU to multi-node DDP.
 
-With no flags it runs the embedded default: the tiny model (models/cldm_tiny.yaml) on generated toy
-data, on CPU, in a few minutes. For SD1.5 on Stanford Dogs:
+With no flags it runs the embedded default, the CPU quickstart: a ControlNet on the committed toy base
+(models/cldm_toy.yaml, models/toy_base.safetensors) learns to fill generated circles from their edges.
+For SD1.5 on Stanford Dogs:
 
     python tutorial_train.py --config models/cldm_v15.yaml --resume models/control_sd15_ini.ckpt \
         --data training/dogs --devices 2
@@ -27,8 +28,9 @@ from cldm.train_settings import PRECISIONS, TrainSettings
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="models/cldm_tiny.yaml", help="model + training YAML (default: the tiny model)")
+    p.add_argument("--config", default="models/cldm_toy.yaml", help="model + training YAML (default: the toy quickstart model)")
     p.add_argument("--resume", help="initial ControlLDM checkpoint from tool_add_control.py ('none': fresh init)")
+    p.add_argument("--sd-base", help="SD checkpoint to make --resume from (as tool_add_control.py) when that file is missing")
     p.add_argument("--resume-from", help="continue a run: a step-N.ckpt, 'last' (newest in OUTPUT/checkpoints) or 'auto' (last if any)")
     p.add_argument("--data", help="prepared folder with prompt.json, source/, target/")
     p.add_argument("--batch-size", type=int, help="samples per device per step")
@@ -49,6 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="gradient checkpointing in the UNet and ControlNet (use_checkpoint)")
     p.add_argument("--frozen-dtype", choices=("float32", "bfloat16", "float16"),
                    help="store the locked UNet, VAE and text encoder in this dtype (with --precision *-mixed)")
+    p.add_argument("--optimizer-states", choices=("float32", "bfloat16"),
+                   help="dtype of AdamW's two moments (bfloat16 halves the optimizer state)")
+    p.add_argument("--gradient-release", action=argparse.BooleanOptionalAction, default=None,
+                   help="update each tensor inside backward and free its gradient (one device, --accumulate 1)")
     p.add_argument("--empty-prompt-p", type=float, help="probability of training with an empty prompt")
     p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
     p.add_argument("--cache-latents", action=argparse.BooleanOptionalAction, default=None,
@@ -67,12 +73,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def apply_model_flags(model_config: dict, args: argparse.Namespace) -> None:
     params = model_config["params"]
     for flag, key in (("lr", "learning_rate"), ("sd_locked", "sd_locked"), ("only_mid_control", "only_mid_control"),
-                      ("frozen_dtype", "frozen_dtype")):
+                      ("frozen_dtype", "frozen_dtype"), ("optimizer_states", "optimizer_state_dtype"),
+                      ("gradient_release", "gradient_release")):
         if getattr(args, flag) is not None:
             params[key] = getattr(args, flag)
     if args.checkpointing is not None:
         for node in ("unet_config", "control_stage_config"):
             params[node]["params"]["use_checkpoint"] = args.checkpointing
+
+
+def check_gradient_release(params: dict, settings: TrainSettings) -> None:
+    if not params.get("gradient_release"):
+        return
+    if settings.accumulate > 1 or settings.world_size > 1 or settings.precision == "16-mixed":
+        raise ValueError("--gradient-release steps inside backward, so it needs --accumulate 1, one device on one "
+                         "node, and no fp16 loss scaling (use --precision 32 or bf16-mixed)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                           precision=args.precision, empty_prompt_p=args.empty_prompt_p, hflip=args.hflip,
                           cache_latents=args.cache_latents,
                           logger_freq=args.logger_freq, ckpt_every=args.ckpt_every, keep_last=args.keep_last,
-                          output=args.output, seed=args.seed, workers=args.workers)
+                          output=args.output, seed=args.seed, workers=args.workers, sd_base=args.sd_base)
         if args.data is not None:
             settings.toy_data = None  # only the config's own data folder is generated when missing
         if args.resume is not None:
@@ -96,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         config["model"]["params"]["seed"] = settings.seed
         if config["model"]["params"].get("frozen_dtype", "float32") != "float32" and settings.precision == "32":
             raise ValueError("--frozen-dtype below float32 needs mixed precision: add --precision bf16-mixed (or 16-mixed)")
+        check_gradient_release(config["model"]["params"], settings)
         plan = plan_run(config["model"], settings, config_path=args.config, resume_from=args.resume_from)
     except (RunInputError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -54,3 +56,15 @@ def init_control_from_sd(model_state: Mapping[str, torch.Tensor], sd_state: Mapp
             state[key] = value
             fresh.append(key)
     return ControlInit(state, copied, fresh, report.kept_fresh, report.dropped_extras)
+
+
+def save_state(state: Mapping[str, torch.Tensor], dst: Path) -> None:
+    """Write a state dict atomically (temp file + rename); the format follows dst's extension."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # per process: DDP ranks may write the same file
+    if dst.suffix.lower() == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    else:
+        torch.save({"state_dict": dict(state)}, tmp)
+    os.replace(tmp, dst)

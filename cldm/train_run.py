@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from cldm.add_control import init_control_from_sd, save_state
 from cldm.checkpoint_keys import CheckpointMismatchError, check_state_dict, load_weights
 from cldm.logger import ImageLogger
 from cldm.model import load_state_dict
@@ -97,6 +98,8 @@ def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_pa
             check_state_dict({k: model_state[k] for k in trainable}, ckpt["state_dict"])
         except CheckpointMismatchError as err:
             raise RunInputError(f"{ckpt_path} was written for another config than {config_path}: {err}") from None
+    if base is not None and ckpt_path is None and not base.exists() and settings.sd_base:
+        make_control_init(model_config, Path(settings.sd_base), base, seed=settings.seed)
     if base is not None:
         if not base.is_file():
             raise RunInputError(f"initial checkpoint {base} does not exist; make it with tool_add_control.py "
@@ -106,6 +109,23 @@ def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_pa
         except CheckpointMismatchError as err:
             raise RunInputError(f"{base} does not fit {config_path}: {err}") from None
     return RunPlan(settings, model_config, output, dataset, base, ckpt_path, start_step)
+
+
+def make_control_init(model_config: dict[str, Any], sd_base: Path, dst: Path, *, seed: int) -> None:
+    """What tool_add_control.py does: SD weights + a ControlNet copied from the UNet encoder, written to dst."""
+    if not sd_base.is_file():
+        raise RunInputError(f"training.sd_base {sd_base} does not exist; it is needed to make the initial "
+                            f"checkpoint {dst} (see README)")
+    torch.manual_seed(seed)  # every DDP rank that makes it makes the same file
+    model = instantiate_from_config(model_config)
+    try:
+        init = init_control_from_sd(model.state_dict(), load_state_dict(sd_base))
+    except CheckpointMismatchError as err:
+        raise RunInputError(f"training.sd_base {sd_base} does not fit the config: {err}") from None
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_state(init.state, dst)
+    logger.info("made the initial ControlNet checkpoint %s from %s (%d tensors copied from the UNet encoder)",
+                dst, sd_base, len(init.copied))
 
 
 class TrainData(pl.LightningDataModule):

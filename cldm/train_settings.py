@@ -17,6 +17,7 @@ class TrainSettings:
     data: str
     toy_data: dict[str, int] | None
     resume: str | None
+    sd_base: str | None  # made into `resume` (as tool_add_control.py does) when that file is missing
     batch_size: int
     accumulate: int
     max_steps: int

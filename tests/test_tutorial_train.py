@@ -16,6 +16,7 @@ from training.toy_data import write_toy_dataset
 from tutorial_train import main
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "models/cldm_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture
 def _args(base):
     def build(toy: Path, out: Path, *extra: str) -> list[str]:
-        return ["--data", str(toy), "--output", str(out), "--batch-size", "2", "--logger-freq", "1000",
+        return ["--config", str(TINY), "--data", str(toy), "--output", str(out), "--batch-size", "2", "--logger-freq", "1000",
                 "--workers", "0", "--resume", str(base), *extra]
     return build
 
@@ -131,7 +132,47 @@ def test_bad_input_gives_one_clear_line(toy, tmp_path, _args):
 
 def test_fresh_start_saves_its_initial_weights(toy, tmp_path):
     out = tmp_path / "fresh"
-    args = ["--data", str(toy), "--output", str(out), "--batch-size", "2", "--max-steps", "1", "--resume", "none"]
+    args = ["--config", str(TINY), "--data", str(toy), "--output", str(out), "--batch-size", "2", "--max-steps", "1",
+            "--resume", "none"]
     assert main(args) == 0
     init = load_state_dict(out / "init.safetensors")
     assert any(k.startswith("model.diffusion_model.") for k in init)
+
+
+def test_missing_initial_checkpoint_is_made_from_sd_base(toy, tmp_path, base):
+    init = tmp_path / "made" / "control_init.safetensors"
+    args = ["--config", str(TINY), "--data", str(toy), "--output", str(tmp_path / "run"), "--batch-size", "2",
+            "--max-steps", "1", "--resume", str(init), "--sd-base", str(base)]
+    assert main(args) == 0
+    made, sd = load_state_dict(init), load_state_dict(base)
+    # The trainable copy starts as the UNet encoder (tool_add_control.py's mapping), the SD part as the base.
+    key = "input_blocks.1.0.in_layers.2.weight"
+    assert torch.equal(made[f"control_model.{key}"], sd[f"model.diffusion_model.{key}"])
+    assert torch.equal(made["model.diffusion_model.out.2.weight"], sd["model.diffusion_model.out.2.weight"])
+    assert not made["control_model.zero_convs.0.0.weight"].any()
+
+
+def test_missing_sd_base_is_one_clear_line(toy, tmp_path):
+    args = ["--config", str(TINY), "--data", str(toy), "--output", str(tmp_path / "run"), "--max-steps", "1",
+            "--resume", str(tmp_path / "init.safetensors"), "--sd-base", str(tmp_path / "v1-5-pruned.ckpt")]
+    result = subprocess.run([sys.executable, str(ROOT / "tutorial_train.py"), *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "v1-5-pruned.ckpt does not exist" in result.stderr
+
+
+def test_gradient_release_trains_like_plain_adamw(toy, tmp_path, _args):
+    common = ["--max-steps", "3", "--ckpt-every", "3", "--optimizer-states", "float32"]
+    assert main(_args(toy, tmp_path / "plain", *common)) == 0
+    assert main(_args(toy, tmp_path / "release", *common, "--gradient-release")) == 0
+    plain, release = (load_file(str(tmp_path / run / "control.safetensors")) for run in ("plain", "release"))
+    for key, value in plain.items():
+        torch.testing.assert_close(release[key], value, rtol=1e-4, atol=1e-6)
+    assert any(v.abs().sum() > 0 for k, v in release.items() if "zero_convs" in k)  # it did step
+    ckpt = torch.load(tmp_path / "release/checkpoints/step-0000003.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3 and ckpt["optimizer_states"][0]["state"]
+
+
+def test_gradient_release_refuses_accumulation(toy, tmp_path, _args, capsys):
+    assert main(_args(toy, tmp_path / "run", "--max-steps", "1", "--gradient-release", "--accumulate", "2")) == 2
+    assert "--gradient-release" in capsys.readouterr().err

@@ -1,0 +1,32 @@
+"""The learning proof, smaller: a ControlNet trained briefly on the committed toy base follows its edges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cldm.canny2image import load_demo_model
+from evaluation.evaluate_control import EvalSettings, evaluate
+from tool_add_control import main as add_control_main
+from training.toy_data import write_toy_dataset
+from tutorial_train import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = ROOT / "models/cldm_toy.yaml"
+BASE = ROOT / "models/toy_base.safetensors"
+
+
+@pytest.mark.slow
+def test_controlnet_learns_to_follow_the_edges(tmp_path):
+    data = write_toy_dataset(tmp_path / "toy", n=600, size=64, seed=1)
+    init = tmp_path / "control_init.safetensors"
+    assert add_control_main([str(BASE), str(init), "--config", str(TOY)]) == 0
+    run = tmp_path / "run"
+    assert train_main(["--config", str(TOY), "--data", str(data), "--resume", str(init), "--output", str(run),
+                       "--max-steps", "600", "--logger-freq", "10000", "--ckpt-every", "10000"]) == 0
+    demo = load_demo_model(TOY, base=BASE, control=run / "control.safetensors", device="cpu")
+    scores = evaluate(demo, data, (1.0, 0.0), settings=EvalSettings(n=12, steps=10, seed=0))
+    # Strength 0 is the same model with the control switched off: the circles land anywhere.
+    assert scores["1"]["f1"] > 2.0 * scores["0"]["f1"], scores
+    assert scores["1"]["f1"] - scores["0"]["f1"] > 0.03, scores  # (measured here: 0.077 vs 0.022)

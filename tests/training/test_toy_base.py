@@ -1,0 +1,106 @@
+"""The toy base pretraining: SD's key layout, each phase trains only its parts, and the committed base fits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cldm.add_control import init_control_from_sd
+from cldm.checkpoint_keys import check_state_dict
+from cldm.model import create_model, load_config, load_state_dict
+from ldm.models.diffusion.ddpm import LatentDiffusion
+from tool_train_toy_base import base_state
+from tool_train_toy_base import main as train_base_main
+from training.toy_base import (PhaseSettings, autoencoder_loss, base_model_config, build_base, load_toy_images,
+                               train_autoencoder, train_denoiser)
+from training.toy_data import write_toy_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "models/cldm_tiny.yaml"
+TOY = ROOT / "models/cldm_toy.yaml"
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), n=24, size=64, seed=0)
+
+
+def test_base_config_is_plain_latent_diffusion_with_the_controlled_unets_keys():
+    config = load_config(TOY)["model"]
+    with torch.device("meta"):
+        base = build_base(config)
+        control = create_model(TOY)
+    assert type(base) is LatentDiffusion and type(base.model.diffusion_model).__name__ == "UNetModel"
+    expected = {k: v for k, v in control.state_dict().items() if not k.startswith("control_model.")}
+    assert {k: v.shape for k, v in base.state_dict().items()} == {k: v.shape for k, v in expected.items()}
+    assert "control_stage_config" not in base_model_config(config)["params"]
+
+
+def test_autoencoder_phase_lowers_its_loss_and_leaves_it_frozen(toy):
+    torch.manual_seed(0)
+    ae = build_base(load_config(TINY)["model"]).first_stage_model
+    images, _ = load_toy_images(toy)
+    assert images.shape == (len(images), 3, 64, 64) and images.min() >= -1 and images.max() <= 1
+
+    def loss() -> float:
+        with torch.no_grad():
+            return autoencoder_loss(ae, images[:8], kl_weight=1e-6, edge_weight=1.0,
+                                    generator=torch.Generator().manual_seed(0)).item()
+
+    before = loss()
+    train_autoencoder(ae, images, PhaseSettings(steps=30, batch_size=8, lr=2e-3), log=lambda _: None)
+    assert loss() < 0.8 * before
+    assert not any(p.requires_grad for p in ae.parameters()) and not ae.training
+
+
+def test_denoiser_phase_trains_unet_and_text_encoder_but_not_the_autoencoder(toy):
+    torch.manual_seed(0)
+    model = build_base(load_config(TINY)["model"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images, prompts = load_toy_images(toy)
+    losses = train_denoiser(model, images, prompts, PhaseSettings(steps=3, batch_size=4, lr=1e-3), log=lambda _: None)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    after = model.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"model", "cond_stage_model"}
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_saved_base_is_an_sd_style_checkpoint_for_tool_add_control(toy, tmp_path, capsys):
+    out = tmp_path / "base.safetensors"
+    args = ["--config", str(TINY), "--data", str(toy), "--ae-steps", "2", "--unet-steps", "2", "--ae-batch-size", "4",
+            "--unet-batch-size", "4", "--work-dir", str(tmp_path / "work"), "--out"]
+    assert train_base_main(args + [str(out)]) == 0
+    state = load_state_dict(out)
+    model = create_model(TINY)
+    init = init_control_from_sd(model.state_dict(), state)  # what tool_add_control.py runs
+    assert init.copied and not any(k.startswith("control_model.") for k in state)
+    assert state["model.diffusion_model.out.2.weight"].dtype == torch.float16
+    assert state["alphas_cumprod"].dtype == torch.float32  # the schedule stays exact
+    assert torch.equal(state["alphas_cumprod"], model.alphas_cumprod)
+    # A rerun (e.g. after an interruption in phase 2) reuses the finished autoencoder.
+    capsys.readouterr()
+    assert train_base_main(args + [str(tmp_path / "again.safetensors")]) == 0
+    assert "reusing" in capsys.readouterr().out
+    again = load_state_dict(tmp_path / "again.safetensors")
+    assert all(torch.equal(again[k], v) for k, v in state.items() if k.startswith("first_stage_model."))
+    # From scratch with the same seed: the same file, tensor for tensor.
+    args[args.index("--work-dir") + 1] = str(tmp_path / "work2")
+    assert train_base_main(args + [str(tmp_path / "fresh.safetensors")]) == 0
+    fresh = load_state_dict(tmp_path / "fresh.safetensors")
+    assert fresh.keys() == state.keys() and all(torch.equal(fresh[k], v) for k, v in state.items())
+
+
+def test_base_state_keeps_buffers_in_fp32(tiny_model):
+    state = base_state(tiny_model)
+    assert state["betas"].dtype == torch.float32 and state["model.diffusion_model.out.2.bias"].dtype == torch.float16
+
+
+def test_committed_toy_base_fits_the_toy_config():
+    path = ROOT / "models/toy_base.safetensors"
+    assert path.stat().st_size < 20e6, "the committed base must stay small"
+    with torch.device("meta"):
+        model = create_model(TOY)
+    check_state_dict(model.state_dict(), load_state_dict(path), exclude=("control_model.",))

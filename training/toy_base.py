@@ -1,0 +1,168 @@
+"""Pretrain the toy base model of the CPU quickstart: a tiny "Stable Diffusion" of the toy circles.
+
+Two phases, as SD was made (Rombach et al. 2022, §3): a KL autoencoder learns to compress the images
+(§3.1), then the UNet and text encoder learn ε-prediction in its latent space from the prompts alone
+(§3.2). The result has SD's checkpoint layout, ready for `tool_add_control.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ldm.models.autoencoder import AutoencoderKL
+from ldm.models.diffusion.ddpm import LatentDiffusion
+from ldm.util import instantiate_from_config
+from training.prompt_file import PROMPT_FILE, read_prompt_file
+
+logger = logging.getLogger(__name__)
+
+LATENT_DIFFUSION = "ldm.models.diffusion.ddpm.LatentDiffusion"
+PLAIN_UNET = "ldm.modules.diffusionmodules.openaimodel.UNetModel"
+CONTROL_ONLY_PARAMS = ("control_stage_config", "control_key", "only_mid_control", "sd_locked", "learning_rate",
+                       "control_scales", "frozen_dtype", "seed")
+
+Log = Callable[[str], None]
+
+
+def base_model_config(control_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The plain LatentDiffusion config inside a ControlLDM config (what SD's v1-inference.yaml is to cldm_v15.yaml).
+
+    The UNet is the plain `UNetModel` with the same parameters, so its keys are the controlled UNet's.
+    """
+    params = {k: copy.deepcopy(v) for k, v in control_config["params"].items() if k not in CONTROL_ONLY_PARAMS}
+    params["unet_config"] = {"target": PLAIN_UNET, "params": copy.deepcopy(dict(params["unet_config"]["params"]))}
+    return {"target": LATENT_DIFFUSION, "params": params}
+
+
+def load_toy_images(folder: str | Path, prompt_file: str = PROMPT_FILE) -> tuple[torch.Tensor, list[str]]:
+    """All targets of a prepared folder as N×3×H×W float32 in [−1, 1], and their prompts."""
+    folder = Path(folder)
+    rows = read_prompt_file(folder / prompt_file)
+    images = []
+    for row in rows:
+        bgr = cv2.imread(str(folder / row["target"]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"cannot decode {folder / row['target']}")
+        images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # N×3×H×W
+    return x.contiguous(), [row["prompt"] for row in rows]
+
+
+def _image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]  # B×3×(H−1)×W, B×3×H×(W−1)
+
+
+def autoencoder_loss(ae: AutoencoderKL, x: torch.Tensor, *, kl_weight: float, edge_weight: float,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """L1 reconstruction + L1 on image gradients (keeps edges sharp for canny) + a weak KL (SD uses 1e-6)."""
+    recon, posterior = ae(x, generator=generator)  # B×3×H×W
+    loss = F.l1_loss(recon, x)
+    if edge_weight:
+        loss = loss + edge_weight * sum(F.l1_loss(r, t) for r, t in zip(_image_gradients(recon), _image_gradients(x)))
+    return loss + kl_weight * posterior.kl().mean() / x[0].numel()
+
+
+@dataclass(frozen=True)
+class PhaseSettings:
+    """One optimisation phase: AdamW with a short warm-up and cosine decay."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    log_every: int = 100
+
+
+def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                               total_steps=steps, pct_start=0.05)
+
+
+def _run_phase(name: str, params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+               n_items: int, s: PhaseSettings, log: Log) -> list[float]:
+    """Shuffled batches of item indices → loss_fn(indices, generator); returns the loss per step."""
+    optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
+    schedule = _schedule(optimizer, s.steps)
+    generator = torch.Generator().manual_seed(s.seed)
+    order, cursor, losses, start = torch.randperm(n_items, generator=generator), 0, [], time.time()
+    for step in range(1, s.steps + 1):
+        if cursor + s.batch_size > n_items:
+            order, cursor = torch.randperm(n_items, generator=generator), 0
+        loss = loss_fn(order[cursor: cursor + s.batch_size], generator)
+        cursor += s.batch_size
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{name}: non-finite loss at step {step}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % s.log_every == 0 or step == s.steps:
+            recent = np.mean(losses[-s.log_every:])
+            log(f"{name} step {step}/{s.steps} loss {recent:.4f} ({time.time() - start:.0f} s)")
+    return losses
+
+
+def train_autoencoder(ae: AutoencoderKL, images: torch.Tensor, s: PhaseSettings, *, kl_weight: float = 1e-6,
+                      edge_weight: float = 1.0, log: Log = logger.info) -> list[float]:
+    """Fit the autoencoder to N×3×H×W images in [−1, 1]; leaves it frozen and in eval mode."""
+    ae.requires_grad_(True).train()
+
+    def loss_fn(idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return autoencoder_loss(ae, images[idx], kl_weight=kl_weight, edge_weight=edge_weight, generator=generator)
+
+    losses = _run_phase("autoencoder", list(ae.parameters()), loss_fn, len(images), s, log)
+    ae.requires_grad_(False).eval()
+    return losses
+
+
+@torch.no_grad()
+def latent_std(ae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> float:
+    """Standard deviation of the posterior means; SD's scale_factor is its inverse (0.18215 for SD's VAE)."""
+    z = torch.cat([ae.encode(images[i: i + batch_size]).mode() for i in range(0, len(images), batch_size)])
+    return float(z.std())
+
+
+def train_denoiser(model: LatentDiffusion, images: torch.Tensor, prompts: list[str], s: PhaseSettings, *,
+                   empty_prompt_p: float = 0.1, log: Log = logger.info) -> list[float]:
+    """Fit the UNet and the text encoder (ε-prediction) with the autoencoder frozen; `empty_prompt_p` of the
+    prompts are dropped so classifier-free guidance has an unconditional model to push against."""
+    with torch.no_grad():
+        posteriors = torch.cat([model.encode_first_stage(images[i: i + 64]).parameters
+                                for i in range(0, len(images), 64)])  # N×2C×H×W, encoded once
+    unet, text = model.model.diffusion_model, model.cond_stage_model
+    unet.requires_grad_(True).train()
+    text.requires_grad_(True)
+
+    def loss_fn(idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+
+        z = model.get_first_stage_encoding(DiagonalGaussianDistribution(posteriors[idx]), generator)  # B×C×H×W
+        drop = torch.rand(len(idx), generator=generator) < empty_prompt_p
+        batch_prompts = ["" if d else prompts[int(i)] for i, d in zip(idx, drop)]
+        t = torch.randint(0, model.num_timesteps, (len(idx),), generator=generator)
+        noise = torch.randn(z.shape, generator=generator)
+        loss, _ = model.p_losses(z, {"c_crossattn": [text(batch_prompts)]}, t, noise)
+        return loss
+
+    losses = _run_phase("denoiser", list(unet.parameters()) + list(text.parameters()), loss_fn, len(images), s, log)
+    unet.requires_grad_(False).eval()
+    text.requires_grad_(False)
+    return losses
+
+
+def build_base(control_config: Mapping[str, Any]) -> LatentDiffusion:
+    model = instantiate_from_config(base_model_config(control_config))
+    assert isinstance(model, LatentDiffusion)
+    return model
