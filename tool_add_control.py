@@ -14,6 +14,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import torch
+
 from cldm.add_control import init_control_from_sd, save_state
 from cldm.checkpoint_keys import CheckpointMismatchError
 from cldm.model import create_model, load_state_dict
@@ -57,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", type=Path, help="SD checkpoint (.ckpt, .pth or .safetensors)")
     parser.add_argument("output", type=Path, help="ControlLDM checkpoint to write (.ckpt, .pth or .safetensors)")
     parser.add_argument("--config", type=Path, default=Path("models/cldm_v15.yaml"), help="model config")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fresh hint encoder (same input, same file)")
     args = parser.parse_args(argv)
     check_paths(args.input, args.output)
     sd_state = load_state_dict(args.input)
     check_family(sd_state, args.config)
+    torch.manual_seed(args.seed)
     model = create_model(args.config)
     try:
         init = init_control_from_sd(model.state_dict(), sd_state)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.models.diffusion.ddpm import LatentDiffusion
+from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.util import instantiate_from_config
 from training.prompt_file import PROMPT_FILE, read_prompt_file
 
@@ -146,8 +147,6 @@ def train_denoiser(model: LatentDiffusion, images: torch.Tensor, prompts: list[s
     text.requires_grad_(True)
 
     def loss_fn(idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
-
         z = model.get_first_stage_encoding(DiagonalGaussianDistribution(posteriors[idx]), generator)  # B×C×H×W
         drop = torch.rand(len(idx), generator=generator) < empty_prompt_p
         batch_prompts = ["" if d else prompts[int(i)] for i, d in zip(idx, drop)]

@@ -85,3 +85,15 @@ def test_tool_names_mismatches_and_points_sd2_files_at_the_sd2_config(sd_file, t
     with pytest.raises(SystemExit, match="cldm_v21.yaml"):
         main([str(tmp_path / "sd2.ckpt"), str(tmp_path / "o.ckpt"), "--config", TINY])
     assert not (tmp_path / "o.ckpt").exists()
+
+
+def test_tool_output_depends_only_on_its_inputs_and_seed(sd_file, tmp_path):
+    path, _ = sd_file
+    outs = []
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        torch.manual_seed(len(outs) + 100)  # whatever the caller's global RNG holds
+        assert main([str(path), str(tmp_path / f"{name}.safetensors"), "--config", TINY, "--seed", seed]) == 0
+        outs.append(load_state_dict(tmp_path / f"{name}.safetensors"))
+    hint = "control_model.input_hint_block.0.weight"
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+    assert not torch.equal(outs[0][hint], outs[2][hint])
