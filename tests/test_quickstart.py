@@ -29,4 +29,4 @@ def test_controlnet_learns_to_follow_the_edges(tmp_path):
     scores = evaluate(demo, data, (1.0, 0.0), settings=EvalSettings(n=12, steps=10, seed=0))
     # Strength 0 is the same model with the control switched off: the circles land anywhere.
     assert scores["1"]["f1"] > 2.0 * scores["0"]["f1"], scores
-    assert scores["1"]["f1"] - scores["0"]["f1"] > 0.03, scores  # (measured here: 0.077 vs 0.022)
+    assert scores["1"]["f1"] - scores["0"]["f1"] > 0.03, scores
