@@ -34,7 +34,7 @@ browser:
 test: setup-dev browser
 	$(PY) -m pytest
 
-# The CPU quickstart (about 10 minutes): ControlNet on the committed toy base, trained on generated
+# The CPU quickstart (about 11 minutes): ControlNet on the committed toy base, trained on generated
 # circles, then scored with control against the same model at control strength 0.
 TOY_RUN := runs/toy
 demo: setup
