@@ -38,11 +38,7 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
                  optimizer_state_dtype: str = "float32", gradient_release: bool = False,
                  **ldm_params: Any) -> None:
         # **ldm_params are LatentDiffusion's keyword-only parameters; it rejects unknown names.
-        super().__init__(**ldm_params)
-        self.control_model: ControlNet = instantiate_from_config(control_stage_config)
-        if not isinstance(self.model.diffusion_model, ControlledUnetModel):
-            raise ValueError("unet_config must build cldm.cldm.ControlledUnetModel (the UNet that accepts control), "
-                             f"got {type(self.model.diffusion_model).__name__}")
+        # Arguments are checked before anything is built: a full-size build takes seconds and gigabytes.
         if frozen_dtype not in FROZEN_DTYPES:
             raise ValueError(f"frozen_dtype must be one of {sorted(FROZEN_DTYPES)}, got {frozen_dtype!r}")
         if optimizer_state_dtype not in STATE_DTYPES:
@@ -51,6 +47,17 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        super().__init__(**ldm_params)
+        if not isinstance(self.model.diffusion_model, ControlledUnetModel):
+            raise ValueError("unet_config must build cldm.cldm.ControlledUnetModel (the UNet that accepts control), "
+                             f"got {type(self.model.diffusion_model).__name__}")
+        # Memory saver: the frozen parts stored in the compute dtype of mixed-precision training. They are cast
+        # before the ControlNet is built, so the fp32 UNet and the fp32 ControlNet never coexist.
+        self.frozen_dtype = FROZEN_DTYPES[frozen_dtype]
+        self.first_stage_model.to(self.frozen_dtype)
+        self.cond_stage_model.to(self.frozen_dtype)
+        self.sd_locked = sd_locked
+        self.control_model: ControlNet = instantiate_from_config(control_stage_config)
         n = self.control_model.num_outputs
         scales = [1.0] * n if control_scales is None else [float(s) for s in control_scales]
         if len(scales) != n:
@@ -60,11 +67,6 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         self.learning_rate = learning_rate
         self.seed = seed
         self.control_scales = scales
-        # Memory saver: the frozen parts stored in the compute dtype of mixed-precision training.
-        self.frozen_dtype = FROZEN_DTYPES[frozen_dtype]
-        self.first_stage_model.to(self.frozen_dtype)
-        self.cond_stage_model.to(self.frozen_dtype)
-        self.sd_locked = sd_locked
         # Memory savers of the optimizer (cldm/optimizer.py): bf16 moments, and the step inside backward.
         self.optimizer_state_dtype = STATE_DTYPES[optimizer_state_dtype]
         self.gradient_release = bool(gradient_release)
