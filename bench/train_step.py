@@ -28,6 +28,24 @@ def peak_rss_gb() -> float:
     return float("nan")
 
 
+def peak_memory_gb(device: str) -> float:
+    """Peak CUDA memory allocated on GPU, the peak resident set on CPU, in GB."""
+    return torch.cuda.max_memory_allocated() / 1024**3 if device == "cuda" else peak_rss_gb()
+
+
+def reset_peak_memory(device: str) -> bool:
+    """Restart the high-water mark from current use (CPU: Linux `clear_refs` 5); False where that is not allowed."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def make_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = model.trainable_parameters()
     if name == "adamw":
@@ -43,7 +61,7 @@ def make_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     raise SystemExit(f"unknown optimizer {name!r}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="models/cldm_v15.yaml")
     p.add_argument("--resolution", type=int, default=128, help="image side (latents are side/8)")
@@ -60,7 +78,7 @@ def main() -> None:
     p.add_argument("--cached-latents", action="store_true", help="skip the VAE and text encoder (precomputed inputs)")
     p.add_argument("--steps", type=int, default=4, help="timed steps (after one warm-up step)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     config = load_config(args.config)["model"]
     params = config["params"]
@@ -72,8 +90,12 @@ def main() -> None:
     torch.manual_seed(0)
     model = instantiate_from_config(config).to(args.device).train()
     optimizer = make_optimizer(args.optimizer, model)
+    build_peak = peak_memory_gb(args.device)
+    split = reset_peak_memory(args.device)  # from here on the high-water mark is the training steps'
     dtype = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[args.precision]
-    autocast = torch.autocast(torch.device(args.device).type, dtype=dtype) if dtype else nullcontext()
+    # As Lightning's MixedPrecision: no autocast cache, so low-precision weight copies die with their op
+    # (or, under checkpointing, with their block) instead of living until the end of the forward.
+    autocast = torch.autocast(torch.device(args.device).type, dtype=dtype, cache_enabled=False) if dtype else nullcontext()
     b, side = args.batch, args.resolution
     batch = {"jpg": torch.rand(b, side, side, 3) * 2 - 1, "hint": torch.rand(b, side, side, 3),
              "txt": ["a photography of a corgi on the grass"] * b}
@@ -103,14 +125,16 @@ def main() -> None:
     times = [sum(p) for p in parts]
     median = statistics.median(times)
     fwd, bwd, opt = (statistics.median(p[i] for p in parts) for i in range(3))
-    memory = (torch.cuda.max_memory_allocated() / 1024**3) if args.device == "cuda" else peak_rss_gb()
+    steps_peak = peak_memory_gb(args.device)
+    memory = max(build_peak, steps_peak) if split else steps_peak
+    detail = f" (build {build_peak:.1f} GB, steps {steps_peak:.1f} GB)" if split else ""
     kind = "peak CUDA allocated" if args.device == "cuda" else "peak RSS"
     print(f"config={args.config} resolution={side} batch={b} precision={args.precision} "
           f"frozen_dtype={args.frozen_dtype} checkpointing={args.checkpointing} optimizer={args.optimizer} "
           f"optimizer_states={args.optimizer_states} gradient_release={args.gradient_release} "
           f"cached_latents={args.cached_latents} device={args.device} threads={torch.get_num_threads()}")
     print(f"step {median:.2f} s (median of {len(times)}: forward {fwd:.2f}, backward {bwd:.2f}, optimizer {opt:.2f}), "
-          f"{b / median:.2f} samples/s, {kind} {memory:.1f} GB")
+          f"{b / median:.2f} samples/s, {kind} {memory:.1f} GB{detail}")
 
 
 if __name__ == "__main__":
