@@ -12,18 +12,18 @@ The same seed on the same machine reproduces the file; other CPUs may differ in 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from cldm.add_control import save_state
 from cldm.model import load_config
 from training.prompt_file import PROMPT_FILE
-from training.toy_base import PhaseSettings, build_base, latent_std, load_toy_images, train_autoencoder, train_denoiser
+from training.toy_base import (PhaseSettings, build_base, encode_posteriors, latent_std, load_toy_images,
+                               train_autoencoder, train_denoiser)
 from training.toy_data import write_toy_dataset
 
 
@@ -69,17 +69,16 @@ def main(argv: list[str] | None = None) -> int:
                                         seed=args.seed), log=print)
         args.work_dir.mkdir(parents=True, exist_ok=True)
         save_state(model.first_stage_model.state_dict(), ae_file)
-    std = latent_std(model.first_stage_model, images)
+    posteriors = encode_posteriors(model.first_stage_model, images)  # N×2C×h×w
+    std = latent_std(posteriors)
     print(f"latent std {std:.4f}: scale_factor 1/std = {1 / std:.5f} (config: {model.scale_factor})")
     if abs(model.scale_factor * std - 1) > 0.25:
         print(f"warning: set scale_factor: {1 / std:.5f} in {args.config} so the latents have unit variance")
-    train_denoiser(model, images, prompts,
+    train_denoiser(model, posteriors, prompts,
                    PhaseSettings(steps=args.unet_steps, batch_size=args.unet_batch_size, lr=args.unet_lr, seed=args.seed),
                    empty_prompt_p=args.empty_prompt_p, log=print)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-    save_file(base_state(model), str(tmp), metadata={k: str(v) for k, v in vars(args).items()})  # how it was made
-    os.replace(tmp, args.out)
+    save_state(base_state(model), args.out, metadata={k: str(v) for k, v in vars(args).items()})  # how it was made
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {time.time() - start:.0f} s")
     return 0
 

@@ -129,19 +129,23 @@ def train_autoencoder(ae: AutoencoderKL, images: torch.Tensor, s: PhaseSettings,
 
 
 @torch.no_grad()
-def latent_std(ae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> float:
-    """Standard deviation of the posterior means; SD's scale_factor is its inverse (0.18215 for SD's VAE)."""
-    z = torch.cat([ae.encode(images[i: i + batch_size]).mode() for i in range(0, len(images), batch_size)])
-    return float(z.std())
+def encode_posteriors(ae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The encoder's Gaussian parameters (mean ‖ log-variance) for N×3×H×W images: N×2C×h×w, computed once."""
+    return torch.cat([ae.encode(images[i: i + batch_size]).parameters for i in range(0, len(images), batch_size)])
 
 
-def train_denoiser(model: LatentDiffusion, images: torch.Tensor, prompts: list[str], s: PhaseSettings, *,
+def latent_std(posteriors: torch.Tensor) -> float:
+    """Standard deviation of the posterior means (N×2C×h×w input); SD's scale_factor is its inverse
+    (0.18215 for SD's VAE)."""
+    mean, _ = torch.chunk(posteriors, 2, dim=1)  # N×C×h×w
+    return float(mean.std())
+
+
+def train_denoiser(model: LatentDiffusion, posteriors: torch.Tensor, prompts: list[str], s: PhaseSettings, *,
                    empty_prompt_p: float = 0.1, log: Log = logger.info) -> list[float]:
-    """Fit the UNet and the text encoder (ε-prediction) with the autoencoder frozen; `empty_prompt_p` of the
-    prompts are dropped so classifier-free guidance has an unconditional model to push against."""
-    with torch.no_grad():
-        posteriors = torch.cat([model.encode_first_stage(images[i: i + 64]).parameters
-                                for i in range(0, len(images), 64)])  # N×2C×H×W, encoded once
+    """Fit the UNet and the text encoder (ε-prediction) on `encode_posteriors` of the images, with the
+    autoencoder frozen; `empty_prompt_p` of the prompts are dropped so classifier-free guidance has an
+    unconditional model to push against."""
     unet, text = model.model.diffusion_model, model.cond_stage_model
     unet.requires_grad_(True).train()
     text.requires_grad_(True)
@@ -155,7 +159,8 @@ def train_denoiser(model: LatentDiffusion, images: torch.Tensor, prompts: list[s
         loss, _ = model.p_losses(z, {"c_crossattn": [text(batch_prompts)]}, t, noise)
         return loss
 
-    losses = _run_phase("denoiser", list(unet.parameters()) + list(text.parameters()), loss_fn, len(images), s, log)
+    losses = _run_phase("denoiser", list(unet.parameters()) + list(text.parameters()), loss_fn, len(posteriors), s,
+                        log)
     unet.requires_grad_(False).eval()
     text.requires_grad_(False)
     return losses

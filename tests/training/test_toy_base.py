@@ -13,8 +13,8 @@ from cldm.model import create_model, load_config, load_state_dict
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from tool_train_toy_base import base_state
 from tool_train_toy_base import main as train_base_main
-from training.toy_base import (PhaseSettings, autoencoder_loss, base_model_config, build_base, load_toy_images,
-                               train_autoencoder, train_denoiser)
+from training.toy_base import (PhaseSettings, autoencoder_loss, base_model_config, build_base, encode_posteriors,
+                               latent_std, load_toy_images, train_autoencoder, train_denoiser)
 from training.toy_data import write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,12 +55,30 @@ def test_autoencoder_phase_lowers_its_loss_and_leaves_it_frozen(toy):
     assert not any(p.requires_grad for p in ae.parameters()) and not ae.training
 
 
+def test_latent_std_is_the_spread_of_the_posterior_means_not_the_log_variances():
+    mean = torch.randn(16, 4, 8, 8) * 3.0
+    logvar = torch.full_like(mean, -20.0)
+    assert latent_std(torch.cat([mean, logvar], dim=1)) == pytest.approx(float(mean.std()))
+
+
+def test_encode_posteriors_matches_the_autoencoder_whatever_the_chunk_size(toy):
+    torch.manual_seed(0)
+    ae = build_base(load_config(TINY)["model"]).first_stage_model
+    images, _ = load_toy_images(toy)
+    whole = encode_posteriors(ae, images, batch_size=len(images))
+    assert whole.shape[0] == len(images) and whole.shape[1] == 2 * ae.post_quant_conv.in_channels
+    torch.testing.assert_close(encode_posteriors(ae, images, batch_size=3), whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(whole, ae.encode(images).parameters)
+
+
 def test_denoiser_phase_trains_unet_and_text_encoder_but_not_the_autoencoder(toy):
     torch.manual_seed(0)
     model = build_base(load_config(TINY)["model"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images, prompts = load_toy_images(toy)
-    losses = train_denoiser(model, images, prompts, PhaseSettings(steps=3, batch_size=4, lr=1e-3), log=lambda _: None)
+    posteriors = encode_posteriors(model.first_stage_model, images)
+    losses = train_denoiser(model, posteriors, prompts, PhaseSettings(steps=3, batch_size=4, lr=1e-3),
+                            log=lambda _: None)
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     after = model.state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
