@@ -58,13 +58,14 @@ def init_control_from_sd(model_state: Mapping[str, torch.Tensor], sd_state: Mapp
     return ControlInit(state, copied, fresh, report.kept_fresh, report.dropped_extras)
 
 
-def save_state(state: Mapping[str, torch.Tensor], dst: Path) -> None:
-    """Write a state dict atomically (temp file + rename); the format follows dst's extension."""
+def save_state(state: Mapping[str, torch.Tensor], dst: Path, metadata: Mapping[str, str] | None = None) -> None:
+    """Write a state dict atomically (temp file + rename); the format follows dst's extension. `metadata`
+    (text only) goes in the safetensors header, or beside `state_dict` in a .ckpt/.pth."""
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # per process: DDP ranks may write the same file
     if dst.suffix.lower() == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=dict(metadata or {}) or None)
     else:
-        torch.save({"state_dict": dict(state)}, tmp)
+        torch.save({"state_dict": dict(state), **({"metadata": dict(metadata)} if metadata else {})}, tmp)
     os.replace(tmp, dst)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cldm.add_control import init_control_from_sd, unet_twin
+from cldm.add_control import init_control_from_sd, save_state, unet_twin
 from cldm.model import load_state_dict
 from tool_add_control import main
 
@@ -97,3 +97,20 @@ def test_tool_output_depends_only_on_its_inputs_and_seed(sd_file, tmp_path):
     hint = "control_model.input_hint_block.0.weight"
     assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
     assert not torch.equal(outs[0][hint], outs[2][hint])
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_save_state_round_trips_tensors_and_metadata_and_leaves_no_temp_file(tmp_path, suffix):
+    state = {"a.weight": torch.randn(3, 4).t(), "b": torch.arange(5)}  # a non-contiguous view too
+    dst = tmp_path / f"out{suffix}"
+    save_state(state, dst, metadata={"seed": "7"})
+    loaded = load_state_dict(dst)
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(dst), "pt") as f:
+            assert f.metadata() == {"seed": "7"}
+    else:
+        assert torch.load(dst)["metadata"] == {"seed": "7"}
+    assert [p.name for p in tmp_path.iterdir()] == [dst.name]
