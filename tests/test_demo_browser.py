@@ -1,4 +1,4 @@
-"""The demo in a real browser: upload a photo, type a prompt, click Run, see the gallery."""
+"""The demo in a real browser: upload a picture, type a prompt, click Run, see the gallery."""
 
 import os
 import shutil
@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from skimage import data
+from training.prompt_file import VAL_PROMPT_FILE, read_prompt_file
+from training.toy_data import write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -50,8 +50,10 @@ def server(tmp_path):
 def test_upload_prompt_run_shows_edges_and_images(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    photo = tmp_path / "chelsea.png"
-    Image.fromarray(data.chelsea()).save(photo)
+    # A held-out picture of the toy quickstart's kind, so the screenshot shows what that model learnt.
+    toy = write_toy_dataset(tmp_path / "toy", n=2, seed=123)
+    example = read_prompt_file(toy / VAL_PROMPT_FILE)[0]
+    photo = toy / example["target"]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -59,7 +61,7 @@ def test_upload_prompt_run_shows_edges_and_images(server, tmp_path):
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(server)
         page.locator("input[type=file]").first.set_input_files(str(photo))
-        page.get_by_label("Prompt").fill("a cat on a sofa")
+        page.get_by_label("Prompt").fill(example["prompt"])
         page.get_by_role("button", name="Run").click()
         page.get_by_text("Seed used").wait_for(timeout=120_000)
         gallery_images = page.locator(".gallery img, [data-testid='gallery'] img, .grid-wrap img")
