@@ -17,6 +17,7 @@ import torch
 
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CHUNK = 1 << 16  # elements per slice of the update
+MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 class AdamW(torch.optim.Optimizer):
@@ -47,12 +48,19 @@ class AdamW(torch.optim.Optimizer):
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        # torch casts loaded state to each parameter's dtype; keep the moments in their storage dtype.
-        for state in self.state.values():
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in state:
-                    state[key] = state[key].to(self.state_dtype)
+        # torch would cast every loaded state tensor to its parameter's dtype: bf16 moments would come back
+        # as fp32 copies (twice their size, all at once, at resume). The moments are set aside, the rest
+        # loaded by torch, and the moments put back in their storage dtype: no copy when that already fits.
+        saved = state_dict["state"]
+        rest = {i: {k: v for k, v in s.items() if k not in MOMENTS} for i, s in saved.items()}
+        super().load_state_dict({**state_dict, "state": rest})
+        param_of = {i: p for saved_group, group in zip(state_dict["param_groups"], self.param_groups)
+                    for i, p in zip(saved_group["params"], group["params"])}
+        for i, s in saved.items():
+            p = param_of[i]
+            for key in MOMENTS:
+                if key in s:
+                    self.state[p][key] = s[key].to(device=p.device, dtype=self.state_dtype)
 
     @torch.no_grad()
     def step_param(self, p: torch.nn.Parameter) -> None:

@@ -57,6 +57,37 @@ def test_bf16_moments_survive_a_state_dict_round_trip():
         assert torch.equal(restored.state[p]["exp_avg_sq"], optimizer.state[p]["exp_avg_sq"])
 
 
+def test_loading_takes_the_saved_moments_without_a_copy_and_resumes_exactly():
+    model, twin = _model(), _model()
+    optimizer = AdamW(model.parameters(), lr=1e-2, state_dtype=torch.bfloat16)
+    _train(model, optimizer, 2)
+    twin.load_state_dict(model.state_dict())
+    saved = copy.deepcopy(optimizer.state_dict())
+    keys_before = {i: set(s) for i, s in saved["state"].items()}
+    restored = AdamW(twin.parameters(), lr=1e-2, state_dtype=torch.bfloat16)
+    restored.load_state_dict(saved)
+    assert {i: set(s) for i, s in saved["state"].items()} == keys_before  # the caller's dict is left whole
+    for i, p in enumerate(twin.parameters()):
+        # the very tensors of the checkpoint: no fp32 copy at load (that doubled the moments' memory at resume)
+        assert restored.state[p]["exp_avg"].data_ptr() == saved["state"][i]["exp_avg"].data_ptr()
+        assert restored.state[p]["step"] == optimizer.state[list(model.parameters())[i]]["step"]
+    _train(model, optimizer, 3)
+    _train(twin, restored, 3)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_bf16_moments_load_into_an_fp32_state_optimizer_as_fp32():
+    model = _model()
+    optimizer = AdamW(model.parameters(), lr=1e-2, state_dtype=torch.bfloat16)
+    _train(model, optimizer, 1)
+    restored = AdamW(model.parameters(), lr=1e-2)
+    restored.load_state_dict(optimizer.state_dict())
+    for p in model.parameters():
+        assert restored.state[p]["exp_avg_sq"].dtype == torch.float32
+        assert torch.equal(restored.state[p]["exp_avg_sq"], optimizer.state[p]["exp_avg_sq"].float())
+
+
 def test_gradient_release_gives_the_same_weights_and_keeps_no_gradients():
     ours, ref = _model(), _model()
     release = GradientRelease(AdamW(ours.parameters(), lr=1e-2))
