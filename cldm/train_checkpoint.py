@@ -10,6 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,38 @@ def export_control(model: torch.nn.Module, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "source": "cutenet"})
     os.replace(tmp, path)
+
+
+class StreamingCheckpointIO(TorchCheckpointIO):
+    """Write a checkpoint by streaming `torch.save` into a temp file beside it, then renaming it.
+
+    Lightning's `TorchCheckpointIO` serialises the whole checkpoint into an in-memory buffer first, which
+    adds the checkpoint's size to peak memory at every save (2.9 GB at SD1.5 with bf16 moments). This one
+    adds none and is just as atomic. Lightning calls it on global rank 0 only. Loading maps the file
+    instead of reading it whole, so a resume does not hold the checkpoint and the restored state at once.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # only left behind if torch.save failed
+
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = "cpu", weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        # Our checkpoints hold only tensors and plain data, so the safe unpickler suffices unless told otherwise.
+        safe = True if weights_only is None else weights_only
+        return torch.load(path, map_location=map_location, weights_only=safe, mmap=True)
 
 
 class PeriodicCheckpoint(pl.Callback):
@@ -64,13 +97,11 @@ class PeriodicCheckpoint(pl.Callback):
         step = trainer.global_step
         self._last_saved = step
         path = self.folder / f"step-{step:07d}.ckpt"
-        tmp = self.folder / f".step-{step:07d}.ckpt.tmp"
-        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
-        self._finish(tmp, path, pl_module)
+        trainer.save_checkpoint(path, weights_only=False)  # collective: all ranks call it, rank 0 writes (atomically)
+        self._finish(path, pl_module)
 
     @rank_zero_only
-    def _finish(self, tmp: Path, path: Path, pl_module: pl.LightningModule) -> None:
-        os.replace(tmp, path)
+    def _finish(self, path: Path, pl_module: pl.LightningModule) -> None:
         export_control(pl_module, self.folder.parent / CONTROL_FILE)
         for old in list_checkpoints(self.folder)[: -self.keep]:
             old.unlink()

@@ -18,7 +18,7 @@ from cldm.add_control import init_control_from_sd, save_state
 from cldm.checkpoint_keys import CheckpointMismatchError, check_state_dict, load_weights
 from cldm.logger import ImageLogger
 from cldm.model import load_state_dict
-from cldm.train_checkpoint import PeriodicCheckpoint, list_checkpoints
+from cldm.train_checkpoint import PeriodicCheckpoint, StreamingCheckpointIO, list_checkpoints
 from cldm.train_settings import TrainSettings
 from ldm.util import instantiate_from_config
 from training.dataset import PairDataset
@@ -91,7 +91,7 @@ def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_pa
     base = Path(settings.resume) if settings.resume else None
     start_step = 0
     if ckpt_path is not None:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # shapes only: no full read
         base = Path(ckpt.get("cutenet_config", {}).get("base") or output / INIT_FILE)
         start_step = int(ckpt["global_step"])
         try:
@@ -150,12 +150,10 @@ def build_model(plan: RunPlan) -> pl.LightningModule:
         load_weights(model, load_state_dict(plan.base))
         logger.info("loaded initial weights from %s", plan.base)
     else:
-        from safetensors.torch import save_file
-
         plan.output.mkdir(parents=True, exist_ok=True)
         init = plan.output / INIT_FILE
         if pl.utilities.rank_zero.rank_zero_only.rank == 0:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(init))
+            save_state(model.state_dict(), init)
         plan.base = init
         logger.info("no initial checkpoint: fresh weights, saved to %s", init)
     return model
@@ -203,7 +201,8 @@ def make_trainer(plan: RunPlan, resolved: dict[str, Any], *, log_samples: bool =
     return pl.Trainer(
         accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.resolved_strategy(),
         precision=s.precision, max_steps=s.total_steps(len(plan.dataset)), accumulate_grad_batches=s.accumulate,
-        callbacks=callbacks, logger=TensorBoardLogger(str(plan.output), name="lightning_logs"),
+        callbacks=callbacks, plugins=[StreamingCheckpointIO()],
+        logger=TensorBoardLogger(str(plan.output), name="lightning_logs"),
         enable_checkpointing=False, use_distributed_sampler=False, num_sanity_val_steps=0,
         log_every_n_steps=min(50, s.logger_freq), default_root_dir=str(plan.output))
 

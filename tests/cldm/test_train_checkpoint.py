@@ -1,0 +1,39 @@
+"""Checkpoint writing: streamed to disk, atomic, and nothing of an older checkpoint lost on failure."""
+
+import pytest
+import torch
+
+from cldm.train_checkpoint import StreamingCheckpointIO, list_checkpoints
+
+
+def test_streaming_checkpoint_io_round_trips_and_leaves_only_the_file(tmp_path):
+    io = StreamingCheckpointIO()
+    ckpt = {"state_dict": {"control_model.w": torch.randn(4, 4).bfloat16()}, "global_step": 7}
+    path = tmp_path / "checkpoints" / "step-0000007.ckpt"  # the folder does not exist yet
+    io.save_checkpoint(ckpt, path)
+    loaded = io.load_checkpoint(path)  # mapped, with the safe unpickler
+    assert loaded["global_step"] == 7
+    assert torch.equal(loaded["state_dict"]["control_model.w"], ckpt["state_dict"]["control_model.w"])
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert list_checkpoints(path.parent) == [path]
+
+
+def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path):
+    io = StreamingCheckpointIO()
+    path = tmp_path / "step-0000001.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        io.save_checkpoint({"global_step": 2, "bad": lambda: None}, path)  # a lambda cannot be pickled
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_storage_options_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="storage_options"):
+        StreamingCheckpointIO().save_checkpoint({}, tmp_path / "x.ckpt", storage_options={"a": 1})
+
+
+def test_loading_a_missing_checkpoint_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="step-0000009.ckpt"):
+        StreamingCheckpointIO().load_checkpoint(tmp_path / "step-0000009.ckpt")
