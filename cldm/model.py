@@ -34,25 +34,38 @@ def create_model(config_path: str | Path) -> Any:
     return model
 
 
-def load_state_dict(path: str | Path, location: str | torch.device = "cpu", *,
-                    trusted: bool = False) -> dict[str, torch.Tensor]:
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def load_state_dict(path: str | Path, location: str | torch.device = "cpu", *, trusted: bool = False,
+                    shapes_only: bool = False) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file; `.ckpt`/`.pth` are unwrapped from `['state_dict']` when present.
 
     Pickles load with `weights_only=True`. `trusted=True` allows full unpickling, which can run code
-    from the file: use it only for files from a source you trust.
+    from the file: use it only for files from a source you trust. `shapes_only=True` returns `meta`
+    tensors of the right names, shapes and dtypes without reading the data (the safetensors header, or
+    a memory-mapped pickle whose storages are never touched): enough to check a 5.7 GB file against a
+    config in a moment.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        return load_file(str(path), device=str(location))
+        if not shapes_only:
+            return load_file(str(path), device=str(location))
+        with safe_open(str(path), framework="pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), dtype=SAFETENSORS_DTYPES[f.get_slice(k).get_dtype()],
+                                   device="meta") for k in f.keys()}
     if suffix not in (".ckpt", ".pth", ".pt", ".bin"):
         raise ValueError(f"{path}: unknown checkpoint extension {suffix!r}; use .ckpt, .pth or .safetensors")
     try:
-        data = torch.load(path, map_location=location, weights_only=not trusted)
+        data = _load_pickle(path, location, weights_only=not trusted, mmap=shapes_only)
     except pickle.UnpicklingError as err:
         raise ValueError(f"{path} holds Python objects besides tensors, so it cannot be loaded safely "
                          f"(weights_only=True). If you trust its source, pass trusted=True "
@@ -60,4 +73,15 @@ def load_state_dict(path: str | Path, location: str | torch.device = "cpu", *,
     state = data.get("state_dict", data) if isinstance(data, dict) else data
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state_dict of tensors (top-level keys: {list(data)[:5]})")
+    if shapes_only:
+        return {k: torch.empty_like(v, device="meta") for k, v in state.items()}
     return state
+
+
+def _load_pickle(path: Path, location: str | torch.device, *, weights_only: bool, mmap: bool) -> Any:
+    if mmap:
+        try:
+            return torch.load(path, map_location=location, weights_only=weights_only, mmap=True)
+        except RuntimeError as err:  # files from torch < 1.6 (not zip) cannot be mapped: read them whole
+            logger.debug("%s cannot be memory-mapped (%s); reading it whole", path, err)
+    return torch.load(path, map_location=location, weights_only=weights_only)

@@ -105,7 +105,7 @@ def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_pa
             raise RunInputError(f"initial checkpoint {base} does not exist; make it with tool_add_control.py "
                                 "(see README) or set training.resume: null for a fresh start")
         try:
-            check_state_dict(model_state, load_state_dict(base))
+            check_state_dict(model_state, load_state_dict(base, shapes_only=True))
         except CheckpointMismatchError as err:
             raise RunInputError(f"{base} does not fit {config_path}: {err}") from None
     return RunPlan(settings, model_config, output, dataset, base, ckpt_path, start_step)

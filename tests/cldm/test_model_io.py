@@ -109,3 +109,21 @@ def test_missing_config_is_a_clear_error(tmp_path):
     bad.write_text("model:\n  target: cldm.cldm.NoSuchModel\n")
     with pytest.raises(ValueError, match="NoSuchModel"):
         create_model(bad)
+
+
+@pytest.mark.parametrize("write", ["safetensors", "zip pickle", "legacy pickle"])
+def test_shapes_only_gives_meta_tensors_of_the_same_names_shapes_and_dtypes(tmp_path, write):
+    state = {"control_model.w": torch.randn(3, 5), "model.h": torch.zeros(2, dtype=torch.bfloat16),
+             "cond_stage_model.ids": torch.arange(7)}
+    if write == "safetensors":
+        from safetensors.torch import save_file
+
+        path = tmp_path / "w.safetensors"
+        save_file(state, str(path))
+    else:  # the legacy (torch < 1.6) format cannot be memory-mapped and is read whole instead
+        path = tmp_path / "w.ckpt"
+        torch.save({"state_dict": state}, path, _use_new_zipfile_serialization=write == "zip pickle")
+    shapes = load_state_dict(path, shapes_only=True)
+    assert shapes.keys() == state.keys()
+    for k, v in state.items():
+        assert shapes[k].is_meta and shapes[k].shape == v.shape and shapes[k].dtype == v.dtype
