@@ -13,6 +13,8 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
+from cldm.add_control import save_state
+
 logger = logging.getLogger(__name__)
 
 STEP_FILE = re.compile(r"^step-(\d+)\.ckpt$")
@@ -29,13 +31,8 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 def export_control(model: torch.nn.Module, path: Path) -> None:
     """Write the ControlNet alone (`control_model.*` keys, fp32) as safetensors, atomically."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()
-             if k.startswith("control_model.")}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "source": "cutenet"})
-    os.replace(tmp, path)
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if k.startswith("control_model.")}
+    save_state(state, path, metadata={"format": "pt", "source": "cutenet"})
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
@@ -58,7 +55,6 @@ class StreamingCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)  # only left behind if torch.save failed
-
 
     def load_checkpoint(self, path: str | Path, map_location: Any = "cpu", weights_only: bool | None = None
                         ) -> dict[str, Any]:

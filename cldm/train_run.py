@@ -91,7 +91,7 @@ def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_pa
     base = Path(settings.resume) if settings.resume else None
     start_step = 0
     if ckpt_path is not None:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # shapes only: no full read
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # mapped: only what is used is read
         base = Path(ckpt.get("cutenet_config", {}).get("base") or output / INIT_FILE)
         start_step = int(ckpt["global_step"])
         try:
