@@ -14,8 +14,8 @@ from einops import rearrange
 
 from annotator.canny import CannyDetector
 from annotator.util import HWC3, resize_image
-from cldm.checkpoint_keys import load_weights
-from cldm.model import create_model, load_state_dict
+from cldm.checkpoint_keys import load_weights_from_file
+from cldm.model import create_model
 from ldm.models.diffusion.ddim import DDIMSampler
 
 logger = logging.getLogger(__name__)
@@ -84,14 +84,13 @@ def load_demo_model(config: str | Path, *, ckpt: str | Path | None = None, base:
     model = create_model(config)
     parts = [str(config)]
     if ckpt is not None:
-        load_weights(model, load_state_dict(ckpt))
+        load_weights_from_file(model, ckpt)
         parts.append(f"weights {ckpt}")
     if base is not None:
-        base_state = {k: v for k, v in load_state_dict(base).items() if not k.startswith("control_model.")}
-        load_weights(model, base_state, exclude=("control_model.",))
+        load_weights_from_file(model, base, exclude=("control_model.",), ignore=("control_model.",))
         parts.append(f"base {base}")
     if control is not None:
-        load_weights(model, load_state_dict(control), prefixes=("control_model.",))
+        load_weights_from_file(model, control, prefixes=("control_model.",))
         parts.append(f"ControlNet {control}")
     if len(parts) == 1:
         parts.append("UNTRAINED random weights (train first, or pass --ckpt / --base + --control)")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+
+from cldm.model import iter_tensor_chunks, load_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +84,28 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
     """Copy `state` into `model` strictly (see `check_state_dict`); returns what was dropped or kept fresh."""
     kept, report = check_state_dict(model.state_dict(), state, prefixes=prefixes, exclude=exclude)
     model.load_state_dict(kept, strict=False)
+    _log_report(report)
+    return report
+
+
+def load_weights_from_file(model: torch.nn.Module, path: str | Path, *, prefixes: Sequence[str] | None = None,
+                           exclude: Sequence[str] = (), ignore: Sequence[str] = (), trusted: bool = False,
+                           chunk_bytes: int = 256 << 20) -> LoadReport:
+    """`load_weights` from a file, checked from its header first and then copied a chunk at a time: the
+    model is untouched if the file does not fit, and loading needs the model plus one chunk of memory,
+    not the model plus the whole file. File keys under `ignore` are skipped (e.g. the ControlNet of a
+    full ControlLDM file used only as an SD base)."""
+    shapes = {k: v for k, v in load_state_dict(path, trusted=trusted, shapes_only=True).items()
+              if not k.startswith(tuple(ignore))}
+    kept, report = check_state_dict(model.state_dict(), shapes, prefixes=prefixes, exclude=exclude)
+    for chunk in iter_tensor_chunks(path, list(kept), trusted=trusted, chunk_bytes=chunk_bytes):
+        model.load_state_dict(chunk, strict=False)
+    _log_report(report)
+    return report
+
+
+def _log_report(report: LoadReport) -> None:
     if report.dropped_extras:
         logger.info("dropped %d known extra entries (position_ids, model_ema.*)", len(report.dropped_extras))
     if report.kept_fresh:
         logger.info("not in the file, kept at their initial value: %s", ", ".join(report.kept_fresh))
-    return report

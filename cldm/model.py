@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,48 @@ def load_state_dict(path: str | Path, location: str | torch.device = "cpu", *, t
         with safe_open(str(path), framework="pt") as f:
             return {k: torch.empty(f.get_slice(k).get_shape(), dtype=SAFETENSORS_DTYPES[f.get_slice(k).get_dtype()],
                                    device="meta") for k in f.keys()}
-    if suffix not in (".ckpt", ".pth", ".pt", ".bin"):
-        raise ValueError(f"{path}: unknown checkpoint extension {suffix!r}; use .ckpt, .pth or .safetensors")
+    state = _pickle_state(path, location, trusted=trusted, mmap=shapes_only)
+    if shapes_only:
+        return {k: torch.empty_like(v, device="meta") for k, v in state.items()}
+    return state
+
+
+def iter_tensor_chunks(path: str | Path, keys: Sequence[str], location: str | torch.device = "cpu", *,
+                       trusted: bool = False, chunk_bytes: int = 256 << 20) -> Iterator[dict[str, torch.Tensor]]:
+    """The tensors `keys` of a checkpoint file, about `chunk_bytes` at a time, so that copying a file into
+    a model needs the model plus one chunk rather than the model plus the whole file. A safetensors file
+    is read tensor by tensor; a pickle is memory-mapped (file-backed pages instead of anonymous memory)."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device=str(location)) as f:
+            yield from _chunks(keys, f.get_tensor, chunk_bytes)
+        return
+    state = _pickle_state(path, location, trusted=trusted, mmap=True)
+    yield from _chunks(keys, state.__getitem__, chunk_bytes)
+
+
+def _chunks(keys: Sequence[str], get: Callable[[str], torch.Tensor], chunk_bytes: int
+            ) -> Iterator[dict[str, torch.Tensor]]:
+    chunk: dict[str, torch.Tensor] = {}
+    size = 0
+    for key in keys:
+        chunk[key] = get(key)
+        size += chunk[key].nbytes
+        if size >= chunk_bytes:
+            yield chunk
+            chunk, size = {}, 0
+    if chunk:
+        yield chunk
+
+
+def _pickle_state(path: Path, location: str | torch.device, *, trusted: bool, mmap: bool) -> dict[str, torch.Tensor]:
+    if path.suffix.lower() not in (".ckpt", ".pth", ".pt", ".bin"):
+        raise ValueError(f"{path}: unknown checkpoint extension {path.suffix.lower()!r}; "
+                         "use .ckpt, .pth or .safetensors")
     try:
-        data = _load_pickle(path, location, weights_only=not trusted, mmap=shapes_only)
+        data = _load_pickle(path, location, weights_only=not trusted, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise ValueError(f"{path} holds Python objects besides tensors, so it cannot be loaded safely "
                          f"(weights_only=True). If you trust its source, pass trusted=True "
@@ -73,8 +112,6 @@ def load_state_dict(path: str | Path, location: str | torch.device = "cpu", *, t
     state = data.get("state_dict", data) if isinstance(data, dict) else data
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state_dict of tensors (top-level keys: {list(data)[:5]})")
-    if shapes_only:
-        return {k: torch.empty_like(v, device="meta") for k, v in state.items()}
     return state
 
 

@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from cldm.add_control import init_control_from_sd, save_state
-from cldm.checkpoint_keys import CheckpointMismatchError, check_state_dict, load_weights
+from cldm.checkpoint_keys import CheckpointMismatchError, check_state_dict, load_weights_from_file
 from cldm.logger import ImageLogger
 from cldm.model import load_state_dict
 from cldm.train_checkpoint import PeriodicCheckpoint, StreamingCheckpointIO, list_checkpoints
@@ -147,7 +147,7 @@ def build_model(plan: RunPlan) -> pl.LightningModule:
     """The ControlLDM with its starting weights; a fresh start saves them so resumes reload the same frozen parts."""
     model = instantiate_from_config(plan.model_config)
     if plan.base is not None:
-        load_weights(model, load_state_dict(plan.base))
+        load_weights_from_file(model, plan.base)
         logger.info("loaded initial weights from %s", plan.base)
     else:
         plan.output.mkdir(parents=True, exist_ok=True)

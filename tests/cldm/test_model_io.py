@@ -1,10 +1,11 @@
+import copy
 import json
 import socket
 
 import pytest
 import torch
 
-from cldm.checkpoint_keys import CheckpointMismatchError, load_weights
+from cldm.checkpoint_keys import CheckpointMismatchError, load_weights, load_weights_from_file
 from cldm.model import create_model, load_state_dict
 
 
@@ -127,3 +128,48 @@ def test_shapes_only_gives_meta_tensors_of_the_same_names_shapes_and_dtypes(tmp_
     assert shapes.keys() == state.keys()
     for k, v in state.items():
         assert shapes[k].is_meta and shapes[k].shape == v.shape and shapes[k].dtype == v.dtype
+
+
+def _write(state, path):
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({"state_dict": state}, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_loading_a_file_in_chunks_equals_loading_it_whole(tiny_model, tmp_path, suffix):
+    state = _real_file_state(tiny_model)
+    for v in state.values():
+        if v.is_floating_point():
+            v.add_(torch.randn_like(v))
+    path = _write(state, tmp_path / f"w{suffix}")
+    whole = copy.deepcopy(tiny_model)
+    expected = load_weights(whole, state)
+    report = load_weights_from_file(tiny_model, path, chunk_bytes=4096)  # many chunks
+    assert (report.loaded, report.kept_fresh, sorted(report.dropped_extras)) == \
+        (expected.loaded, expected.kept_fresh, sorted(expected.dropped_extras))
+    ours, theirs = tiny_model.state_dict(), whole.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_a_file_that_does_not_fit_leaves_the_model_untouched(tiny_model, tmp_path):
+    state = _real_file_state(tiny_model)
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    state["model.diffusion_model.out.2.bias"] = torch.zeros(7)
+    before = copy.deepcopy(tiny_model.state_dict())
+    with pytest.raises(CheckpointMismatchError, match="model.diffusion_model.out.2.bias: file"):
+        load_weights_from_file(tiny_model, _write(state, tmp_path / "w.safetensors"), chunk_bytes=4096)
+    assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
+
+
+def test_ignored_file_keys_are_neither_loaded_nor_unexpected(tiny_model, tmp_path):
+    state = {k: v + 1 for k, v in _real_file_state(tiny_model).items() if v.is_floating_point()}
+    control_before = tiny_model.control_model.zero_convs[0][0].bias.clone()
+    path = _write({**state, "control_model.zero_convs.0.0.bias": control_before + 5}, tmp_path / "w.safetensors")
+    load_weights_from_file(tiny_model, path, exclude=("control_model.",), ignore=("control_model.",))
+    assert torch.equal(tiny_model.control_model.zero_convs[0][0].bias, control_before)
+    assert torch.equal(tiny_model.model.diffusion_model.out[2].bias, state["model.diffusion_model.out.2.bias"])
