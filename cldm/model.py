@@ -61,8 +61,9 @@ def load_state_dict(path: str | Path, location: str | torch.device = "cpu", *, t
         if not shapes_only:
             return load_file(str(path), device=str(location))
         with safe_open(str(path), framework="pt") as f:
-            return {k: torch.empty(f.get_slice(k).get_shape(), dtype=SAFETENSORS_DTYPES[f.get_slice(k).get_dtype()],
-                                   device="meta") for k in f.keys()}
+            slices = {k: f.get_slice(k) for k in f.keys()}  # header entries: no data read
+            return {k: torch.empty(s.get_shape(), dtype=SAFETENSORS_DTYPES[s.get_dtype()], device="meta")
+                    for k, s in slices.items()}
     state = _pickle_state(path, location, trusted=trusted, mmap=shapes_only)
     if shapes_only:
         return {k: torch.empty_like(v, device="meta") for k, v in state.items()}
