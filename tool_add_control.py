@@ -14,11 +14,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import torch
-
-from cldm.add_control import init_control_from_sd, save_state
+from cldm.add_control import build_control_init, save_state
 from cldm.checkpoint_keys import CheckpointMismatchError
-from cldm.model import create_model, load_state_dict
+from cldm.model import load_config, load_state_dict
 
 OUTPUT_SUFFIXES = (".ckpt", ".pth", ".safetensors")
 
@@ -64,10 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     check_paths(args.input, args.output)
     sd_state = load_state_dict(args.input)
     check_family(sd_state, args.config)
-    torch.manual_seed(args.seed)
-    model = create_model(args.config)
     try:
-        init = init_control_from_sd(model.state_dict(), sd_state)
+        init = build_control_init(load_config(args.config)["model"], sd_state, seed=args.seed)
     except CheckpointMismatchError as err:
         raise SystemExit(f"error: {args.input} is not an SD checkpoint for {args.config}: {err}") from None
     save_state(init.state, args.output)

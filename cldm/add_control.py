@@ -6,10 +6,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cldm.checkpoint_keys import check_state_dict
+from ldm.util import instantiate_from_config
 
 CONTROL_PREFIX = "control_model."
 UNET_PREFIX = "model.diffusion_model."
@@ -56,6 +58,17 @@ def init_control_from_sd(model_state: Mapping[str, torch.Tensor], sd_state: Mapp
             state[key] = value
             fresh.append(key)
     return ControlInit(state, copied, fresh, report.kept_fresh, report.dropped_extras)
+
+
+def build_control_init(model_config: Mapping[str, Any], sd_state: Mapping[str, torch.Tensor], *,
+                       seed: int) -> ControlInit:
+    """The initial ControlLDM state for the `model` node of a config: a model built with its fresh parts
+    (hint encoder, zero convolutions) drawn under `seed`, filled by `init_control_from_sd`. The same
+    input and seed give the same state, whichever process makes it (tool_add_control.py, or training's
+    `sd_base` on every DDP rank)."""
+    torch.manual_seed(seed)
+    model = instantiate_from_config(model_config)
+    return init_control_from_sd(model.state_dict(), sd_state)
 
 
 def save_state(state: Mapping[str, torch.Tensor], dst: Path, metadata: Mapping[str, str] | None = None) -> None:

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from cldm.add_control import init_control_from_sd, save_state
+from cldm.add_control import build_control_init, save_state
 from cldm.checkpoint_keys import CheckpointMismatchError, check_state_dict, load_weights_from_file
 from cldm.logger import ImageLogger
 from cldm.model import load_state_dict
@@ -116,10 +116,8 @@ def make_control_init(model_config: dict[str, Any], sd_base: Path, dst: Path, *,
     if not sd_base.is_file():
         raise RunInputError(f"training.sd_base {sd_base} does not exist; it is needed to make the initial "
                             f"checkpoint {dst} (see README)")
-    torch.manual_seed(seed)  # every DDP rank that makes it makes the same file
-    model = instantiate_from_config(model_config)
     try:
-        init = init_control_from_sd(model.state_dict(), load_state_dict(sd_base))
+        init = build_control_init(model_config, load_state_dict(sd_base), seed=seed)
     except CheckpointMismatchError as err:
         raise RunInputError(f"training.sd_base {sd_base} does not fit the config: {err}") from None
     dst.parent.mkdir(parents=True, exist_ok=True)

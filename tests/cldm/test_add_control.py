@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from cldm.add_control import init_control_from_sd, save_state, unet_twin
-from cldm.model import load_state_dict
+from cldm.model import load_config, load_state_dict
+from cldm.train_run import make_control_init
 from tool_add_control import main
 
 TINY = "models/cldm_tiny.yaml"
@@ -97,6 +98,14 @@ def test_tool_output_depends_only_on_its_inputs_and_seed(sd_file, tmp_path):
     hint = "control_model.input_hint_block.0.weight"
     assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
     assert not torch.equal(outs[0][hint], outs[2][hint])
+
+
+def test_training_makes_the_same_initial_file_as_the_tool(sd_file, tmp_path):
+    path, _ = sd_file
+    assert main([str(path), str(tmp_path / "tool.safetensors"), "--config", TINY, "--seed", "3"]) == 0
+    make_control_init(load_config(TINY)["model"], path, tmp_path / "train.safetensors", seed=3)
+    tool, train = load_state_dict(tmp_path / "tool.safetensors"), load_state_dict(tmp_path / "train.safetensors")
+    assert tool.keys() == train.keys() and all(torch.equal(tool[k], train[k]) for k in tool)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
