@@ -32,7 +32,8 @@ class MemoryPeaks:
     returncode: int
 
 
-def _status_kb(pid: int) -> dict[str, int]:
+def status_kb(pid: int | str = "self") -> dict[str, int]:
+    """The kB fields of /proc/<pid>/status (VmHWM, RssAnon, RssFile, ...); empty once the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f) if v.strip().endswith("kB")}
@@ -48,7 +49,7 @@ def measure(cmd: list[str], interval: float = 0.5) -> MemoryPeaks:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        sample = _status_kb(proc.pid)
+        sample = status_kb(proc.pid)
         anon = max(anon, sample.get("RssAnon", 0))
         file_backed = max(file_backed, sample.get("RssFile", 0))
         time.sleep(interval)

@@ -15,17 +15,14 @@ from contextlib import nullcontext
 
 import torch
 
+from bench.run_memory import GB, status_kb
 from cldm.model import load_config
 from ldm.util import instantiate_from_config
 
 
 def peak_rss_gb() -> float:
     """The process's resident-set high-water mark (VmHWM), in GB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-    return float("nan")
+    return status_kb().get("VmHWM", float("nan")) / GB
 
 
 def peak_memory_gb(device: str) -> float:
