@@ -1,13 +1,16 @@
 # One entry point for the common tasks. Every target sets itself up from nothing.
-#   make setup  - create .venv/ with the runtime requirements (quick when already done)
-#   make test   - setup + test extras + the browser the demo test drives + the whole test suite
-#   make demo   - setup + the main job on its embedded default (toy model, generated data, CPU)
+#   make setup      - create .venv/ with the runtime requirements (quick when already done)
+#   make test       - setup + test extras + the browser the demo test drives + lint + the whole test suite
+#   make test-fast  - the inner loop: every test but the slow, browser and distributed ones (about a minute)
+#   make lint       - ruff (lint + format check) and deptry (requirements against imports)
+#   make format     - apply ruff's fixes and formatting
+#   make demo       - setup + the main job on its embedded default (toy model, generated data, CPU)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup setup-dev browser test demo clean-venv
+.PHONY: setup setup-dev browser lint format test test-fast demo clean-venv
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +34,20 @@ browser:
 	else echo "+ apt-get update && apt-get install -y chromium"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
 
-test: setup-dev browser
+lint: setup-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/deptry .
+
+format: setup-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: setup-dev browser lint
 	$(PY) -m pytest
+
+test-fast: setup-dev
+	$(PY) -m pytest -m "not slow and not browser and not distributed"
 
 # The CPU quickstart (about 11 minutes): ControlNet on the committed toy base, trained on generated
 # circles, then scored with control against the same model at control strength 0.

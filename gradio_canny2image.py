@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cldm.canny2image import (DemoModel, GenerationInputError, GenerationRequest, generate, load_demo_model)
+from demo.canny2image import DemoModel, GenerationInputError, GenerationRequest, generate, load_demo_model
 
 TOY_CONFIG = "models/cldm_toy.yaml"
 TOY_BASE = Path("models/toy_base.safetensors")
@@ -92,7 +92,7 @@ def build_ui(demo: DemoModel):
     defaults = GenerationRequest()
 
     def process(image, prompt, a_prompt, n_prompt, num_samples, resolution, steps, guess_mode, strength, scale,
-                seed, eta, low_threshold, high_threshold, progress=gr.Progress()):
+                seed, eta, low_threshold, high_threshold, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
         request = GenerationRequest(prompt, a_prompt, n_prompt, int(num_samples), int(resolution), int(steps),
                                     bool(guess_mode), float(strength), float(scale), int(seed), float(eta),
                                     int(low_threshold), int(high_threshold))

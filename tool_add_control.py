@@ -14,9 +14,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from cldm.add_control import build_control_init, save_state
-from cldm.checkpoint_keys import CheckpointMismatchError
 from cldm.model import load_config, load_state_dict
+from cldm.weights import CheckpointMismatchError, build_control_init, save_state
 
 OUTPUT_SUFFIXES = (".ckpt", ".pth", ".safetensors")
 

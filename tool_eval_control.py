@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from cldm.canny2image import load_demo_model
+from cldm.model import load_model
 from evaluation.evaluate_control import EvalSettings, evaluate
 from training.prompt_file import VAL_PROMPT_FILE
 
@@ -43,15 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid-rows", type=int, default=6, help="rows in --grid")
     args = p.parse_args(argv)
     try:
-        demo = load_demo_model(args.config, ckpt=args.ckpt, base=args.base, control=args.control, device=args.device)
+        model, description = load_model(args.config, ckpt=args.ckpt, base=args.base, control=args.control)
+        model = model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
         rows: list = []
-        results = evaluate(demo, args.data, tuple(args.strengths), prompt_file=args.prompt_file,
+        results = evaluate(model, args.data, tuple(args.strengths), prompt_file=args.prompt_file,
                            settings=EvalSettings(n=args.n, steps=args.steps, guidance_scale=args.scale,
                                                  tolerance=args.tolerance, seed=args.seed), grid_rows=rows)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"weights: {demo.description}")
+    print(f"weights: {description}")
     print(f"{'strength':>8s} {'edge F1':>8s} {'precision':>9s} {'recall':>7s} {'SSIM':>6s} {'pairs':>5s}")
     for strength, m in results.items():
         print(f"{strength:>8s} {m['f1']:8.3f} {m['precision']:9.3f} {m['recall']:7.3f} {m['ssim']:6.3f} {m['n']:5d}")
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sample grid ({columns}): {args.grid}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"weights": demo.description, "results": results}, indent=2))
+        args.out.write_text(json.dumps({"weights": description, "results": results}, indent=2))
         print(f"wrote {args.out}")
     return 0
 

@@ -19,11 +19,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from cldm.add_control import save_state
 from cldm.model import load_config
+from cldm.weights import save_state
 from training.prompt_file import PROMPT_FILE
-from training.toy_base import (PhaseSettings, build_base, encode_posteriors, latent_std, load_toy_images,
-                               train_autoencoder, train_denoiser)
+from training.toy_base import (
+    PhaseSettings,
+    build_base,
+    encode_posteriors,
+    latent_std,
+    load_toy_images,
+    train_autoencoder,
+    train_denoiser,
+)
 from training.toy_data import write_toy_dataset
 
 

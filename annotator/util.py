@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -33,6 +35,14 @@ def HWC3(image: np.ndarray) -> np.ndarray:
     color = image[:, :, :3].astype(np.float32)
     alpha = image[:, :, 3:4].astype(np.float32) / 255.0
     return (color * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).round().astype(np.uint8)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file into uint8 H×W×3 RGB (OpenCV decodes to BGR); ValueError naming the file if it cannot."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # H×W×3 BGR
+    if image is None:
+        raise ValueError(f"cannot decode {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:

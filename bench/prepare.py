@@ -21,10 +21,10 @@ from PIL import Image
 from skimage import data
 
 from annotator.canny import CannyDetector
-from training.crop import crop_square
-from training.discover import ImageRecord
-from training.prepare_dogs import ImageSettings, Summary, prepare_images
-from training.validate import load_rgb
+from training.data.crop import crop_square
+from training.data.discover import ImageRecord
+from training.data.prepare_dogs import ImageSettings, Summary, prepare_images
+from training.data.validate import load_rgb
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat")
 

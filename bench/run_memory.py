@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 GB = 1024**2  # /proc and ru_maxrss report kB
@@ -41,8 +42,10 @@ def status_kb(pid: int | str = "self") -> dict[str, int]:
         return {}
 
 
-def measure(cmd: list[str], interval: float = 0.5) -> MemoryPeaks:
-    """Run `cmd` to completion; sample its anonymous and file-backed resident memory every `interval` s."""
+def measure(cmd: list[str], interval: float = 0.5,
+            on_sample: Callable[[dict[str, int]], None] | None = None) -> MemoryPeaks:
+    """Run `cmd` to completion; sample its anonymous and file-backed resident memory every `interval` s, and hand
+    each sample (/proc/<pid>/status in kB) to `on_sample`."""
     proc = subprocess.Popen(cmd)
     anon = file_backed = 0
     while True:
@@ -52,6 +55,8 @@ def measure(cmd: list[str], interval: float = 0.5) -> MemoryPeaks:
         sample = status_kb(proc.pid)
         anon = max(anon, sample.get("RssAnon", 0))
         file_backed = max(file_backed, sample.get("RssFile", 0))
+        if on_sample is not None:
+            on_sample(sample)
         time.sleep(interval)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
     return MemoryPeaks(usage.ru_maxrss / GB, anon / GB, file_backed / GB, proc.returncode)

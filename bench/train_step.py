@@ -9,6 +9,7 @@ configuration per process, so the peak-memory figure belongs to it alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from contextlib import nullcontext
@@ -17,7 +18,8 @@ import torch
 
 from bench.run_memory import GB, status_kb
 from cldm.model import load_config
-from ldm.util import instantiate_from_config
+from training.run import instantiate_model
+from training.settings import ModelOptions
 
 
 def peak_rss_gb() -> float:
@@ -58,7 +60,7 @@ def make_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     raise SystemExit(f"unknown optimizer {name!r}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="models/cldm_v15.yaml")
     p.add_argument("--resolution", type=int, default=128, help="image side (latents are side/8)")
@@ -75,17 +77,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cached-latents", action="store_true", help="skip the VAE and text encoder (precomputed inputs)")
     p.add_argument("--steps", type=int, default=4, help="timed steps (after one warm-up step)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Build the model as training does, time the steps, print the figures; returns the trained model and optimizer."""
     config = load_config(args.config)["model"]
-    params = config["params"]
-    params["frozen_dtype"] = args.frozen_dtype
-    params["optimizer_state_dtype"] = args.optimizer_states
-    params["gradient_release"] = args.gradient_release
-    for node in ("unet_config", "control_stage_config"):
-        params[node]["params"]["use_checkpoint"] = args.checkpointing
+    options = dataclasses.replace(ModelOptions.from_model_config(config, args.config), frozen_dtype=args.frozen_dtype,
+                                  optimizer_state_dtype=args.optimizer_states, gradient_release=args.gradient_release,
+                                  checkpointing=args.checkpointing)
     torch.manual_seed(0)
-    model = instantiate_from_config(config).to(args.device).train()
+    model = instantiate_model(options.applied_to(config, seed=0)).to(args.device).train()
     optimizer = make_optimizer(args.optimizer, model)
     build_peak = peak_memory_gb(args.device)
     split = reset_peak_memory(args.device)  # from here on the high-water mark is the training steps'
@@ -96,8 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     b, side = args.batch, args.resolution
     batch = {"jpg": torch.rand(b, side, side, 3) * 2 - 1, "hint": torch.rand(b, side, side, 3),
              "txt": ["a photography of a corgi on the grass"] * b}
-    with autocast:
-        z_cached, cond_cached = model.get_input(batch, "jpg")
+    if args.cached_latents:  # the latent cache's batch format: the VAE posterior and the text context
+        with autocast, torch.no_grad():
+            images = batch["jpg"].permute(0, 3, 1, 2).to(args.device)  # B×3×H×W
+            posterior = model.encode_first_stage(images.to(next(model.first_stage_model.parameters()).dtype))
+            batch = {"moments": posterior.parameters.float(), "context": model.get_learned_conditioning(batch["txt"]),
+                     "hint": batch["hint"]}
 
     def clock() -> float:
         if args.device == "cuda":
@@ -107,9 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     def step() -> tuple[float, float, float]:
         start = clock()
         with autocast:
-            z, cond = (z_cached, cond_cached) if args.cached_latents else model.get_input(batch, "jpg")
-            t = torch.randint(0, model.num_timesteps, (b,), device=z.device)
-            loss, _ = model.p_losses(z, cond, t)
+            loss, _ = model.training_loss(batch, 0)  # what training_step computes
         forward = clock()
         loss.backward()
         backward = clock()
@@ -132,6 +136,11 @@ def main(argv: list[str] | None = None) -> None:
           f"cached_latents={args.cached_latents} device={args.device} threads={torch.get_num_threads()}")
     print(f"step {median:.2f} s (median of {len(times)}: forward {fwd:.2f}, backward {bwd:.2f}, optimizer {opt:.2f}), "
           f"{b / median:.2f} samples/s, {kind} {memory:.1f} GB{detail}")
+    return model, optimizer
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_benchmark(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ public class paths `cldm.cldm.ControlNet` / `cldm.cldm.ControlledUnetModel` in Y
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,10 +15,10 @@ import pytorch_lightning as pl
 import torch
 
 from cldm.control_net import ControlNet
-from cldm.checkpoint_keys import CheckpointMismatchError, check_state_dict
 from cldm.controlled_unet import ControlledUnetModel
 from cldm.optimizer import STATE_DTYPES, AdamW, GradientRelease
 from cldm.text_image import text_as_images
+from cldm.weights import CheckpointMismatchError, check_state_dict
 from ldm.models.diffusion.ddim import DDIMSampler
 from ldm.models.diffusion.ddpm import Cond, LatentDiffusion, batch_images
 from ldm.util import instantiate_from_config
@@ -27,6 +28,25 @@ __all__ = ["ControlLDM", "ControlNet", "ControlledUnetModel"]
 logger = logging.getLogger(__name__)
 
 FROZEN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# The packing of (seed, step, micro-batch, rank) used before seeds were hashed. It is kept, bit for bit, where it
+# is collision-free (micro-batch < 64, rank < 4096, step < 1_000_003), so runs started earlier resume with the
+# same noise; every other tuple is hashed into [2^63, 2^64), which no packed seed reaches.
+_PACKED_LIMITS = (1_000_003, 64, 4096)
+
+
+def noise_seed(seed: int, step: int, micro_batch: int, rank: int) -> int:
+    """A 64-bit generator seed, distinct for every (seed, step, micro-batch, rank) up to hash collisions (2^-63)."""
+    if min(seed, step, micro_batch, rank) < 0:
+        raise ValueError(f"noise_seed takes non-negative values, got {(seed, step, micro_batch, rank)}")
+    steps, micro_batches, ranks = _PACKED_LIMITS
+    if step < steps and micro_batch < micro_batches and rank < ranks:
+        packed = ((seed * steps + step) * micro_batches + micro_batch) * ranks + rank
+        if packed < 2**63:
+            return packed
+    digest = hashlib.blake2b(f"{seed},{step},{micro_batch},{rank}".encode(), digest_size=8).digest()
+    return 2**63 | int.from_bytes(digest, "little")
 
 
 class ControlLDM(LatentDiffusion, pl.LightningModule):
@@ -56,7 +76,7 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         self.frozen_dtype = FROZEN_DTYPES[frozen_dtype]
         self.first_stage_model.to(self.frozen_dtype)
         self.cond_stage_model.to(self.frozen_dtype)
-        self.sd_locked = sd_locked
+        self._lock_unet(sd_locked)
         self.control_model: ControlNet = instantiate_from_config(control_stage_config)
         n = self.control_model.num_outputs
         scales = [1.0] * n if control_scales is None else [float(s) for s in control_scales]
@@ -76,16 +96,17 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
 
     @property
     def sd_locked(self) -> bool:
+        """Whether the whole SD UNet is locked (set at construction; the decoder trains when False)."""
         return self._sd_locked
 
-    @sd_locked.setter
-    def sd_locked(self, locked: bool) -> None:
-        """Lock the whole SD UNet, or unlock its decoder (output blocks and `out`) as in the paper's §4.4."""
+    def _lock_unet(self, locked: bool) -> None:
+        """Lock the whole SD UNet in `frozen_dtype`, or leave its decoder (output blocks and `out`) trainable in
+        float32 for the optimizer, as in the paper's §4.4."""
         self._sd_locked = bool(locked)
         unet = self.model.diffusion_model
         unet.requires_grad_(False)
         unet.to(self.frozen_dtype)
-        if not locked:  # the trainable decoder stays in float32 for the optimizer
+        if not locked:
             for part in (unet.output_blocks, unet.out):
                 part.requires_grad_(True)
                 part.float()
@@ -102,17 +123,21 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         hint = (hint if bs is None else hint[:bs]).to(self.device)
         return z, {"c_crossattn": cond["c_crossattn"], "c_concat": [hint]}
 
-    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond, *,
+                    control_scales: Sequence[float] | None = None) -> torch.Tensor:
+        """ε for latents B×C×H×W. `control_scales` (one per ControlNet residual) overrides the model's own
+        `control_scales` for this call only, so samplers never change the model."""
         context = torch.cat(list(cond["c_crossattn"]), dim=1)  # B×L×D
         unet: ControlledUnetModel = self.model.diffusion_model
         if cond.get("c_concat") is None:
             return unet(x_noisy, t, context, control=None, only_mid_control=self.only_mid_control)
+        scales = self.control_scales if control_scales is None else list(control_scales)
         hint = torch.cat(list(cond["c_concat"]), dim=1)  # B×3×8H×8W
         control = self.control_model(x_noisy, hint, t, context)
-        if len(self.control_scales) != len(control):
-            raise ValueError(f"control_scales has {len(self.control_scales)} values but the ControlNet returns "
+        if len(scales) != len(control):
+            raise ValueError(f"control_scales has {len(scales)} values but the ControlNet returns "
                              f"{len(control)} residuals")
-        control = [c * scale for c, scale in zip(control, self.control_scales)]
+        control = [c * scale for c, scale in zip(control, scales, strict=True)]
         return unet(x_noisy, t, context, control=control, only_mid_control=self.only_mid_control)  # B×C×H×W
 
     def get_unconditional_conditioning(self, n: int) -> torch.Tensor:
@@ -124,10 +149,11 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         trainer = self._trainer
         accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
-        key = ((self.seed * 1_000_003 + self.global_step) * 64 + batch_idx % accumulate) * 4096 + rank
-        return torch.Generator(device=self.device).manual_seed(key % (2**63))
+        key = noise_seed(self.seed, self.global_step, batch_idx % accumulate, rank)
+        return torch.Generator(device=self.device).manual_seed(key)
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: Mapping[str, Any], batch_idx: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The ε-MSE loss of one micro-batch (images or cached latents), with its noise from `step_generator`."""
         generator = self.step_generator(batch_idx)
         z, cond = self.get_input(batch, self.first_stage_key, generator=generator)
         t = torch.randint(0, self.num_timesteps, (z.shape[0],), device=z.device, generator=generator)  # B
@@ -137,7 +163,11 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
             # Raised before backward, so no optimizer step and no checkpoint ever sees the bad values.
             raise FloatingPointError(f"non-finite loss {loss.item()} at global step {self.global_step}, "
                                      f"batch {batch_idx}; lower the learning rate or check the data")
-        self.log_dict(loss_dict, prog_bar=True, on_step=True, batch_size=z.shape[0])
+        return loss, loss_dict
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, loss_dict = self.training_loss(batch, batch_idx)
+        self.log_dict(loss_dict, prog_bar=True, on_step=True, batch_size=len(batch[self.control_key]))
         if self.gradient_release:
             optimizer = self.optimizers()
             self.manual_backward(loss)  # each parameter is updated, and its gradient freed, as it completes

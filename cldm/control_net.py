@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -19,17 +19,9 @@ def _zero_conv(channels: int) -> TimestepEmbedSequential:
 class ControlNet(UNetEncoder):
     """UNet encoder + middle block copy, with a hint encoder in and one zero convolution per output."""
 
-    def __init__(self, *, in_channels: int, hint_channels: int, model_channels: int, num_res_blocks: int,
-                 attention_resolutions: Sequence[int], channel_mult: Sequence[int], context_dim: int,
-                 num_heads: int = -1, num_head_channels: int = -1, transformer_depth: int = 1,
-                 use_linear_in_transformer: bool = False, use_checkpoint: bool = False, dropout: float = 0.0,
-                 image_size: int | None = None, use_spatial_transformer: bool = True, legacy: bool = False) -> None:
-        spec = UNetSpec.create(
-            in_channels=in_channels, model_channels=model_channels, num_res_blocks=num_res_blocks,
-            attention_resolutions=attention_resolutions, channel_mult=channel_mult, context_dim=context_dim,
-            num_heads=num_heads, num_head_channels=num_head_channels, transformer_depth=transformer_depth,
-            use_linear_in_transformer=use_linear_in_transformer, use_checkpoint=use_checkpoint, dropout=dropout,
-            image_size=image_size, use_spatial_transformer=use_spatial_transformer, legacy=legacy)
+    def __init__(self, *, hint_channels: int, **architecture: Any) -> None:
+        # `architecture`: the UNet's own (`UNetSpec.create`'s) keyword arguments, so the copy matches its encoder.
+        spec = UNetSpec.create(**architecture)
         super().__init__(spec)
         if not isinstance(hint_channels, int) or hint_channels < 1:
             raise ValueError(f"hint_channels must be a positive int, got {hint_channels!r}")
@@ -39,7 +31,7 @@ class ControlNet(UNetEncoder):
         layers: list[nn.Module] = []
         for c_in, c_out, stride in widths:
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1, stride=stride), nn.SiLU()]
-        layers.append(zero_module(nn.Conv2d(256, model_channels, 3, padding=1)))
+        layers.append(zero_module(nn.Conv2d(256, spec.model_channels, 3, padding=1)))
         self.input_hint_block = TimestepEmbedSequential(*layers)
         self.zero_convs = nn.ModuleList(_zero_conv(ch) for ch in self.skip_channels)
         self.middle_block_out = _zero_conv(self.middle_channels)

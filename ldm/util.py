@@ -1,9 +1,13 @@
-"""Build objects from `{target, params}` config nodes (like EDM's `construct_class_by_name`)."""
+"""Build objects from `{target, params}` config nodes (like EDM's `construct_class_by_name`), and write files
+atomically."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 
@@ -33,3 +37,21 @@ def instantiate_from_config(config: Mapping[str, Any]) -> Any:
         return cls(**{str(k): v for k, v in params.items()})
     except TypeError as err:
         raise ValueError(f"cannot build {config['target']} from params {sorted(params)}: {err}") from err
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; once the body has written it, fsync it and rename it over `path`.
+
+    A crash or an exception leaves `path` as it was (or absent) and no temporary file behind. The temporary
+    name carries the process id, so processes writing the same file (DDP ranks) never share one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,22 +1,53 @@
-"""Shared fixtures: the tiny ControlLDM (built once per session) and the repo root."""
+"""Shared fixtures: the repo root, the tiny ControlLDM (built once per session), and one toy data set."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = ROOT / "models" / "cldm_tiny.yaml"
+from repo_paths import ROOT, TINY_CONFIG
 
 torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def tiny_config() -> dict[str, Any]:
+    """The `model:` node of cldm_tiny.yaml, a fresh copy each time."""
+    from cldm.model import load_config
+
+    return load_config(TINY_CONFIG)["model"]
+
+
+@pytest.fixture
+def build_tiny(tiny_config) -> Callable[..., Any]:
+    """Build the tiny ControlLDM with some constructor arguments changed, e.g. `build_tiny(sd_locked=False)`."""
+    from ldm.util import instantiate_from_config
+
+    def build(**params: Any) -> Any:
+        config = copy.deepcopy(tiny_config)
+        config["params"].update(params)
+        torch.manual_seed(0)
+        return instantiate_from_config(config)
+
+    return build
 
 
 @pytest.fixture(scope="session")
@@ -29,5 +60,13 @@ def _tiny_model_template():
 
 @pytest.fixture
 def tiny_model(_tiny_model_template):
-    """A fresh copy of the tiny ControlLDM (tests may change it)."""
+    """A fresh copy of the tiny ControlLDM (tests may change its weights)."""
     return copy.deepcopy(_tiny_model_template)
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> Path:
+    """48 generated circle pairs at 64×64 (46 train, 2 held out); tests only read it."""
+    from training.toy_data import write_toy_dataset
+
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), n=48, size=64, seed=0)

@@ -7,13 +7,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
+from repo_paths import ROOT
+
 from training.prompt_file import VAL_PROMPT_FILE, read_prompt_file
 from training.toy_data import write_toy_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                                       reason="Debian chromium missing: `make browser` installs it")]

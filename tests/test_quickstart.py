@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from repo_paths import TOY_BASE as BASE
+from repo_paths import TOY_CONFIG as TOY
 
-from cldm.canny2image import load_demo_model
+from demo.canny2image import load_demo_model
 from evaluation.evaluate_control import EvalSettings, evaluate
 from tool_add_control import main as add_control_main
 from training.toy_data import write_toy_dataset
 from tutorial_train import main as train_main
-
-ROOT = Path(__file__).resolve().parents[1]
-TOY = ROOT / "models/cldm_toy.yaml"
-BASE = ROOT / "models/toy_base.safetensors"
 
 
 @pytest.mark.slow

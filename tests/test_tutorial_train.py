@@ -10,19 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from repo_paths import ROOT
+from repo_paths import TINY_CONFIG as TINY
 from safetensors.torch import load_file
 
 from cldm.model import create_model, load_state_dict
-from training.toy_data import write_toy_dataset
 from tutorial_train import main
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "models/cldm_tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> Path:
-    return write_toy_dataset(tmp_path_factory.mktemp("toy"), n=48, size=64, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +33,8 @@ def base(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def _args(base):
-    def build(toy: Path, out: Path, *extra: str) -> list[str]:
-        return ["--config", str(TINY), "--data", str(toy), "--output", str(out), "--batch-size", "2", "--logger-freq", "1000",
+    def build(toy_data: Path, out: Path, *extra: str) -> list[str]:
+        return ["--config", str(TINY), "--data", str(toy_data), "--output", str(out), "--batch-size", "2", "--logger-freq", "1000",
                 "--workers", "0", "--resume", str(base), *extra]
     return build
 
@@ -51,9 +44,9 @@ def _run(args: list[str], **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-def test_few_step_fit_writes_loadable_checkpoints(toy, tmp_path, capsys, _args, base):
+def test_few_step_fit_writes_loadable_checkpoints(toy_data, tmp_path, capsys, _args, base):
     out = tmp_path / "run"
-    assert main(_args(toy, out, "--max-steps", "3", "--ckpt-every", "2", "--logger-freq", "3")) == 0
+    assert main(_args(toy_data, out, "--max-steps", "3", "--ckpt-every", "2", "--logger-freq", "3")) == 0
     ckpts = sorted((out / "checkpoints").glob("step-*.ckpt"))
     assert [p.name for p in ckpts] == ["step-0000002.ckpt", "step-0000003.ckpt"]
     ckpt = torch.load(ckpts[-1], weights_only=True)
@@ -71,12 +64,12 @@ def test_few_step_fit_writes_loadable_checkpoints(toy, tmp_path, capsys, _args, 
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_matches_an_uninterrupted_run(toy, tmp_path, _args):
+def test_resume_after_sigkill_matches_an_uninterrupted_run(toy_data, tmp_path, _args):
     common = ["--max-steps", "8", "--ckpt-every", "3", "--seed", "5"]
-    straight = _run(_args(toy, tmp_path / "straight", *common))
+    straight = _run(_args(toy_data, tmp_path / "straight", *common))
     assert straight.wait(timeout=600) == 0, straight.stdout.read()
     killed = tmp_path / "killed"
-    proc = _run(_args(toy, killed, *common))
+    proc = _run(_args(toy_data, killed, *common))
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step-0000003.ckpt").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
@@ -84,7 +77,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(toy, tmp_path, _args)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "checkpoints" / "step-0000006.ckpt").exists(), "killed too late to test a resume"
-    resumed = _run(_args(toy, killed, *common, "--resume-from", "last"))
+    resumed = _run(_args(toy_data, killed, *common, "--resume-from", "last"))
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
     final = [torch.load(run / "checkpoints/step-0000008.ckpt", weights_only=True) for run in (tmp_path / "straight", killed)]
     assert final[0]["global_step"] == final[1]["global_step"] == 8
@@ -94,9 +87,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(toy, tmp_path, _args)
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(toy, tmp_path, _args):
+def test_ddp_two_cpu_processes(toy_data, tmp_path, _args):
     out = tmp_path / "ddp"
-    proc = _run(_args(toy, out, "--max-steps", "3", "--ckpt-every", "3", "--logger-freq", "3", "--devices", "2",
+    proc = _run(_args(toy_data, out, "--max-steps", "3", "--ckpt-every", "3", "--logger-freq", "3", "--devices", "2",
                       "--accelerator", "cpu", "--strategy", "ddp", "--log-samples"))
     output = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, output
@@ -111,7 +104,7 @@ def test_ddp_two_cpu_processes(toy, tmp_path, _args):
     assert sorted(checksums) == ["0", "1"] and checksums["0"] == checksums["1"], output
 
 
-def test_bad_input_gives_one_clear_line(toy, tmp_path, _args):
+def test_bad_input_gives_one_clear_line(toy_data, tmp_path, _args, capsys):
     cases = [(["--data", str(tmp_path / "missing")], "does not exist"),
              (["--resume", str(tmp_path / "nope.ckpt")], "does not exist")]
     broken = tmp_path / "broken"
@@ -123,27 +116,24 @@ def test_bad_input_gives_one_clear_line(toy, tmp_path, _args):
     torch.save({"state_dict": other}, tmp_path / "other.ckpt")
     cases.append((["--resume", str(tmp_path / "other.ckpt")], "shape mismatches"))
     for extra, message in cases:
-        args = _args(toy, tmp_path / "out", *extra) + ["--max-steps", "1"]
-        result = subprocess.run([sys.executable, str(ROOT / "tutorial_train.py"), *args], cwd=ROOT,
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 2, result.stderr
-        assert message in result.stderr and "Traceback" not in result.stderr
-        assert result.stderr.strip().count("\n") == 0 or result.stderr.strip().splitlines()[-1].startswith("error:")
+        assert main(_args(toy_data, tmp_path / "out", *extra) + ["--max-steps", "1"]) == 2  # raises nothing
+        err = capsys.readouterr().err.strip()
+        assert message in err and err.startswith("error:") and err.count("\n") == 0, err
     assert not (tmp_path / "out").exists()
 
 
-def test_fresh_start_saves_its_initial_weights(toy, tmp_path):
+def test_fresh_start_saves_its_initial_weights(toy_data, tmp_path):
     out = tmp_path / "fresh"
-    args = ["--config", str(TINY), "--data", str(toy), "--output", str(out), "--batch-size", "2", "--max-steps", "1",
+    args = ["--config", str(TINY), "--data", str(toy_data), "--output", str(out), "--batch-size", "2", "--max-steps", "1",
             "--resume", "none"]
     assert main(args) == 0
     init = load_state_dict(out / "init.safetensors")
     assert any(k.startswith("model.diffusion_model.") for k in init)
 
 
-def test_missing_initial_checkpoint_is_made_from_sd_base(toy, tmp_path, base):
+def test_missing_initial_checkpoint_is_made_from_sd_base(toy_data, tmp_path, base):
     init = tmp_path / "made" / "control_init.safetensors"
-    args = ["--config", str(TINY), "--data", str(toy), "--output", str(tmp_path / "run"), "--batch-size", "2",
+    args = ["--config", str(TINY), "--data", str(toy_data), "--output", str(tmp_path / "run"), "--batch-size", "2",
             "--max-steps", "1", "--resume", str(init), "--sd-base", str(base)]
     assert main(args) == 0
     made, sd = load_state_dict(init), load_state_dict(base)
@@ -154,19 +144,18 @@ def test_missing_initial_checkpoint_is_made_from_sd_base(toy, tmp_path, base):
     assert not made["control_model.zero_convs.0.0.weight"].any()
 
 
-def test_missing_sd_base_is_one_clear_line(toy, tmp_path):
-    args = ["--config", str(TINY), "--data", str(toy), "--output", str(tmp_path / "run"), "--max-steps", "1",
+def test_missing_sd_base_is_one_clear_line(toy_data, tmp_path, capsys):
+    args = ["--config", str(TINY), "--data", str(toy_data), "--output", str(tmp_path / "run"), "--max-steps", "1",
             "--resume", str(tmp_path / "init.safetensors"), "--sd-base", str(tmp_path / "v1-5-pruned.ckpt")]
-    result = subprocess.run([sys.executable, str(ROOT / "tutorial_train.py"), *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "v1-5-pruned.ckpt does not exist" in result.stderr
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "v1-5-pruned.ckpt does not exist" in err and err.count("\n") == 0
 
 
-def test_gradient_release_trains_like_plain_adamw(toy, tmp_path, _args):
+def test_gradient_release_trains_like_plain_adamw(toy_data, tmp_path, _args):
     common = ["--max-steps", "3", "--ckpt-every", "3", "--optimizer-states", "float32"]
-    assert main(_args(toy, tmp_path / "plain", *common)) == 0
-    assert main(_args(toy, tmp_path / "release", *common, "--gradient-release")) == 0
+    assert main(_args(toy_data, tmp_path / "plain", *common)) == 0
+    assert main(_args(toy_data, tmp_path / "release", *common, "--gradient-release")) == 0
     plain, release = (load_file(str(tmp_path / run / "control.safetensors")) for run in ("plain", "release"))
     for key, value in plain.items():
         torch.testing.assert_close(release[key], value, rtol=1e-4, atol=1e-6)
@@ -175,6 +164,6 @@ def test_gradient_release_trains_like_plain_adamw(toy, tmp_path, _args):
     assert ckpt["global_step"] == 3 and ckpt["optimizer_states"][0]["state"]
 
 
-def test_gradient_release_refuses_accumulation(toy, tmp_path, _args, capsys):
-    assert main(_args(toy, tmp_path / "run", "--max-steps", "1", "--gradient-release", "--accumulate", "2")) == 2
+def test_gradient_release_refuses_accumulation(toy_data, tmp_path, _args, capsys):
+    assert main(_args(toy_data, tmp_path / "run", "--max-steps", "1", "--gradient-release", "--accumulate", "2")) == 2
     assert "--gradient-release" in capsys.readouterr().err

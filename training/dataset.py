@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
+from annotator.util import read_rgb
 from training.prompt_file import PROMPT_FILE, read_prompt_file
 
 
@@ -24,7 +24,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data folder {self.root} does not exist; prepare it with "
-                                    "`python -m training.prepare_dogs` or `python -m training.toy_data`")
+                                    "`python -m training.data.prepare_dogs` or `python -m training.toy_data`")
         path = self.root / prompt_file
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; a prepared folder holds {PROMPT_FILE} (JSON Lines)")
@@ -49,10 +49,7 @@ class PairDataset(torch.utils.data.Dataset):
         return len(self.rows)
 
     def _read(self, rel: str) -> np.ndarray:
-        image = cv2.imread(str(self.root / rel), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"cannot decode {self.root / rel}")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # H×W×3 uint8
+        return read_rgb(self.root / rel)  # H×W×3 uint8
 
     def __getitem__(self, index: int) -> dict:
         return self.get(index, self.epoch)

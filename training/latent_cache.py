@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +17,17 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from ldm.util import atomic_write
 from training.dataset import PairDataset
+from training.prompt_file import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "cache.json"
 
 
-def _open(folder: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    return np.lib.format.open_memmap(folder / f".{name}.npy.tmp", mode="w+", dtype=np.float16, shape=shape)
+def _open(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
 
 
 @torch.no_grad()
@@ -39,24 +41,27 @@ def build_latent_cache(model: torch.nn.Module, dataset: PairDataset, folder: Pat
         raise ValueError("cached latents cannot follow random flips: train with --no-hflip, or without the cache")
     folder.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
-    moments = contexts = None
-    for start in tqdm(range(0, n, batch_size), desc="latent cache", unit="batch"):
-        items = [dataset.get(i, 0) for i in range(start, min(start + batch_size, n))]
-        images = torch.from_numpy(np.stack([it["jpg"] for it in items])).permute(0, 3, 1, 2).to(model.device)
-        posterior = model.encode_first_stage(images.to(next(model.first_stage_model.parameters()).dtype))
-        rows = posterior.parameters.float().cpu().numpy()  # B×2C×h×w
-        context = model.get_learned_conditioning([dataset.rows[i]["prompt"] for i in range(start, start + len(items))])
-        if moments is None:
-            moments = _open(folder, "moments", (n, *rows.shape[1:]))
-            contexts = _open(folder, "contexts", (n, *context.shape[1:]))
-        moments[start: start + len(items)] = rows
-        contexts[start: start + len(items)] = context.float().cpu().numpy()
-    empty = model.get_learned_conditioning([""])[0].float().cpu().numpy()
-    np.save(folder / "empty_context.npy", empty.astype(np.float16))
-    for array, name in ((moments, "moments"), (contexts, "contexts")):
-        array.flush()
-        os.replace(folder / f".{name}.npy.tmp", folder / f"{name}.npy")
-    manifest.write_text(json.dumps({"items": n}))  # written last: marks a complete cache
+    with ExitStack() as stack:
+        tmp = {name: stack.enter_context(atomic_write(folder / f"{name}.npy")) for name in ("moments", "contexts")}
+        arrays: dict[str, np.ndarray] = {}
+        for start in tqdm(range(0, n, batch_size), desc="latent cache", unit="batch"):
+            items = [dataset.get(i, 0) for i in range(start, min(start + batch_size, n))]
+            images = torch.from_numpy(np.stack([it["jpg"] for it in items])).permute(0, 3, 1, 2).to(model.device)
+            posterior = model.encode_first_stage(images.to(next(model.first_stage_model.parameters()).dtype))
+            rows = posterior.parameters.float().cpu().numpy()  # B×2C×h×w
+            context = model.get_learned_conditioning([dataset.rows[i]["prompt"]
+                                                      for i in range(start, start + len(items))])  # B×L×D
+            if not arrays:
+                arrays = {"moments": _open(tmp["moments"], (n, *rows.shape[1:])),
+                          "contexts": _open(tmp["contexts"], (n, *context.shape[1:]))}
+            arrays["moments"][start: start + len(items)] = rows
+            arrays["contexts"][start: start + len(items)] = context.float().cpu().numpy()
+        for array in arrays.values():
+            array.flush()
+    empty = model.get_learned_conditioning([""])[0].float().cpu().numpy()  # L×D
+    with atomic_write(folder / "empty_context.npy") as tmp_empty, open(tmp_empty, "wb") as f:
+        np.save(f, empty.astype(np.float16))
+    write_text_atomically(manifest, json.dumps({"items": n}))  # written last: marks a complete cache
     logger.info("cached %d latents and contexts in %s", n, folder)
     return folder
 

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
+
+from ldm.util import atomic_write
 
 PROMPT_FILE = "prompt.json"
 VAL_PROMPT_FILE = "prompt_val.json"
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """A crash never leaves a half-written file (see `atomic_write`)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_bytes_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_prompt_file(path: Path, rows: Iterable[dict[str, str]]) -> None:

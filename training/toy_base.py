@@ -8,6 +8,7 @@ Two phases, as SD was made (Rombach et al. 2022, §3): a KL autoencoder learns t
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from annotator.util import read_rgb
+from cldm.cldm import ControlLDM
 from ldm.models.autoencoder import AutoencoderKL
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
@@ -30,8 +32,10 @@ logger = logging.getLogger(__name__)
 
 LATENT_DIFFUSION = "ldm.models.diffusion.ddpm.LatentDiffusion"
 PLAIN_UNET = "ldm.modules.diffusionmodules.openaimodel.UNetModel"
-CONTROL_ONLY_PARAMS = ("control_stage_config", "control_key", "only_mid_control", "sd_locked", "learning_rate",
-                       "control_scales", "frozen_dtype", "seed")
+# ControlLDM's own constructor arguments, which a plain LatentDiffusion does not take.
+CONTROL_ONLY_PARAMS = frozenset(
+    name for name, p in inspect.signature(ControlLDM.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY
+) - frozenset(inspect.signature(LatentDiffusion.__init__).parameters)
 
 Log = Callable[[str], None]
 
@@ -52,10 +56,7 @@ def load_toy_images(folder: str | Path, prompt_file: str = PROMPT_FILE) -> tuple
     rows = read_prompt_file(folder / prompt_file)
     images = []
     for row in rows:
-        bgr = cv2.imread(str(folder / row["target"]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"cannot decode {folder / row['target']}")
-        images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        images.append(read_rgb(folder / row["target"]))  # H×W×3
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # N×3×H×W
     return x.contiguous(), [row["prompt"] for row in rows]
 

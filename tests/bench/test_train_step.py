@@ -4,8 +4,9 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
-from bench.train_step import main, peak_rss_gb, reset_peak_memory
+from bench.train_step import parse_args, peak_rss_gb, reset_peak_memory, run_benchmark
 
 
 def test_reset_peak_memory_forgets_an_earlier_spike():
@@ -20,12 +21,16 @@ def test_reset_peak_memory_forgets_an_earlier_spike():
     assert peak_rss_gb() < base + 0.1  # ...until it is reset
 
 
-def test_every_saver_at_once_runs_and_prints_the_figures(capsys):
-    main(["--config", "models/cldm_tiny.yaml", "--resolution", "64", "--steps", "1", "--precision", "bf16-mixed",
-          "--frozen-dtype", "bfloat16", "--optimizer-states", "bfloat16", "--gradient-release", "--device", "cpu"])
-    out = capsys.readouterr().out
-    assert "gradient_release=True" in out and "optimizer_states=bfloat16" in out
-    line = re.search(r"step ([\d.]+) s .* peak RSS ([\d.]+) GB \(build ([\d.]+) GB, steps ([\d.]+) GB\)", out)
-    assert line, out
-    step, peak, build, steps = map(float, line.groups())
-    assert step > 0 and peak == max(build, steps) and build > 0
+def test_every_saver_at_once_builds_and_steps_the_model_as_training_does(repo_root, capsys):
+    model, optimizer = run_benchmark(parse_args([
+        "--config", str(repo_root / "models/cldm_tiny.yaml"), "--resolution", "64", "--steps", "1",
+        "--precision", "bf16-mixed", "--frozen-dtype", "bfloat16", "--optimizer-states", "bfloat16",
+        "--gradient-release", "--device", "cpu"]))
+    assert {p.dtype for p in model.model.diffusion_model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.control_model.parameters()} == {torch.float32}
+    # Gradient release stepped every ControlNet tensor inside backward: bf16 moments, two steps, no gradient left.
+    states = [optimizer.state[p] for p in model.control_model.parameters()]
+    assert all(s["exp_avg"].dtype == torch.bfloat16 and int(s["step"]) == 2 for s in states)
+    assert all(p.grad is None for p in model.control_model.parameters())
+    assert re.search(r"step [\d.]+ s \(median of 1: forward [\d.]+, backward [\d.]+, optimizer [\d.]+\)",
+                     capsys.readouterr().out)

@@ -1,12 +1,13 @@
 import pytest
 import torch
+from repo_paths import TINY_CONFIG
 
-from cldm.add_control import init_control_from_sd, save_state, unet_twin
 from cldm.model import load_config, load_state_dict
-from cldm.train_run import make_control_init
+from cldm.weights import init_control_from_sd, save_state, unet_twin
 from tool_add_control import main
+from training.run import make_control_init
 
-TINY = "models/cldm_tiny.yaml"
+TINY = str(TINY_CONFIG)
 
 
 @pytest.fixture

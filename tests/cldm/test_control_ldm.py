@@ -1,7 +1,9 @@
 import pytest
 import torch
-
 from batches import make_batch
+
+from cldm.cldm import noise_seed
+from cldm.sampling import guess_mode_scales
 
 
 def _cond(model, batch):
@@ -59,17 +61,21 @@ def test_only_the_controlnet_gets_gradients_when_locked(tiny_model):
         sum(p.numel() for p in tiny_model.control_model.parameters())
 
 
-def test_unlocking_adds_the_unet_decoder(tiny_model):
-    tiny_model.sd_locked = False
-    names = _grads_after_step(tiny_model)
+def test_unlocking_adds_the_unet_decoder(build_tiny):
+    model = build_tiny(sd_locked=False)
+    names = _grads_after_step(model)
     assert any(n.startswith("model.diffusion_model.output_blocks.") for n in names)
     assert any(n.startswith("model.diffusion_model.out.") for n in names)
     assert not any(n.startswith(("model.diffusion_model.input_blocks.", "model.diffusion_model.middle_block.",
                                  "first_stage_model.", "cond_stage_model.")) for n in names)
-    opt_params = {id(p) for g in tiny_model.configure_optimizers().param_groups for p in g["params"]}
-    assert id(tiny_model.model.diffusion_model.out[2].weight) in opt_params
-    tiny_model.sd_locked = True
-    assert not tiny_model.model.diffusion_model.out[2].weight.requires_grad
+    opt_params = {id(p) for g in model.configure_optimizers().param_groups for p in g["params"]}
+    assert id(model.model.diffusion_model.out[2].weight) in opt_params
+    assert not build_tiny(sd_locked=True).model.diffusion_model.out[2].weight.requires_grad
+
+
+def test_sd_locked_is_fixed_at_construction(tiny_model):
+    with pytest.raises(AttributeError):
+        tiny_model.sd_locked = False
 
 
 def test_control_scales_follow_the_architecture(tiny_model):
@@ -77,9 +83,8 @@ def test_control_scales_follow_the_architecture(tiny_model):
     assert n == len(tiny_model.model.diffusion_model.input_blocks) + 1 and n != 13
     assert tiny_model.control_scales == [1.0] * n
     z, cond = _cond(tiny_model, make_batch())
-    tiny_model.control_scales = [1.0] * 13
     with pytest.raises(ValueError, match="control_scales"):
-        tiny_model.apply_model(z, torch.tensor([1, 2]), cond)
+        tiny_model.apply_model(z, torch.tensor([1, 2]), cond, control_scales=[1.0] * 13)
 
 
 def test_guess_mode_scales_each_residual(tiny_model):
@@ -93,12 +98,13 @@ def test_guess_mode_scales_each_residual(tiny_model):
     for conv in list(tiny_model.control_model.zero_convs) + [tiny_model.control_model.middle_block_out]:
         conv[0].bias.data.fill_(0.3)
     n = tiny_model.control_model.num_outputs
-    tiny_model.control_scales = [0.7 * 0.825 ** float(n - 1 - i) for i in range(n)]
+    scales = guess_mode_scales(0.7, n, guess_mode=True)
+    assert scales[-1] == pytest.approx(0.7) and scales[0] == pytest.approx(0.7 * 0.825 ** (n - 1))
     control = tiny_model.control_model(z, cond["c_concat"][0], t, cond["c_crossattn"][0])
-    scaled = [c * s for c, s in zip(control, tiny_model.control_scales)]
+    scaled = [c * s for c, s in zip(control, scales, strict=True)]
     expected = tiny_model.model.diffusion_model(z, t, cond["c_crossattn"][0], control=scaled)
-    torch.testing.assert_close(tiny_model.apply_model(z, t, cond), expected)
-    tiny_model.control_scales = [1.0] * n
+    torch.testing.assert_close(tiny_model.apply_model(z, t, cond, control_scales=scales), expected)
+    assert tiny_model.control_scales == [1.0] * n  # the call's scales did not stick to the model
     assert not torch.allclose(tiny_model.apply_model(z, t, cond), expected)
 
 
@@ -116,31 +122,26 @@ def test_log_images_returns_grids_in_range(tiny_model):
     assert logs["conditioning"].min() >= -1 and logs["conditioning"].max() <= 1 and logs["conditioning"].min() < 0
 
 
-def test_low_vram_shift_keeps_everything_usable_on_cpu(tiny_model):
-    tiny_model.low_vram_shift(is_diffusing=True)
-    tiny_model.low_vram_shift(is_diffusing=False)
-    assert all(p.device.type == "cpu" for p in tiny_model.parameters())
+@pytest.mark.gpu
+def test_low_vram_shift_keeps_only_the_running_parts_on_the_gpu(tiny_model):
+    model = tiny_model.cuda()
+    model.low_vram_shift(is_diffusing=True)
+    assert model.model.diffusion_model.out[2].weight.is_cuda and model.control_model.zero_convs[0][0].weight.is_cuda
+    assert not any(p.is_cuda for p in model.first_stage_model.parameters())
+    model.low_vram_shift(is_diffusing=False)
+    assert not any(p.is_cuda for p in model.model.parameters()) and not any(p.is_cuda for p in model.control_model.parameters())
+    assert all(p.is_cuda for p in model.first_stage_model.parameters())
 
 
 @pytest.mark.parametrize("bad, match", [(dict(use_ema=True), "use_ema"), (dict(conditioning_key="concat"), "crossattn"),
                                         (dict(learning_rate=0.0), "learning_rate"), (dict(control_scales=[1.0]), "control_scales")])
-def test_bad_knobs_raise(repo_root, bad, match):
-    from cldm.model import load_config
-    from ldm.util import instantiate_from_config
-
-    config = load_config(repo_root / "models/cldm_tiny.yaml")["model"]
-    config["params"].update(bad)
+def test_bad_knobs_raise(build_tiny, bad, match):
     with pytest.raises(ValueError, match=match):
-        instantiate_from_config(config)
+        build_tiny(**bad)
 
 
-def test_frozen_parts_in_bf16_train_only_the_fp32_controlnet(repo_root):
-    from cldm.model import load_config
-    from ldm.util import instantiate_from_config
-
-    config = load_config(repo_root / "models/cldm_tiny.yaml")["model"]
-    config["params"]["frozen_dtype"] = "bfloat16"
-    model = instantiate_from_config(config)
+def test_frozen_parts_in_bf16_train_only_the_fp32_controlnet(build_tiny):
+    model = build_tiny(frozen_dtype="bfloat16")
     assert {p.dtype for p in model.model.diffusion_model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.first_stage_model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.control_model.parameters()} == {torch.float32}
@@ -150,9 +151,9 @@ def test_frozen_parts_in_bf16_train_only_the_fp32_controlnet(repo_root):
     loss.backward()
     assert torch.isfinite(loss)
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None} == {"control_model"}
-    model.sd_locked = False
-    assert model.model.diffusion_model.out[2].weight.dtype == torch.float32
-    assert model.model.diffusion_model.input_blocks[0][0].weight.dtype == torch.bfloat16
+    unlocked = build_tiny(frozen_dtype="bfloat16", sd_locked=False)
+    assert unlocked.model.diffusion_model.out[2].weight.dtype == torch.float32
+    assert unlocked.model.diffusion_model.input_blocks[0][0].weight.dtype == torch.bfloat16
 
 
 def test_non_finite_loss_stops_before_the_optimizer_step(tiny_model):
@@ -160,3 +161,15 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tiny_model):
     batch["jpg"][0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="global step 0, batch 7"):
         tiny_model.training_step(batch, 7)
+
+
+def test_noise_seeds_that_the_old_packing_collided_now_differ():
+    # The packing ((step·64 + micro-batch)·4096 + rank) gave these pairs one seed: same noise for two micro-batches.
+    assert noise_seed(0, 0, 64, 0) != noise_seed(0, 1, 0, 0)
+    assert noise_seed(0, 0, 0, 4096) != noise_seed(0, 0, 1, 0)
+    draws = [torch.randn(4, generator=torch.Generator().manual_seed(noise_seed(0, *t))) for t in ((0, 64, 0), (1, 0, 0))]
+    assert not torch.equal(*draws)
+    # Inside the packing's collision-free range the seed is unchanged, so earlier runs resume with the same noise.
+    assert noise_seed(3, 10, 2, 1) == ((3 * 1_000_003 + 10) * 64 + 2) * 4096 + 1
+    with pytest.raises(ValueError):
+        noise_seed(0, -1, 0, 0)

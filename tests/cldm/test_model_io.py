@@ -5,8 +5,8 @@ import socket
 import pytest
 import torch
 
-from cldm.checkpoint_keys import CheckpointMismatchError, load_weights, load_weights_from_file
 from cldm.model import create_model, load_state_dict
+from cldm.weights import CheckpointMismatchError, load_weights, load_weights_from_file
 
 
 @pytest.mark.parametrize("config, manifest", [("cldm_v15.yaml", "sd15_controlnet_keys.json"),

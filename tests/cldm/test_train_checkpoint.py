@@ -1,9 +1,11 @@
 """Checkpoint writing: streamed to disk, atomic, and nothing of an older checkpoint lost on failure."""
 
+import pickle
+
 import pytest
 import torch
 
-from cldm.train_checkpoint import StreamingCheckpointIO, list_checkpoints
+from training.checkpoint import StreamingCheckpointIO, list_checkpoints
 
 
 def test_streaming_checkpoint_io_round_trips_and_leaves_only_the_file(tmp_path):
@@ -18,13 +20,18 @@ def test_streaming_checkpoint_io_round_trips_and_leaves_only_the_file(tmp_path):
     assert list_checkpoints(path.parent) == [path]
 
 
+class Unpicklable:
+    def __reduce__(self):
+        raise pickle.PicklingError("this object refuses to be pickled")
+
+
 def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path):
     io = StreamingCheckpointIO()
     path = tmp_path / "step-0000001.ckpt"
     io.save_checkpoint({"global_step": 1}, path)
     before = path.read_bytes()
-    with pytest.raises(Exception):
-        io.save_checkpoint({"global_step": 2, "bad": lambda: None}, path)  # a lambda cannot be pickled
+    with pytest.raises(pickle.PicklingError):
+        io.save_checkpoint({"global_step": 2, "bad": Unpicklable()}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 

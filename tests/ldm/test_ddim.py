@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from cldm.ddim_hacked import DDIMSampler as PublicPathSampler
 from ldm.models.diffusion.ddim import DDIMSampler, ddim_sample, ddim_timesteps
 
 
@@ -60,7 +59,3 @@ def test_one_step_matches_the_ddim_update_by_hand():
     pred_x0 = (x_T - (1 - a_t).sqrt() * eps) / a_t.sqrt()
     torch.testing.assert_close(out, a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * eps)
     assert set(inter) == {"x_inter", "pred_x0"}
-
-
-def test_public_import_path_is_the_same_sampler():
-    assert PublicPathSampler is DDIMSampler

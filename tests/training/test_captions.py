@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.captions import finalise_caption, is_degenerate, load_blip, template_caption, weave_breed
-from training.prepare_dogs import ImageSettings, prepare
+from training.data.captions import finalise_caption, is_degenerate, load_blip, template_caption, weave_breed
+from training.data.prepare_dogs import ImageSettings, prepare
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photography", "of", "dog", "cock", "black", "on",
          "grass", "small", "the"]
@@ -14,8 +14,7 @@ WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photography", "of",
 @pytest.fixture(scope="module")
 def tiny_blip(tmp_path_factory) -> Path:
     """A randomly initialised tiny BLIP saved like a hub model, loaded through from_pretrained."""
-    from transformers import (BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor,
-                              BlipProcessor)
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
 
     folder = tmp_path_factory.mktemp("tiny_blip")
     (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")

@@ -7,13 +7,8 @@ from training.dataset import PairDataset
 from training.toy_data import write_toy_dataset
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return write_toy_dataset(tmp_path_factory.mktemp("toy"), n=12, size=64, seed=3)
-
-
-def test_items_have_documented_keys_dtypes_and_ranges(toy):
-    item = PairDataset(toy)[0]
+def test_items_have_documented_keys_dtypes_and_ranges(toy_data):
+    item = PairDataset(toy_data)[0]
     assert set(item) == {"jpg", "txt", "hint"}
     assert item["jpg"].dtype == np.float32 and item["jpg"].shape == (64, 64, 3)
     assert -1.0 <= item["jpg"].min() and item["jpg"].max() <= 1.0 and item["jpg"].min() < 0
@@ -22,8 +17,8 @@ def test_items_have_documented_keys_dtypes_and_ranges(toy):
     assert item["txt"].startswith("a ") and "circle" in item["txt"]
 
 
-def test_flip_keeps_image_and_hint_in_sync(toy):
-    plain, flipped = PairDataset(toy), PairDataset(toy, hflip=True, seed=1)
+def test_flip_keeps_image_and_hint_in_sync(toy_data):
+    plain, flipped = PairDataset(toy_data), PairDataset(toy_data, hflip=True, seed=1)
     outcomes = set()
     for i in range(len(plain)):
         a, b = plain[i], flipped[i]
@@ -35,17 +30,17 @@ def test_flip_keeps_image_and_hint_in_sync(toy):
     assert outcomes == {True, False}
 
 
-def test_empty_prompt_probability_and_reproducibility(toy):
-    ds = PairDataset(toy, empty_prompt_p=0.5, seed=7)
+def test_empty_prompt_probability_and_reproducibility(toy_data):
+    ds = PairDataset(toy_data, empty_prompt_p=0.5, seed=7)
     prompts = [ds[i]["txt"] for i in range(len(ds))]
     assert "" in prompts and any(prompts)
-    assert prompts == [PairDataset(toy, empty_prompt_p=0.5, seed=7)[i]["txt"] for i in range(len(ds))]
+    assert prompts == [PairDataset(toy_data, empty_prompt_p=0.5, seed=7)[i]["txt"] for i in range(len(ds))]
     ds.set_epoch(1)
     assert [ds[i]["txt"] for i in range(len(ds))] != prompts
 
 
-def test_missing_files_are_named_at_construction(toy, tmp_path):
-    rows = [json.loads(line) for line in (toy / "prompt.json").read_text().splitlines()]
+def test_missing_files_are_named_at_construction(toy_data, tmp_path):
+    rows = [json.loads(line) for line in (toy_data / "prompt.json").read_text().splitlines()]
     broken = tmp_path / "broken"
     broken.mkdir()
     rows[0]["target"] = "target/gone.png"

@@ -4,12 +4,6 @@ import torch
 
 from training.dataset import PairDataset
 from training.latent_cache import CachedPairs, build_latent_cache
-from training.toy_data import write_toy_dataset
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return write_toy_dataset(tmp_path_factory.mktemp("toy"), n=7, size=64, seed=2)
 
 
 def _collate(items):
@@ -17,8 +11,8 @@ def _collate(items):
             for k in items[0]}
 
 
-def test_cached_inputs_equal_encoding_on_the_fly(tiny_model, toy, tmp_path):
-    dataset = PairDataset(toy, empty_prompt_p=0.5, seed=1)
+def test_cached_inputs_equal_encoding_on_the_fly(tiny_model, toy_data, tmp_path):
+    dataset = PairDataset(toy_data, empty_prompt_p=0.5, seed=1)
     folder = build_latent_cache(tiny_model, dataset, tmp_path / "cache", batch_size=4)
     cached = CachedPairs(dataset, folder)
     indices = range(len(dataset))
@@ -33,6 +27,6 @@ def test_cached_inputs_equal_encoding_on_the_fly(tiny_model, toy, tmp_path):
     assert build_latent_cache(tiny_model, dataset, folder) == folder  # complete caches are reused
 
 
-def test_cache_refuses_random_flips(tiny_model, toy, tmp_path):
+def test_cache_refuses_random_flips(tiny_model, toy_data, tmp_path):
     with pytest.raises(ValueError, match="flips"):
-        build_latent_cache(tiny_model, PairDataset(toy, hflip=True), tmp_path / "cache")
+        build_latent_cache(tiny_model, PairDataset(toy_data, hflip=True), tmp_path / "cache")

@@ -1,13 +1,11 @@
 """prepare_dataset.ipynb runs headless end to end on a tiny tree, with parameters injected papermill-style."""
 
 import json
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
-
-ROOT = Path(__file__).resolve().parents[2]
+from repo_paths import ROOT
 
 
 @pytest.mark.slow

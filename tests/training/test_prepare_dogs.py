@@ -5,10 +5,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from repo_paths import ROOT
 
-from training.crop import crop_square, square_window
-from training.discover import Box, breed_from_folder, discover
-from training.prepare_dogs import ImageSettings, prepare
+from training.data.crop import crop_square, square_window
+from training.data.discover import Box, breed_from_folder, discover
+from training.data.prepare_dogs import ImageSettings, prepare
 
 SETTINGS = ImageSettings(size=64)
 BAD = {"n02088364_empty.jpg": "empty", "n02088364_text.jpg": "not an image", "n02088364_truncated.jpg": "decode"}
@@ -50,14 +51,14 @@ def test_interrupt_and_rerun_is_byte_identical_to_a_clean_run(dogs_tree, tmp_pat
     clean = tmp_path / "clean"
     prepare(dogs_tree["images"], clean, annotations=dogs_tree["annotations"], settings=SETTINGS, captioner="breed", workers=1)
     resumed = tmp_path / "resumed"
-    cmd = [sys.executable, "-m", "training.prepare_dogs", "--images", str(dogs_tree["images"]), "--annotations",
+    cmd = [sys.executable, "-m", "training.data.prepare_dogs", "--images", str(dogs_tree["images"]), "--annotations",
            str(dogs_tree["annotations"]), "--out", str(resumed), "--size", "64", "--captioner", "breed", "--workers", "2"]
-    subprocess.run(cmd + ["--limit", "4"], check=True, capture_output=True)
+    subprocess.run(cmd + ["--limit", "4"], check=True, capture_output=True, cwd=ROOT)
     # A crash in the middle of writing captions leaves a cut-off line behind.
     with (resumed / "captions.jsonl").open("a") as f:
         f.write('{"id": "n02086240_1", "pro')
     (resumed / "prompt.json").unlink()
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
     assert _hashes(resumed) == _hashes(clean)
 
 
@@ -78,8 +79,8 @@ def test_bbox_crop_keeps_the_box_inside():
 
 
 def test_missing_images_folder_is_a_clear_cli_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "training.prepare_dogs", "--images", str(tmp_path / "nope"),
-                             "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "training.data.prepare_dogs", "--images", str(tmp_path / "nope"),
+                             "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 

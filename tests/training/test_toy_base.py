@@ -1,30 +1,29 @@
-"""The toy base pretraining: SD's key layout, each phase trains only its parts, and the committed base fits."""
+"""The toy_data base pretraining: SD's key layout, each phase trains only its parts, and the committed base fits."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from repo_paths import ROOT
+from repo_paths import TINY_CONFIG as TINY
+from repo_paths import TOY_CONFIG as TOY
 
-from cldm.add_control import init_control_from_sd
-from cldm.checkpoint_keys import check_state_dict
 from cldm.model import create_model, load_config, load_state_dict
+from cldm.weights import check_state_dict, init_control_from_sd
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from tool_train_toy_base import base_state
 from tool_train_toy_base import main as train_base_main
-from training.toy_base import (PhaseSettings, autoencoder_loss, base_model_config, build_base, encode_posteriors,
-                               latent_std, load_toy_images, train_autoencoder, train_denoiser)
-from training.toy_data import write_toy_dataset
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "models/cldm_tiny.yaml"
-TOY = ROOT / "models/cldm_toy.yaml"
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> Path:
-    return write_toy_dataset(tmp_path_factory.mktemp("toy"), n=24, size=64, seed=0)
+from training.toy_base import (
+    PhaseSettings,
+    autoencoder_loss,
+    base_model_config,
+    build_base,
+    encode_posteriors,
+    latent_std,
+    load_toy_images,
+    train_autoencoder,
+    train_denoiser,
+)
 
 
 def test_base_config_is_plain_latent_diffusion_with_the_controlled_unets_keys():
@@ -38,10 +37,10 @@ def test_base_config_is_plain_latent_diffusion_with_the_controlled_unets_keys():
     assert "control_stage_config" not in base_model_config(config)["params"]
 
 
-def test_autoencoder_phase_lowers_its_loss_and_leaves_it_frozen(toy):
+def test_autoencoder_phase_lowers_its_loss_and_leaves_it_frozen(toy_data):
     torch.manual_seed(0)
     ae = build_base(load_config(TINY)["model"]).first_stage_model
-    images, _ = load_toy_images(toy)
+    images, _ = load_toy_images(toy_data)
     assert images.shape == (len(images), 3, 64, 64) and images.min() >= -1 and images.max() <= 1
 
     def loss() -> float:
@@ -61,21 +60,21 @@ def test_latent_std_is_the_spread_of_the_posterior_means_not_the_log_variances()
     assert latent_std(torch.cat([mean, logvar], dim=1)) == pytest.approx(float(mean.std()))
 
 
-def test_encode_posteriors_matches_the_autoencoder_whatever_the_chunk_size(toy):
+def test_encode_posteriors_matches_the_autoencoder_whatever_the_chunk_size(toy_data):
     torch.manual_seed(0)
     ae = build_base(load_config(TINY)["model"]).first_stage_model
-    images, _ = load_toy_images(toy)
+    images, _ = load_toy_images(toy_data)
     whole = encode_posteriors(ae, images, batch_size=len(images))
     assert whole.shape[0] == len(images) and whole.shape[1] == 2 * ae.post_quant_conv.in_channels
     torch.testing.assert_close(encode_posteriors(ae, images, batch_size=3), whole, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(whole, ae.encode(images).parameters)
 
 
-def test_denoiser_phase_trains_unet_and_text_encoder_but_not_the_autoencoder(toy):
+def test_denoiser_phase_trains_unet_and_text_encoder_but_not_the_autoencoder(toy_data):
     torch.manual_seed(0)
     model = build_base(load_config(TINY)["model"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    images, prompts = load_toy_images(toy)
+    images, prompts = load_toy_images(toy_data)
     posteriors = encode_posteriors(model.first_stage_model, images)
     losses = train_denoiser(model, posteriors, prompts, PhaseSettings(steps=3, batch_size=4, lr=1e-3),
                             log=lambda _: None)
@@ -86,9 +85,9 @@ def test_denoiser_phase_trains_unet_and_text_encoder_but_not_the_autoencoder(toy
     assert not any(p.requires_grad for p in model.parameters())
 
 
-def test_saved_base_is_an_sd_style_checkpoint_for_tool_add_control(toy, tmp_path, capsys):
+def test_saved_base_is_an_sd_style_checkpoint_for_tool_add_control(toy_data, tmp_path, capsys):
     out = tmp_path / "base.safetensors"
-    args = ["--config", str(TINY), "--data", str(toy), "--ae-steps", "2", "--unet-steps", "2", "--ae-batch-size", "4",
+    args = ["--config", str(TINY), "--data", str(toy_data), "--ae-steps", "2", "--unet-steps", "2", "--ae-batch-size", "4",
             "--unet-batch-size", "4", "--work-dir", str(tmp_path / "work"), "--out"]
     assert train_base_main(args + [str(out)]) == 0
     state = load_state_dict(out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -93,9 +94,9 @@ class UNetSpec:
     @classmethod
     def create(cls, *, in_channels: int, model_channels: int, num_res_blocks: int,
                attention_resolutions: Sequence[int], channel_mult: Sequence[int], context_dim: int,
-               num_heads: int, num_head_channels: int, transformer_depth: int,
-               use_linear_in_transformer: bool, use_checkpoint: bool, dropout: float,
-               image_size: int | None, use_spatial_transformer: bool, legacy: bool) -> UNetSpec:
+               num_heads: int = -1, num_head_channels: int = -1, transformer_depth: int = 1,
+               use_linear_in_transformer: bool = False, use_checkpoint: bool = False, dropout: float = 0.0,
+               image_size: int | None = None, use_spatial_transformer: bool = True, legacy: bool = False) -> UNetSpec:
         """Check the arguments; `image_size`, `use_spatial_transformer` and `legacy` come from public YAMLs."""
         if image_size is not None and not isinstance(image_size, int):
             raise ValueError(f"image_size must be an int or None (it does not change the network), got {image_size!r}")
@@ -174,17 +175,9 @@ class UNetEncoder(nn.Module):
 class UNetModel(UNetEncoder):
     """The text-conditioned denoising UNet that predicts the noise ε (Rombach et al. 2022, §3.3)."""
 
-    def __init__(self, *, in_channels: int, model_channels: int, out_channels: int, num_res_blocks: int,
-                 attention_resolutions: Sequence[int], channel_mult: Sequence[int], context_dim: int,
-                 num_heads: int = -1, num_head_channels: int = -1, transformer_depth: int = 1,
-                 use_linear_in_transformer: bool = False, use_checkpoint: bool = False, dropout: float = 0.0,
-                 image_size: int | None = None, use_spatial_transformer: bool = True, legacy: bool = False) -> None:
-        spec = UNetSpec.create(
-            in_channels=in_channels, model_channels=model_channels, num_res_blocks=num_res_blocks,
-            attention_resolutions=attention_resolutions, channel_mult=channel_mult, context_dim=context_dim,
-            num_heads=num_heads, num_head_channels=num_head_channels, transformer_depth=transformer_depth,
-            use_linear_in_transformer=use_linear_in_transformer, use_checkpoint=use_checkpoint, dropout=dropout,
-            image_size=image_size, use_spatial_transformer=use_spatial_transformer, legacy=legacy)
+    def __init__(self, *, out_channels: int, **architecture: Any) -> None:
+        # `architecture`: the keyword arguments of `UNetSpec.create`, which rejects unknown names.
+        spec = UNetSpec.create(**architecture)
         super().__init__(spec)
         if not isinstance(out_channels, int) or out_channels < 1:
             raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")

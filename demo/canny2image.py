@@ -1,4 +1,5 @@
-"""Canny-to-image generation as in the original `gradio_canny2image.py`, usable without Gradio."""
+"""The canny2image demo's logic, as in the original `gradio_canny2image.py`: upload checks, the request and its
+result, usable without Gradio. Sampling itself is `cldm.sampling.sample`."""
 
 from __future__ import annotations
 
@@ -10,13 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from einops import rearrange
 
 from annotator.canny import CannyDetector
 from annotator.util import HWC3, resize_image
-from cldm.checkpoint_keys import load_weights_from_file
-from cldm.model import create_model
-from ldm.models.diffusion.ddim import DDIMSampler
+from cldm.model import load_model
+from cldm.sampling import guess_mode_scales, hint_from_edges, images_to_uint8, sample
 
 logger = logging.getLogger(__name__)
 
@@ -74,28 +73,13 @@ def load_demo_model(config: str | Path, *, ckpt: str | Path | None = None, base:
                     control: str | Path | None = None, device: str | None = None, precision: str = "fp32",
                     low_vram: bool = False) -> DemoModel:
     """`ckpt` (a full ControlLDM file), or `base` (SD) + `control` (ControlNet only), or nothing (fresh weights)."""
-    if ckpt is not None and (base is not None or control is not None):
-        raise ValueError("give either --ckpt, or --base with --control, not both")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if precision == "fp16" and device == "cpu":
         raise ValueError("fp16 inference needs a GPU; use --precision fp32 or bf16 on CPU")
-    model = create_model(config)
-    parts = [str(config)]
-    if ckpt is not None:
-        load_weights_from_file(model, ckpt)
-        parts.append(f"weights {ckpt}")
-    if base is not None:
-        load_weights_from_file(model, base, exclude=("control_model.",), ignore=("control_model.",))
-        parts.append(f"base {base}")
-    if control is not None:
-        load_weights_from_file(model, control, prefixes=("control_model.",))
-        parts.append(f"ControlNet {control}")
-    if len(parts) == 1:
-        parts.append("UNTRAINED random weights (train first, or pass --ckpt / --base + --control)")
-    model = model.to(device).eval()
-    return DemoModel(model, "; ".join(parts), low_vram=low_vram, autocast_dtype=PRECISIONS[precision])
+    model, description = load_model(config, ckpt=ckpt, base=base, control=control)
+    return DemoModel(model.to(device).eval(), description, low_vram=low_vram, autocast_dtype=PRECISIONS[precision])
 
 
 def prepare_input(image: np.ndarray | None, resolution: int, *, min_resolution: int = 256) -> tuple[np.ndarray, list[str]]:
@@ -135,45 +119,24 @@ def prompt_notes(model: torch.nn.Module, texts: list[str]) -> list[str]:
     return notes
 
 
-def guess_mode_scales(strength: float, n: int, *, guess_mode: bool) -> list[float]:
-    """Guess mode: strength × 0.825^(n−1−i), deep residuals strongest; else strength everywhere."""
-    return [strength * 0.825 ** float(n - 1 - i) for i in range(n)] if guess_mode else [strength] * n
-
-
-@torch.no_grad()
 def sample_from_edges(demo: DemoModel, edges: np.ndarray, prompt: str, r: GenerationRequest, *, seed: int,
                       progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
     """`r.num_samples` uint8 H×W×3 images steered by an edge map (uint8 H×W×3, white edges on black)."""
     model = demo.model
-    h, w = edges.shape[:2]
     device = model.betas.device
-    control = torch.from_numpy(edges.copy()).float().to(device) / 255.0  # H×W×3
-    control = rearrange(torch.stack([control] * r.num_samples), "b h w c -> b c h w")  # B×3×H×W
-    generator = torch.Generator(device=device).manual_seed(seed)
-    if demo.low_vram:
-        model.low_vram_shift(is_diffusing=False)
-    cond = {"c_concat": [control], "c_crossattn": [model.get_learned_conditioning([prompt] * r.num_samples)]}
-    un_cond = {"c_concat": None if r.guess_mode else [control],
-               "c_crossattn": [model.get_learned_conditioning([r.n_prompt] * r.num_samples)]}
-    f = model.first_stage_model.downsample_factor
-    shape = (model.channels, h // f, w // f)
-    if demo.low_vram:
-        model.low_vram_shift(is_diffusing=True)
-    model.control_scales = guess_mode_scales(r.strength, model.control_model.num_outputs, guess_mode=r.guess_mode)
+    hint = hint_from_edges(edges, r.num_samples, device)  # B×3×H×W
 
     def on_step(i: int) -> None:
         if progress is not None:
             progress(i + 1, r.ddim_steps)
 
-    with torch.autocast(device.type, dtype=demo.autocast_dtype, enabled=demo.autocast_dtype is not None):
-        samples, _ = DDIMSampler(model).sample(r.ddim_steps, r.num_samples, shape, cond, eta=r.eta,
-                                               unconditional_guidance_scale=r.scale, unconditional_conditioning=un_cond,
-                                               callback=on_step, generator=generator)
-        if demo.low_vram:
-            model.low_vram_shift(is_diffusing=False)
-        x = model.decode_first_stage(samples).float()  # B×3×H×W
-    x = (rearrange(x, "b c h w -> b h w c") * 127.5 + 127.5).cpu().numpy().clip(0, 255).astype(np.uint8)
-    return list(x)
+    images = sample(model, hint, [prompt] * r.num_samples, [r.n_prompt] * r.num_samples,
+                    control_scales=guess_mode_scales(r.strength, model.control_model.num_outputs,
+                                                     guess_mode=r.guess_mode),
+                    steps=r.ddim_steps, guidance_scale=r.scale, eta=r.eta, hint_in_uncond=not r.guess_mode,
+                    generator=torch.Generator(device=device).manual_seed(seed), callback=on_step,
+                    low_vram=demo.low_vram, autocast_dtype=demo.autocast_dtype)  # B×3×H×W
+    return images_to_uint8(images)
 
 
 @torch.no_grad()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,8 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
-from cldm.add_control import save_state
+from cldm.weights import export_control
+from ldm.util import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +27,6 @@ def list_checkpoints(folder: Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_FILE.match(p.name))]
     return [p for _, p in sorted(found)]
-
-
-def export_control(model: torch.nn.Module, path: Path) -> None:
-    """Write the ControlNet alone (`control_model.*` keys, fp32) as safetensors, atomically."""
-    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if k.startswith("control_model.")}
-    save_state(state, path, metadata={"format": "pt", "source": "cutenet"})
 
 
 class StreamingCheckpointIO(TorchCheckpointIO):
@@ -49,12 +43,8 @@ class StreamingCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_write(path) as tmp:
             torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)  # only left behind if torch.save failed
 
     def load_checkpoint(self, path: str | Path, map_location: Any = "cpu", weights_only: bool | None = None
                         ) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""One training run of ControlLDM with PyTorch Lightning: input checks, model set-up, data, trainer."""
+"""One training run of ControlLDM with PyTorch Lightning: generated inputs, input checks, model set-up, data, trainer."""
 
 from __future__ import annotations
 
@@ -14,17 +14,22 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from cldm.add_control import build_control_init, save_state
-from cldm.checkpoint_keys import CheckpointMismatchError, check_state_dict, load_weights_from_file
 from cldm.logger import ImageLogger
-from cldm.model import load_state_dict
-from cldm.train_checkpoint import PeriodicCheckpoint, StreamingCheckpointIO, list_checkpoints
-from cldm.train_settings import TrainSettings
+from cldm.weights import (
+    CheckpointMismatchError,
+    build_control_init,
+    check_state_dict,
+    load_state_dict,
+    load_weights_from_file,
+    save_state,
+)
 from ldm.util import instantiate_from_config
+from training.checkpoint import PeriodicCheckpoint, StreamingCheckpointIO, list_checkpoints
 from training.dataset import PairDataset
 from training.latent_cache import CachedPairs, build_latent_cache
 from training.loader import make_train_loader
-from training.prompt_file import PROMPT_FILE
+from training.prompt_file import PROMPT_FILE, write_text_atomically
+from training.settings import TrainSettings
 from training.toy_data import write_toy_dataset
 
 logger = logging.getLogger(__name__)
@@ -73,17 +78,27 @@ def _resolve_resume_from(resume_from: str | None, output: Path) -> Path | None:
     return path
 
 
-def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_path: str,
-             resume_from: str | None) -> RunPlan:
-    """Check data, checkpoints and config against each other before building anything."""
-    settings.validate()
-    output = Path(settings.output)
+def make_missing_inputs(model_config: dict[str, Any], settings: TrainSettings, *, resume_from: str | None) -> None:
+    """Write the inputs the config says to generate when missing: the toy data set (`toy_data`), and the initial
+    ControlNet checkpoint `resume`, made from `sd_base` as tool_add_control.py does (fresh starts only)."""
     data = Path(settings.data)
     if not (data / PROMPT_FILE).is_file() and settings.toy_data and not data.exists():
         logger.info("generating toy data in %s (%s)", data, settings.toy_data)
         write_toy_dataset(data, **settings.toy_data)
+    base = Path(settings.resume) if settings.resume else None
+    resuming = _resolve_resume_from(resume_from, Path(settings.output)) is not None
+    if base is not None and not resuming and not base.exists() and settings.sd_base:
+        make_control_init(model_config, Path(settings.sd_base), base, seed=settings.seed)
+
+
+def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_path: str,
+             resume_from: str | None) -> RunPlan:
+    """Check data, checkpoints and config against each other before building anything; writes nothing."""
+    settings.validate()
+    output = Path(settings.output)
     try:
-        dataset = PairDataset(data, hflip=settings.hflip, empty_prompt_p=settings.empty_prompt_p, seed=settings.seed)
+        dataset = PairDataset(settings.data, hflip=settings.hflip, empty_prompt_p=settings.empty_prompt_p,
+                              seed=settings.seed)
     except (FileNotFoundError, ValueError) as err:
         raise RunInputError(f"data: {err}") from None
     model_state, trainable = _meta_state(model_config)
@@ -98,8 +113,6 @@ def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_pa
             check_state_dict({k: model_state[k] for k in trainable}, ckpt["state_dict"])
         except CheckpointMismatchError as err:
             raise RunInputError(f"{ckpt_path} was written for another config than {config_path}: {err}") from None
-    if base is not None and ckpt_path is None and not base.exists() and settings.sd_base:
-        make_control_init(model_config, Path(settings.sd_base), base, seed=settings.seed)
     if base is not None:
         if not base.is_file():
             raise RunInputError(f"initial checkpoint {base} does not exist; make it with tool_add_control.py "
@@ -141,13 +154,20 @@ class TrainData(pl.LightningDataModule):
                                  rank=self.trainer.global_rank, world_size=self.trainer.world_size, workers=s.workers)
 
 
+def instantiate_model(model_config: dict[str, Any], base: Path | None = None) -> pl.LightningModule:
+    """The ControlLDM of a run's model node (see `ModelOptions.applied_to`), with `base`'s weights if given:
+    how training, and the benchmarks that must measure what training runs, build the model."""
+    model = instantiate_from_config(model_config)
+    if base is not None:
+        load_weights_from_file(model, base)
+        logger.info("loaded initial weights from %s", base)
+    return model
+
+
 def build_model(plan: RunPlan) -> pl.LightningModule:
     """The ControlLDM with its starting weights; a fresh start saves them so resumes reload the same frozen parts."""
-    model = instantiate_from_config(plan.model_config)
-    if plan.base is not None:
-        load_weights_from_file(model, plan.base)
-        logger.info("loaded initial weights from %s", plan.base)
-    else:
+    model = instantiate_model(plan.model_config, plan.base)
+    if plan.base is None:
         plan.output.mkdir(parents=True, exist_ok=True)
         init = plan.output / INIT_FILE
         if pl.utilities.rank_zero.rank_zero_only.rank == 0:
@@ -207,4 +227,4 @@ def make_trainer(plan: RunPlan, resolved: dict[str, Any], *, log_samples: bool =
 
 def write_config(path: Path, resolved: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(resolved), path)
+    write_text_atomically(path, OmegaConf.to_yaml(OmegaConf.create(resolved)))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from training.discover import Box
+from training.data.discover import Box
 
 CROP_MODES = ("squash", "center", "bbox")
 

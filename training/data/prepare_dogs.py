@@ -1,6 +1,6 @@
 """Prepare ControlNet training pairs from Stanford Dogs (or any image folder): crop, canny, caption.
 
-    python -m training.prepare_dogs --images Images --annotations Annotation --out training/dogs
+    python -m training.data.prepare_dogs --images Images --annotations Annotation --out training/dogs
 
 Resumable: finished items are skipped and captions are appended one by one, so a re-run after a crash
 continues where it stopped and produces byte-identical output. Originals are only read.
@@ -25,12 +25,18 @@ import cv2
 from tqdm import tqdm
 
 from annotator.canny import CannyDetector
-from training.captions import BLIP_MODEL_ID, finalise_caption, load_blip
-from training.crop import CROP_MODES, crop_square
-from training.discover import ImageRecord, discover, read_split_list
-from training.prompt_file import (PROMPT_FILE, VAL_PROMPT_FILE, write_bytes_atomically, write_prompt_file,
-                                  write_text_atomically)
-from training.validate import UnreadableImage, load_rgb
+from annotator.util import read_rgb
+from training.data.captions import BLIP_MODEL_ID, finalise_caption, load_blip
+from training.data.crop import CROP_MODES, crop_square
+from training.data.discover import ImageRecord, discover, read_split_list
+from training.data.validate import UnreadableImage, load_rgb
+from training.prompt_file import (
+    PROMPT_FILE,
+    VAL_PROMPT_FILE,
+    write_bytes_atomically,
+    write_prompt_file,
+    write_text_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +156,7 @@ def caption_items(records: Sequence[ImageRecord], out: Path, captioner: Callable
             batch = todo[start: start + batch_size]
             raw: list[str | None] = [None] * len(batch)
             if captioner is not None:
-                images = [cv2.cvtColor(cv2.imread(str(pair_paths(out, r.item_id)[0])), cv2.COLOR_BGR2RGB) for r in batch]
+                images = [read_rgb(pair_paths(out, r.item_id)[0]) for r in batch]
                 raw = list(captioner(images))
             for record, text in zip(batch, raw, strict=True):
                 prompt, replaced = finalise_caption(text, record.breed)

@@ -1,0 +1,280 @@
+"""Weight I/O of ControlLDM in one place: read checkpoint files, check them strictly against a model,
+load them, save them atomically, and make the initial ControlNet from an SD checkpoint (paper §3.2)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ldm.util import atomic_write, instantiate_from_config
+
+logger = logging.getLogger(__name__)
+
+CONTROL_PREFIX = "control_model."
+UNET_PREFIX = "model.diffusion_model."
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def load_state_dict(path: str | Path, location: str | torch.device = "cpu", *, trusted: bool = False,
+                    shapes_only: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file; `.ckpt`/`.pth` are unwrapped from `['state_dict']` when present.
+
+    Pickles load with `weights_only=True`. `trusted=True` allows full unpickling, which can run code
+    from the file: use it only for files from a source you trust. `shapes_only=True` returns `meta`
+    tensors of the right names, shapes and dtypes without reading the data (the safetensors header, or
+    a memory-mapped pickle whose storages are never touched): enough to check a 5.7 GB file against a
+    config in a moment.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        if not shapes_only:
+            return load_file(str(path), device=str(location))
+        with safe_open(str(path), framework="pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}  # header entries: no data read
+            return {k: torch.empty(s.get_shape(), dtype=SAFETENSORS_DTYPES[s.get_dtype()], device="meta")
+                    for k, s in slices.items()}
+    state = _pickle_state(path, location, trusted=trusted, mmap=shapes_only)
+    if shapes_only:
+        return {k: torch.empty_like(v, device="meta") for k, v in state.items()}
+    return state
+
+
+def iter_tensor_chunks(path: str | Path, keys: Sequence[str], location: str | torch.device = "cpu", *,
+                       trusted: bool = False, chunk_bytes: int = 256 << 20) -> Iterator[dict[str, torch.Tensor]]:
+    """The tensors `keys` of a checkpoint file, about `chunk_bytes` at a time, so that copying a file into
+    a model needs the model plus one chunk rather than the model plus the whole file. A safetensors file
+    is read tensor by tensor; a pickle is memory-mapped (file-backed pages instead of anonymous memory)."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device=str(location)) as f:
+            yield from _chunks(keys, f.get_tensor, chunk_bytes)
+        return
+    state = _pickle_state(path, location, trusted=trusted, mmap=True)
+    yield from _chunks(keys, state.__getitem__, chunk_bytes)
+
+
+def _chunks(keys: Sequence[str], get: Callable[[str], torch.Tensor], chunk_bytes: int
+            ) -> Iterator[dict[str, torch.Tensor]]:
+    chunk: dict[str, torch.Tensor] = {}
+    size = 0
+    for key in keys:
+        chunk[key] = get(key)
+        size += chunk[key].nbytes
+        if size >= chunk_bytes:
+            yield chunk
+            chunk, size = {}, 0
+    if chunk:
+        yield chunk
+
+
+def _pickle_state(path: Path, location: str | torch.device, *, trusted: bool, mmap: bool) -> dict[str, torch.Tensor]:
+    if path.suffix.lower() not in (".ckpt", ".pth", ".pt", ".bin"):
+        raise ValueError(f"{path}: unknown checkpoint extension {path.suffix.lower()!r}; "
+                         "use .ckpt, .pth or .safetensors")
+    try:
+        data = _load_pickle(path, location, weights_only=not trusted, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} holds Python objects besides tensors, so it cannot be loaded safely "
+                         f"(weights_only=True). If you trust its source, pass trusted=True "
+                         f"(load_state_dict(path, trusted=True)). Detail: {str(err).splitlines()[0]}") from err
+    state = data.get("state_dict", data) if isinstance(data, dict) else data
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state_dict of tensors (top-level keys: {list(data)[:5]})")
+    return state
+
+
+def _load_pickle(path: Path, location: str | torch.device, *, weights_only: bool, mmap: bool) -> Any:
+    if mmap:
+        try:
+            return torch.load(path, map_location=location, weights_only=weights_only, mmap=True)
+        except RuntimeError as err:  # files from torch < 1.6 (not zip) cannot be mapped: read them whole
+            logger.debug("%s cannot be memory-mapped (%s); reading it whole", path, err)
+    return torch.load(path, map_location=location, weights_only=weights_only)
+
+
+# Entries real files carry that the model does not hold, dropped by name:
+# - position_ids: in v1-5-pruned.ckpt and control_sd15_*.pth; a non-persistent buffer here;
+# - model_ema.*: the EMA copy in v1-5-pruned.ckpt (the live weights are used).
+KNOWN_EXTRA_KEYS = frozenset({"cond_stage_model.transformer.text_model.embeddings.position_ids"})
+KNOWN_EXTRA_PREFIXES = ("model_ema.",)
+# `logvar` is an attribute, not a tensor, in v1-5-pruned.ckpt; it keeps its fresh value (zeros).
+TOLERATED_MISSING = frozenset({"logvar"})
+
+
+@dataclass
+class LoadReport:
+    """What a strict load did besides copying matching tensors."""
+
+    loaded: int = 0
+    dropped_extras: list[str] = field(default_factory=list)
+    kept_fresh: list[str] = field(default_factory=list)
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not fit the model: lists missing, unexpected and mis-shaped keys."""
+
+
+def _preview(keys: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def check_state_dict(model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], *,
+                     prefixes: Sequence[str] | None = None,
+                     exclude: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Filter `state` against the model's keys; raise CheckpointMismatchError listing every problem.
+
+    With `prefixes`, only model keys under them are expected (e.g. ("control_model.",) for a
+    ControlNet-only file); keys under `exclude` are not expected (e.g. an SD base file has no
+    ControlNet). Anything else in the file is unexpected.
+    """
+    report = LoadReport()
+    wanted = {k: v for k, v in model_state.items()
+              if (prefixes is None or k.startswith(tuple(prefixes))) and not k.startswith(tuple(exclude))}
+    kept: dict[str, torch.Tensor] = {}
+    unexpected, mis_shaped = [], []
+    for key, value in state.items():
+        if key in KNOWN_EXTRA_KEYS or key.startswith(KNOWN_EXTRA_PREFIXES):
+            report.dropped_extras.append(key)
+        elif key not in wanted:
+            unexpected.append(key)
+        elif tuple(value.shape) != tuple(wanted[key].shape):
+            mis_shaped.append(f"{key}: file {tuple(value.shape)} vs model {tuple(wanted[key].shape)}")
+        else:
+            kept[key] = value
+    missing = [k for k in wanted if k not in state]
+    report.kept_fresh = [k for k in missing if k in TOLERATED_MISSING]
+    missing = [k for k in missing if k not in TOLERATED_MISSING]
+    if unexpected or missing or mis_shaped:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_preview(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_preview(unexpected)}")
+        if mis_shaped:
+            parts.append(f"shape mismatches: {_preview(mis_shaped)}")
+        raise CheckpointMismatchError("checkpoint does not match the model config; " + "; ".join(parts))
+    report.loaded = len(kept)
+    return kept, report
+
+
+def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
+                 prefixes: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> LoadReport:
+    """Copy `state` into `model` strictly (see `check_state_dict`); returns what was dropped or kept fresh."""
+    kept, report = check_state_dict(model.state_dict(), state, prefixes=prefixes, exclude=exclude)
+    model.load_state_dict(kept, strict=False)
+    _log_report(report)
+    return report
+
+
+def load_weights_from_file(model: torch.nn.Module, path: str | Path, *, prefixes: Sequence[str] | None = None,
+                           exclude: Sequence[str] = (), ignore: Sequence[str] = (), trusted: bool = False,
+                           chunk_bytes: int = 256 << 20) -> LoadReport:
+    """`load_weights` from a file, checked from its header first and then copied a chunk at a time: the
+    model is untouched if the file does not fit, and loading needs the model plus one chunk of memory,
+    not the model plus the whole file. File keys under `ignore` are skipped (e.g. the ControlNet of a
+    full ControlLDM file used only as an SD base)."""
+    shapes = {k: v for k, v in load_state_dict(path, trusted=trusted, shapes_only=True).items()
+              if not k.startswith(tuple(ignore))}
+    kept, report = check_state_dict(model.state_dict(), shapes, prefixes=prefixes, exclude=exclude)
+    for chunk in iter_tensor_chunks(path, list(kept), trusted=trusted, chunk_bytes=chunk_bytes):
+        model.load_state_dict(chunk, strict=False)
+    _log_report(report)
+    return report
+
+
+def _log_report(report: LoadReport) -> None:
+    if report.dropped_extras:
+        logger.info("dropped %d known extra entries (position_ids, model_ema.*)", len(report.dropped_extras))
+    if report.kept_fresh:
+        logger.info("not in the file, kept at their initial value: %s", ", ".join(report.kept_fresh))
+
+
+
+def unet_twin(control_key: str) -> str:
+    """`control_model.X` → `model.diffusion_model.X`: the locked weight the trainable copy starts from."""
+    if not control_key.startswith(CONTROL_PREFIX):
+        raise ValueError(f"{control_key!r} is not a ControlNet key (expected the prefix {CONTROL_PREFIX!r})")
+    return UNET_PREFIX + control_key[len(CONTROL_PREFIX):]
+
+
+@dataclass
+class ControlInit:
+    """The initial ControlLDM state and where each ControlNet tensor came from."""
+
+    state: dict[str, torch.Tensor]
+    copied: list[str]
+    fresh: list[str]
+    kept_fresh: list[str]
+    dropped_extras: list[str]
+
+
+def init_control_from_sd(model_state: Mapping[str, torch.Tensor], sd_state: Mapping[str, torch.Tensor]) -> ControlInit:
+    """Build the full ControlLDM state: SD tensors as they are, ControlNet tensors copied from their UNet twins.
+
+    `model_state` is a freshly initialised ControlLDM state_dict; ControlNet tensors without a twin of the
+    same shape (hint encoder, zero convolutions) keep their fresh values and are listed in `fresh`.
+    Everything else must come from `sd_state` (checked strictly: see `check_state_dict`).
+    """
+    sd_part = {k: v for k, v in model_state.items() if not k.startswith(CONTROL_PREFIX)}
+    sd_only = {k: v for k, v in sd_state.items() if not k.startswith(CONTROL_PREFIX)}
+    kept, report = check_state_dict(sd_part, sd_only)
+    state = {k: kept.get(k, v) for k, v in sd_part.items()}
+    copied, fresh = [], []
+    for key, value in model_state.items():
+        if not key.startswith(CONTROL_PREFIX):
+            continue
+        twin = sd_state.get(unet_twin(key))
+        if twin is not None and twin.shape == value.shape:
+            state[key] = twin.clone()
+            copied.append(key)
+        else:
+            state[key] = value
+            fresh.append(key)
+    return ControlInit(state, copied, fresh, report.kept_fresh, report.dropped_extras)
+
+
+def build_control_init(model_config: Mapping[str, Any], sd_state: Mapping[str, torch.Tensor], *,
+                       seed: int) -> ControlInit:
+    """The initial ControlLDM state for the `model` node of a config: a model built with its fresh parts
+    (hint encoder, zero convolutions) drawn under `seed`, filled by `init_control_from_sd`. The same
+    input and seed give the same state, whichever process makes it (tool_add_control.py, or training's
+    `sd_base` on every DDP rank)."""
+    torch.manual_seed(seed)
+    model = instantiate_from_config(model_config)
+    return init_control_from_sd(model.state_dict(), sd_state)
+
+
+def save_state(state: Mapping[str, torch.Tensor], dst: str | Path, metadata: Mapping[str, str] | None = None) -> None:
+    """Write a state dict atomically; the format follows dst's extension. `metadata` (text only) goes in the
+    safetensors header, or beside `state_dict` in a .ckpt/.pth."""
+    dst = Path(dst)
+    with atomic_write(dst) as tmp:
+        if dst.suffix.lower() == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=dict(metadata or {}) or None)
+        else:
+            torch.save({"state_dict": dict(state), **({"metadata": dict(metadata)} if metadata else {})}, tmp)
+
+
+def export_control(model: torch.nn.Module, path: str | Path) -> None:
+    """Write the ControlNet alone (`control_model.*` keys, fp32) as safetensors, atomically: the release file."""
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if k.startswith(CONTROL_PREFIX)}
+    save_state(state, path, metadata={"format": "pt", "source": "cutenet"})

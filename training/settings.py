@@ -1,0 +1,196 @@
+"""Settings of a training run, one source each: a dataclass field with its help text, its default in the YAML,
+and a `tutorial_train.py` flag generated from the field.
+
+`TrainSettings` is the config's `training:` node. `ModelOptions` are the knobs of the `model:` node that a
+run may override (learning rate, locking, memory savers); each maps onto one or more `params` paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from cldm.cldm import FROZEN_DTYPES
+from cldm.optimizer import STATE_DTYPES
+
+PRECISIONS = ("32", "16-mixed", "bf16-mixed")
+
+
+def _optional_text(value: str) -> str | None:
+    """'none' (or 'null') on the command line clears a path setting."""
+    return None if value.lower() in ("none", "null") else value
+
+
+def knob(help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None,
+         parse: typing.Callable[[str], Any] | None = None, cli: bool = True) -> Any:
+    """A settings field: `help` is its flag's help text; `flag` overrides the name derived from the field."""
+    return dataclasses.field(metadata={"help": help, "flag": flag, "choices": choices, "parse": parse, "cli": cli})
+
+
+@dataclass
+class TrainSettings:
+    """Every knob of a training run (the `training:` node); defaults live in the YAML, not here."""
+
+    data: str = knob("prepared folder with prompt.json, source/, target/")
+    toy_data: dict[str, int] | None = knob("toy set generated into `data` when that folder is missing", cli=False)
+    resume: str | None = knob("initial ControlLDM checkpoint from tool_add_control.py ('none': fresh init)",
+                              parse=_optional_text)
+    sd_base: str | None = knob("SD checkpoint to make --resume from (as tool_add_control.py) when that file is "
+                               "missing", parse=_optional_text)
+    batch_size: int = knob("samples per device per step")
+    accumulate: int = knob("gradient accumulation steps")
+    max_steps: int = knob("optimizer steps to train")
+    max_epochs: int | None = knob("passes over the data (converted to steps; overrides --max-steps)")
+    accelerator: str = knob("cpu, gpu or auto")
+    devices: int = knob("devices per node")
+    num_nodes: int = knob("nodes")
+    strategy: str = knob("Lightning strategy (auto = ddp on more than one device)")
+    precision: str = knob("32, 16-mixed or bf16-mixed", choices=PRECISIONS)
+    empty_prompt_p: float = knob("probability of training with an empty prompt")
+    hflip: bool = knob("random horizontal flips")
+    cache_latents: bool = knob("encode images and prompts once before training (needs --no-hflip)")
+    logger_freq: int = knob("steps between image grids")
+    image_log_ddim_steps: int = knob("DDIM steps of the image grids' samples")
+    ckpt_every: int = knob("steps between resumable checkpoints")
+    keep_last: int = knob("resumable checkpoints to keep")
+    output: str = knob("run folder")
+    seed: int = knob("random seed (also the model's noise seed)")
+    workers: int = knob("DataLoader worker processes")
+
+    @classmethod
+    def from_config(cls, node: dict[str, Any] | None, source: str) -> TrainSettings:
+        if not isinstance(node, dict):
+            raise ValueError(f"{source} has no 'training:' section; copy one from models/cldm_tiny.yaml")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown, missing = sorted(set(node) - names), sorted(names - set(node))
+        if unknown or missing:
+            raise ValueError(f"{source} training section: unknown keys {unknown}, missing keys {missing}")
+        return cls(**node)
+
+    def validate(self) -> None:
+        for name in ("batch_size", "accumulate", "devices", "num_nodes", "logger_freq", "ckpt_every", "keep_last",
+                     "image_log_ddim_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps < 1 and not self.max_epochs:
+            raise ValueError("set max_steps >= 1 or max_epochs")
+        if str(self.precision) not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 0.0 <= self.empty_prompt_p <= 1.0:
+            raise ValueError(f"empty_prompt_p must be in [0, 1], got {self.empty_prompt_p}")
+        if self.cache_latents and self.hflip:
+            raise ValueError("cache_latents needs hflip off: cached latents cannot follow random flips")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples one optimizer step consumes over all ranks."""
+        return self.batch_size * self.accumulate * self.world_size
+
+    def total_steps(self, dataset_size: int) -> int:
+        """max_steps, or max_epochs converted to optimizer steps over a dataset of `dataset_size`."""
+        if self.max_epochs:
+            return math.ceil(self.max_epochs * dataset_size / self.samples_per_step)
+        return self.max_steps
+
+    def resolved_strategy(self) -> str:
+        return "ddp" if self.strategy == "auto" and self.world_size > 1 else self.strategy
+
+
+@dataclass
+class ModelOptions:
+    """The knobs of the `model:` node a run may override; `PATHS` says where each lives under `params`."""
+
+    learning_rate: float = knob("learning rate", flag="--lr")
+    sd_locked: bool = knob("lock the whole SD UNet (--no-sd-locked also trains its decoder)")
+    only_mid_control: bool = knob("feed the ControlNet into the middle block only")
+    checkpointing: bool = knob("gradient checkpointing in the UNet and ControlNet (use_checkpoint)")
+    frozen_dtype: str = knob("store the locked UNet, VAE and text encoder in this dtype (with --precision *-mixed)",
+                             choices=tuple(FROZEN_DTYPES))
+    optimizer_state_dtype: str = knob("dtype of AdamW's two moments (bfloat16 halves the optimizer state)",
+                                      flag="--optimizer-states", choices=tuple(STATE_DTYPES))
+    gradient_release: bool = knob("update each tensor inside backward and free its gradient (one device, "
+                                  "--accumulate 1)")
+
+    PATHS: typing.ClassVar[dict[str, tuple[tuple[str, ...], ...]]] = {
+        "checkpointing": (("unet_config", "params", "use_checkpoint"),
+                          ("control_stage_config", "params", "use_checkpoint")),
+    }
+
+    @classmethod
+    def paths(cls, name: str) -> tuple[tuple[str, ...], ...]:
+        return cls.PATHS.get(name, ((name,),))
+
+    @classmethod
+    def from_model_config(cls, node: dict[str, Any], source: str) -> ModelOptions:
+        """Read the options from `node['params']`; every path of one option must agree."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            found = []
+            for path in cls.paths(f.name):
+                value: Any = node["params"]
+                for key in path:
+                    if not isinstance(value, dict) or key not in value:
+                        raise ValueError(f"{source}: model.params.{'.'.join(path)} is missing; copy it from "
+                                         "models/cldm_tiny.yaml")
+                    value = value[key]
+                found.append(value)
+            if any(v != found[0] for v in found):
+                raise ValueError(f"{source}: {' and '.join('.'.join(p) for p in cls.paths(f.name))} disagree")
+            values[f.name] = found[0]
+        return cls(**values)
+
+    def applied_to(self, node: dict[str, Any], *, seed: int) -> dict[str, Any]:
+        """A copy of the model node with these options and the run's seed written into its params."""
+        node = copy.deepcopy(node)
+        for f in dataclasses.fields(self):
+            for *parents, key in self.paths(f.name):
+                target = node["params"]
+                for parent in parents:
+                    target = target[parent]
+                target[key] = getattr(self, f.name)
+        node["params"]["seed"] = seed
+        return node
+
+    def check(self, settings: TrainSettings) -> None:
+        if self.frozen_dtype != "float32" and settings.precision == "32":
+            raise ValueError("--frozen-dtype below float32 needs mixed precision: add --precision bf16-mixed "
+                             "(or 16-mixed)")
+        if self.gradient_release and (settings.accumulate > 1 or settings.world_size > 1
+                                      or settings.precision == "16-mixed"):
+            raise ValueError("--gradient-release steps inside backward, so it needs --accumulate 1, one device on "
+                             "one node, and no fp16 loss scaling (use --precision 32 or bf16-mixed)")
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of a settings dataclass, with the field's help; absent flags leave the YAML's value."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
+        kind = hints[f.name]
+        if typing.get_origin(kind) is not None:  # `X | None`: the flag parses X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        options: dict[str, Any] = {"dest": f.name, "help": f.metadata["help"], "default": argparse.SUPPRESS}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = f.metadata["parse"] or kind
+            if f.metadata["choices"]:
+                options["choices"] = f.metadata["choices"]
+        parser.add_argument(f.metadata["flag"] or "--" + f.name.replace("_", "-"), **options)
+
+
+def given_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of `cls` that were set on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
