@@ -54,8 +54,15 @@ def load_model(args: argparse.Namespace) -> DemoModel:
         # The quickstart's own weights: the committed base, and the ControlNet once `make demo` trained it.
         base = TOY_BASE if TOY_BASE.exists() else None
         control = QUICKSTART_CONTROL if QUICKSTART_CONTROL.exists() else None
-    return load_demo_model(args.config, ckpt=args.ckpt, base=base, control=control, device=args.device,
-                           precision=args.precision, low_vram=args.low_vram)
+    return load_demo_model(
+        args.config,
+        ckpt=args.ckpt,
+        base=base,
+        control=control,
+        device=args.device,
+        precision=args.precision,
+        low_vram=args.low_vram,
+    )
 
 
 def run_batch(demo: DemoModel, args: argparse.Namespace) -> int:
@@ -67,8 +74,13 @@ def run_batch(demo: DemoModel, args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"error: cannot read {args.input}: {err}", file=sys.stderr)
         return 2
-    request = GenerationRequest(prompt=args.prompt, num_samples=args.num_samples, ddim_steps=args.steps,
-                                seed=args.seed, image_resolution=args.resolution or demo.native_resolution)
+    request = GenerationRequest(
+        prompt=args.prompt,
+        num_samples=args.num_samples,
+        ddim_steps=args.steps,
+        seed=args.seed,
+        image_resolution=args.resolution or demo.native_resolution,
+    )
     try:
         result = generate(demo, image, request)
     except GenerationInputError as err:
@@ -91,11 +103,38 @@ def build_ui(demo: DemoModel):
     low = min(256, native)
     defaults = GenerationRequest()
 
-    def process(image, prompt, a_prompt, n_prompt, num_samples, resolution, steps, guess_mode, strength, scale,
-                seed, eta, low_threshold, high_threshold, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
-        request = GenerationRequest(prompt, a_prompt, n_prompt, int(num_samples), int(resolution), int(steps),
-                                    bool(guess_mode), float(strength), float(scale), int(seed), float(eta),
-                                    int(low_threshold), int(high_threshold))
+    def process(
+        image,
+        prompt,
+        a_prompt,
+        n_prompt,
+        num_samples,
+        resolution,
+        steps,
+        guess_mode,
+        strength,
+        scale,
+        seed,
+        eta,
+        low_threshold,
+        high_threshold,
+        progress=gr.Progress(),  # noqa: B008 (Gradio's way to ask for a progress tracker)
+    ):
+        request = GenerationRequest(
+            prompt,
+            a_prompt,
+            n_prompt,
+            int(num_samples),
+            int(resolution),
+            int(steps),
+            bool(guess_mode),
+            float(strength),
+            float(scale),
+            int(seed),
+            float(eta),
+            int(low_threshold),
+            int(high_threshold),
+        )
         try:
             result = generate(demo, image, request, progress=lambda i, n: progress(i / n, desc=f"DDIM step {i}/{n}"))
         except GenerationInputError as err:
@@ -128,8 +167,22 @@ def build_ui(demo: DemoModel):
             with gr.Column():
                 gallery = gr.Gallery(label="Edge map and results", show_label=True, columns=2, height="auto")
                 seed_used = gr.Markdown()
-        inputs = [image, prompt, a_prompt, n_prompt, num_samples, resolution, steps, guess_mode, strength, scale,
-                  seed, eta, low_threshold, high_threshold]
+        inputs = [
+            image,
+            prompt,
+            a_prompt,
+            n_prompt,
+            num_samples,
+            resolution,
+            steps,
+            guess_mode,
+            strength,
+            scale,
+            seed,
+            eta,
+            low_threshold,
+            high_threshold,
+        ]
         run.click(fn=process, inputs=inputs, outputs=[gallery, seed_used])
     return ui
 
@@ -150,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ui = build_ui(demo)
     ui.queue(default_concurrency_limit=1)
-    ui.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
-              auth=auth)
+    ui.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share, auth=auth)
     return 0
 
 

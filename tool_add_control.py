@@ -24,8 +24,10 @@ def check_paths(src: Path, dst: Path) -> None:
     """Refuse before any heavy work: a missing or wrong input, an existing output, a missing folder."""
     if src.is_dir():
         if (src / "model_index.json").exists() or (src / "unet").is_dir():
-            raise SystemExit(f"error: {src} is a diffusers folder, not an ldm checkpoint; use the single-file "
-                             "checkpoint (e.g. v1-5-pruned.ckpt or .safetensors)")
+            raise SystemExit(
+                f"error: {src} is a diffusers folder, not an ldm checkpoint; use the single-file "
+                "checkpoint (e.g. v1-5-pruned.ckpt or .safetensors)"
+            )
         raise SystemExit(f"error: {src} is a folder; give the checkpoint file (.ckpt, .pth or .safetensors)")
     if not src.is_file():
         raise SystemExit(f"error: input checkpoint {src} does not exist; download v1-5-pruned.ckpt (see README)")
@@ -42,13 +44,16 @@ def check_family(sd_state: dict, config: Path) -> None:
     is_sd2_file = any(k.startswith("cond_stage_model.model.") for k in sd_state)
     is_sd2_config = "v21" in config.name
     if is_sd2_file and not is_sd2_config:
-        raise SystemExit("error: this is an SD2.x checkpoint (OpenCLIP text encoder); "
-                         "add --config models/cldm_v21.yaml")
+        raise SystemExit(
+            "error: this is an SD2.x checkpoint (OpenCLIP text encoder); add --config models/cldm_v21.yaml"
+        )
     if not is_sd2_file and is_sd2_config and any(k.startswith("cond_stage_model.transformer.") for k in sd_state):
         raise SystemExit("error: this is an SD1.x checkpoint (CLIP text encoder); use --config models/cldm_v15.yaml")
     if not any(k.startswith("model.diffusion_model.") for k in sd_state):
-        raise SystemExit(f"error: no 'model.diffusion_model.*' keys: not a Stable Diffusion ldm checkpoint "
-                         f"(first keys: {', '.join(list(sd_state)[:3])})")
+        raise SystemExit(
+            f"error: no 'model.diffusion_model.*' keys: not a Stable Diffusion ldm checkpoint "
+            f"(first keys: {', '.join(list(sd_state)[:3])})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,9 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         model, description = load_model(args.config, ckpt=args.ckpt, base=args.base, control=args.control)
         model = model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
         rows: list = []
-        results = evaluate(model, args.data, tuple(args.strengths), prompt_file=args.prompt_file,
-                           settings=EvalSettings(n=args.n, steps=args.steps, guidance_scale=args.scale,
-                                                 tolerance=args.tolerance, seed=args.seed), grid_rows=rows)
+        results = evaluate(
+            model,
+            args.data,
+            tuple(args.strengths),
+            prompt_file=args.prompt_file,
+            settings=EvalSettings(
+                n=args.n, steps=args.steps, guidance_scale=args.scale, tolerance=args.tolerance, seed=args.seed
+            ),
+            grid_rows=rows,
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -62,10 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         for strength, m in results.items():
             if strength != "0":
                 gain = f"{m['f1'] / off:.1f}x" if off > 0 else "inf (strength 0 found no edges)"
-                print(f"edge F1 at strength {strength} vs strength 0 (control off): {m['f1']:.3f} vs {off:.3f} = {gain}")
+                print(
+                    f"edge F1 at strength {strength} vs strength 0 (control off): {m['f1']:.3f} vs {off:.3f} = {gain}"
+                )
     if args.grid is not None:
         args.grid.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.concatenate([np.concatenate(r, axis=1) for r in rows[: args.grid_rows]], axis=0)).save(args.grid)
+        Image.fromarray(np.concatenate([np.concatenate(r, axis=1) for r in rows[: args.grid_rows]], axis=0)).save(
+            args.grid
+        )
         columns = " | ".join(["control"] + [f"strength {s:g}" for s in args.strengths] + ["target"])
         print(f"sample grid ({columns}): {args.grid}")
     if args.out is not None:

@@ -71,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         model.first_stage_model.load_state_dict(load_file(str(ae_file)))
         print(f"autoencoder: reusing {ae_file} (delete it to retrain)")
     else:
-        train_autoencoder(model.first_stage_model, images,
-                          PhaseSettings(steps=args.ae_steps, batch_size=args.ae_batch_size, lr=args.ae_lr,
-                                        seed=args.seed), log=print)
+        train_autoencoder(
+            model.first_stage_model,
+            images,
+            PhaseSettings(steps=args.ae_steps, batch_size=args.ae_batch_size, lr=args.ae_lr, seed=args.seed),
+            log=print,
+        )
         args.work_dir.mkdir(parents=True, exist_ok=True)
         save_state(model.first_stage_model.state_dict(), ae_file)
     posteriors = encode_posteriors(model.first_stage_model, images)  # N×2C×h×w
@@ -81,9 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"latent std {std:.4f}: scale_factor 1/std = {1 / std:.5f} (config: {model.scale_factor})")
     if abs(model.scale_factor * std - 1) > 0.25:
         print(f"warning: set scale_factor: {1 / std:.5f} in {args.config} so the latents have unit variance")
-    train_denoiser(model, posteriors, prompts,
-                   PhaseSettings(steps=args.unet_steps, batch_size=args.unet_batch_size, lr=args.unet_lr, seed=args.seed),
-                   empty_prompt_p=args.empty_prompt_p, log=print)
+    train_denoiser(
+        model,
+        posteriors,
+        prompts,
+        PhaseSettings(steps=args.unet_steps, batch_size=args.unet_batch_size, lr=args.unet_lr, seed=args.seed),
+        empty_prompt_p=args.empty_prompt_p,
+        log=print,
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_state(base_state(model), args.out, metadata={k: str(v) for k, v in vars(args).items()})  # how it was made
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {time.time() - start:.0f} s")

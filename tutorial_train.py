@@ -38,10 +38,18 @@ from training.settings import ModelOptions, TrainSettings, add_flags, given_flag
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="models/cldm_toy.yaml", help="model + training YAML (default: the toy quickstart model)")
-    p.add_argument("--resume-from", help="continue a run: a step-N.ckpt, 'last' (newest in OUTPUT/checkpoints) or 'auto' (last if any)")
-    p.add_argument("--log-samples", action="store_true",
-                   help="write the sample indices each rank trained on to OUTPUT/samples/rank<R>.txt (audit)")
+    p.add_argument(
+        "--config", default="models/cldm_toy.yaml", help="model + training YAML (default: the toy quickstart model)"
+    )
+    p.add_argument(
+        "--resume-from",
+        help="continue a run: a step-N.ckpt, 'last' (newest in OUTPUT/checkpoints) or 'auto' (last if any)",
+    )
+    p.add_argument(
+        "--log-samples",
+        action="store_true",
+        help="write the sample indices each rank trained on to OUTPUT/samples/rank<R>.txt (audit)",
+    )
     add_flags(p.add_argument_group("training (the config's training: section)"), TrainSettings)
     add_flags(p.add_argument_group("model (the config's model.params)"), ModelOptions)
     return p.parse_args(argv)
@@ -56,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         if "data" in training:
             training["toy_data"] = None  # only the config's own data folder is generated when missing
         settings = dataclasses.replace(TrainSettings.from_config(config.get("training"), args.config), **training)
-        options = dataclasses.replace(ModelOptions.from_model_config(config["model"], args.config),
-                                      **given_flags(args, ModelOptions))
+        options = dataclasses.replace(
+            ModelOptions.from_model_config(config["model"], args.config), **given_flags(args, ModelOptions)
+        )
         settings.validate()
         options.check(settings)
         config["model"] = options.applied_to(config["model"], seed=settings.seed)
@@ -67,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if plan.base is None:
-        print("note: no initial checkpoint (training.resume is null): the SD part is freshly initialised, so its "
-              "zero-initialised output layer passes no gradient to the ControlNet and nothing is learned. "
-              "This run only exercises the pipeline; pass --resume with a tool_add_control.py checkpoint.")
+        print(
+            "note: no initial checkpoint (training.resume is null): the SD part is freshly initialised, so its "
+            "zero-initialised output layer passes no gradient to the ControlNet and nothing is learned. "
+            "This run only exercises the pipeline; pass --resume with a tool_add_control.py checkpoint."
+        )
     pl.seed_everything(settings.seed, workers=True)
     model = build_model(plan)
     cuda = torch.cuda.is_available() and settings.accelerator != "cpu"

@@ -11,8 +11,10 @@ class CannyDetector:
 
     def __call__(self, image: np.ndarray, low_threshold: int = 100, high_threshold: int = 200) -> np.ndarray:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-            raise TypeError(f"CannyDetector needs a uint8 array, got {getattr(image, 'dtype', type(image).__name__)}; "
-                            "convert with annotator.util.HWC3")
+            raise TypeError(
+                f"CannyDetector needs a uint8 array, got {getattr(image, 'dtype', type(image).__name__)}; "
+                "convert with annotator.util.HWC3"
+            )
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3)):
             raise ValueError(f"CannyDetector needs H×W or H×W×3, got shape {image.shape}")
         if not 0 <= low_threshold <= high_threshold <= 255 * 4:

@@ -37,7 +37,7 @@ def make_jpegs(folder: Path, n: int) -> list[Path]:
         photo = getattr(data, PHOTOS[i % len(PHOTOS)])()
         h, w = photo.shape[:2]
         y, x = int(rng.integers(0, max(h - 375, 1))), int(rng.integers(0, max(w - 500, 1)))
-        crop = cv2.resize(photo[y: y + 375, x: x + 500], (500, 375))
+        crop = cv2.resize(photo[y : y + 375, x : x + 500], (500, 375))
         path = folder / f"img_{i:05d}.jpg"
         Image.fromarray(crop).save(path, quality=90)
         paths.append(path)
@@ -52,6 +52,7 @@ def floor_one(path: Path) -> int:
 
 def stage_breakdown(paths: list[Path], size: int) -> dict[str, float]:
     """Milliseconds per image for each stage, in one process."""
+
     def per_image(fn) -> float:
         start = time.perf_counter()
         for p in paths:
@@ -88,8 +89,15 @@ def main() -> None:
         with ProcessPoolExecutor(args.workers) as pool:
             floor = timed(lambda: list(pool.map(floor_one, paths, chunksize=8)))
         records = [ImageRecord(p, p.stem) for p in paths]
-        pipeline = timed(lambda: prepare_images(records, Path(tmp) / "out", ImageSettings(size=args.size, crop="center"),
-                                                workers=args.workers, summary=Summary()))
+        pipeline = timed(
+            lambda: prepare_images(
+                records,
+                Path(tmp) / "out",
+                ImageSettings(size=args.size, crop="center"),
+                workers=args.workers,
+                summary=Summary(),
+            )
+        )
         stages = stage_breakdown(paths[:50], args.size)
     print(f"{args.n} JPEGs of 500x375, {args.workers} worker processes, output {args.size}x{args.size}")
     print(f"{'step':40s} {'images/s':>10s} {'seconds':>8s}")

@@ -42,8 +42,9 @@ def status_kb(pid: int | str = "self") -> dict[str, int]:
         return {}
 
 
-def measure(cmd: list[str], interval: float = 0.5,
-            on_sample: Callable[[dict[str, int]], None] | None = None) -> MemoryPeaks:
+def measure(
+    cmd: list[str], interval: float = 0.5, on_sample: Callable[[dict[str, int]], None] | None = None
+) -> MemoryPeaks:
     """Run `cmd` to completion; sample its anonymous and file-backed resident memory every `interval` s, and hand
     each sample (/proc/<pid>/status in kB) to `on_sample`."""
     proc = subprocess.Popen(cmd)
@@ -71,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if not cmd:
         p.error("give the command to measure after --")
     peaks = measure(cmd, args.interval)
-    print(f"max resident set {peaks.max_rss:.1f} GB; sampled every {args.interval:g} s: anonymous at most "
-          f"{peaks.anonymous:.1f} GB, file-backed at most {peaks.file_backed:.1f} GB; exit code {peaks.returncode}")
+    print(
+        f"max resident set {peaks.max_rss:.1f} GB; sampled every {args.interval:g} s: anonymous at most "
+        f"{peaks.anonymous:.1f} GB, file-backed at most {peaks.file_backed:.1f} GB; exit code {peaks.returncode}"
+    )
     return peaks.returncode
 
 

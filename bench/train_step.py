@@ -68,12 +68,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("32", "bf16-mixed", "16-mixed"), default="32")
     p.add_argument("--frozen-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--optimizer", choices=("adamw", "adamw-foreach", "adamw8bit"), default="adamw",
-                   help="adamw: ControlLDM.configure_optimizers (fused); adamw-foreach: torch's default kernel")
-    p.add_argument("--optimizer-states", choices=("float32", "bfloat16"), default="float32",
-                   help="dtype of AdamW's moments (ControlLDM optimizer_state_dtype)")
-    p.add_argument("--gradient-release", action="store_true",
-                   help="update inside backward and free each gradient at once (ControlLDM gradient_release)")
+    p.add_argument(
+        "--optimizer",
+        choices=("adamw", "adamw-foreach", "adamw8bit"),
+        default="adamw",
+        help="adamw: ControlLDM.configure_optimizers (fused); adamw-foreach: torch's default kernel",
+    )
+    p.add_argument(
+        "--optimizer-states",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="dtype of AdamW's moments (ControlLDM optimizer_state_dtype)",
+    )
+    p.add_argument(
+        "--gradient-release",
+        action="store_true",
+        help="update inside backward and free each gradient at once (ControlLDM gradient_release)",
+    )
     p.add_argument("--cached-latents", action="store_true", help="skip the VAE and text encoder (precomputed inputs)")
     p.add_argument("--steps", type=int, default=4, help="timed steps (after one warm-up step)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -83,9 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """Build the model as training does, time the steps, print the figures; returns the trained model and optimizer."""
     config = load_config(args.config)["model"]
-    options = dataclasses.replace(ModelOptions.from_model_config(config, args.config), frozen_dtype=args.frozen_dtype,
-                                  optimizer_state_dtype=args.optimizer_states, gradient_release=args.gradient_release,
-                                  checkpointing=args.checkpointing)
+    options = dataclasses.replace(
+        ModelOptions.from_model_config(config, args.config),
+        frozen_dtype=args.frozen_dtype,
+        optimizer_state_dtype=args.optimizer_states,
+        gradient_release=args.gradient_release,
+        checkpointing=args.checkpointing,
+    )
     torch.manual_seed(0)
     model = instantiate_model(options.applied_to(config, seed=0)).to(args.device).train()
     optimizer = make_optimizer(args.optimizer, model)
@@ -94,16 +109,24 @@ def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.opti
     dtype = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[args.precision]
     # As Lightning's MixedPrecision: no autocast cache, so low-precision weight copies die with their op
     # (or, under checkpointing, with their block) instead of living until the end of the forward.
-    autocast = torch.autocast(torch.device(args.device).type, dtype=dtype, cache_enabled=False) if dtype else nullcontext()
+    autocast = (
+        torch.autocast(torch.device(args.device).type, dtype=dtype, cache_enabled=False) if dtype else nullcontext()
+    )
     b, side = args.batch, args.resolution
-    batch = {"jpg": torch.rand(b, side, side, 3) * 2 - 1, "hint": torch.rand(b, side, side, 3),
-             "txt": ["a photography of a corgi on the grass"] * b}
+    batch = {
+        "jpg": torch.rand(b, side, side, 3) * 2 - 1,
+        "hint": torch.rand(b, side, side, 3),
+        "txt": ["a photography of a corgi on the grass"] * b,
+    }
     if args.cached_latents:  # the latent cache's batch format: the VAE posterior and the text context
         with autocast, torch.no_grad():
             images = batch["jpg"].permute(0, 3, 1, 2).to(args.device)  # B×3×H×W
             posterior = model.encode_first_stage(images.to(next(model.first_stage_model.parameters()).dtype))
-            batch = {"moments": posterior.parameters.float(), "context": model.get_learned_conditioning(batch["txt"]),
-                     "hint": batch["hint"]}
+            batch = {
+                "moments": posterior.parameters.float(),
+                "context": model.get_learned_conditioning(batch["txt"]),
+                "hint": batch["hint"],
+            }
 
     def clock() -> float:
         if args.device == "cuda":
@@ -130,12 +153,16 @@ def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.opti
     memory = max(build_peak, steps_peak) if split else steps_peak
     detail = f" (build {build_peak:.1f} GB, steps {steps_peak:.1f} GB)" if split else ""
     kind = "peak CUDA allocated" if args.device == "cuda" else "peak RSS"
-    print(f"config={args.config} resolution={side} batch={b} precision={args.precision} "
-          f"frozen_dtype={args.frozen_dtype} checkpointing={args.checkpointing} optimizer={args.optimizer} "
-          f"optimizer_states={args.optimizer_states} gradient_release={args.gradient_release} "
-          f"cached_latents={args.cached_latents} device={args.device} threads={torch.get_num_threads()}")
-    print(f"step {median:.2f} s (median of {len(times)}: forward {fwd:.2f}, backward {bwd:.2f}, optimizer {opt:.2f}), "
-          f"{b / median:.2f} samples/s, {kind} {memory:.1f} GB{detail}")
+    print(
+        f"config={args.config} resolution={side} batch={b} precision={args.precision} "
+        f"frozen_dtype={args.frozen_dtype} checkpointing={args.checkpointing} optimizer={args.optimizer} "
+        f"optimizer_states={args.optimizer_states} gradient_release={args.gradient_release} "
+        f"cached_latents={args.cached_latents} device={args.device} threads={torch.get_num_threads()}"
+    )
+    print(
+        f"step {median:.2f} s (median of {len(times)}: forward {fwd:.2f}, backward {bwd:.2f}, optimizer {opt:.2f}), "
+        f"{b / median:.2f} samples/s, {kind} {memory:.1f} GB{detail}"
+    )
     return model, optimizer
 
 

@@ -52,25 +52,39 @@ def noise_seed(seed: int, step: int, micro_batch: int, rank: int) -> int:
 class ControlLDM(LatentDiffusion, pl.LightningModule):
     """Latent diffusion whose locked UNet is steered by a trainable ControlNet reading a hint image."""
 
-    def __init__(self, *, control_stage_config: Mapping[str, Any], control_key: str = "hint",
-                 only_mid_control: bool = False, sd_locked: bool = True, learning_rate: float = 1e-5,
-                 control_scales: Sequence[float] | None = None, seed: int = 0, frozen_dtype: str = "float32",
-                 optimizer_state_dtype: str = "float32", gradient_release: bool = False,
-                 **ldm_params: Any) -> None:
+    def __init__(
+        self,
+        *,
+        control_stage_config: Mapping[str, Any],
+        control_key: str = "hint",
+        only_mid_control: bool = False,
+        sd_locked: bool = True,
+        learning_rate: float = 1e-5,
+        control_scales: Sequence[float] | None = None,
+        seed: int = 0,
+        frozen_dtype: str = "float32",
+        optimizer_state_dtype: str = "float32",
+        gradient_release: bool = False,
+        **ldm_params: Any,
+    ) -> None:
         # **ldm_params are LatentDiffusion's keyword-only parameters; it rejects unknown names.
         # Arguments are checked before anything is built: a full-size build takes seconds and gigabytes.
         if frozen_dtype not in FROZEN_DTYPES:
             raise ValueError(f"frozen_dtype must be one of {sorted(FROZEN_DTYPES)}, got {frozen_dtype!r}")
         if optimizer_state_dtype not in STATE_DTYPES:
-            raise ValueError(f"optimizer_state_dtype must be one of {sorted(STATE_DTYPES)}, got {optimizer_state_dtype!r}")
+            raise ValueError(
+                f"optimizer_state_dtype must be one of {sorted(STATE_DTYPES)}, got {optimizer_state_dtype!r}"
+            )
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
         super().__init__(**ldm_params)
         if not isinstance(self.model.diffusion_model, ControlledUnetModel):
-            raise ValueError("unet_config must build cldm.cldm.ControlledUnetModel (the UNet that accepts control), "
-                             f"got {type(self.model.diffusion_model).__name__}")
+            raise ValueError(
+                "unet_config must build cldm.cldm.ControlledUnetModel (the UNet that accepts control), "
+                f"got {type(self.model.diffusion_model).__name__}"
+            )
         # Memory saver: the frozen parts stored in the compute dtype of mixed-precision training. They are cast
         # before the ControlNet is built, so the fp32 UNet and the fp32 ControlNet never coexist.
         self.frozen_dtype = FROZEN_DTYPES[frozen_dtype]
@@ -116,15 +130,17 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         self.first_stage_model.eval()  # frozen parts never switch to training behaviour
         return self
 
-    def get_input(self, batch: Mapping[str, Any], k: str, bs: int | None = None, *,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, Cond]:
+    def get_input(
+        self, batch: Mapping[str, Any], k: str, bs: int | None = None, *, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, Cond]:
         z, cond = super().get_input(batch, k, bs, generator=generator)
         hint = batch_images(batch, self.control_key, low=0.0, high=1.0)  # B×3×8H×8W
         hint = (hint if bs is None else hint[:bs]).to(self.device)
         return z, {"c_crossattn": cond["c_crossattn"], "c_concat": [hint]}
 
-    def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond, *,
-                    control_scales: Sequence[float] | None = None) -> torch.Tensor:
+    def apply_model(
+        self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond, *, control_scales: Sequence[float] | None = None
+    ) -> torch.Tensor:
         """ε for latents B×C×H×W. `control_scales` (one per ControlNet residual) overrides the model's own
         `control_scales` for this call only, so samplers never change the model."""
         context = torch.cat(list(cond["c_crossattn"]), dim=1)  # B×L×D
@@ -135,8 +151,9 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         hint = torch.cat(list(cond["c_concat"]), dim=1)  # B×3×8H×8W
         control = self.control_model(x_noisy, hint, t, context)
         if len(scales) != len(control):
-            raise ValueError(f"control_scales has {len(scales)} values but the ControlNet returns "
-                             f"{len(control)} residuals")
+            raise ValueError(
+                f"control_scales has {len(scales)} values but the ControlNet returns {len(control)} residuals"
+            )
         control = [c * scale for c, scale in zip(control, scales, strict=True)]
         return unet(x_noisy, t, context, control=control, only_mid_control=self.only_mid_control)  # B×C×H×W
 
@@ -161,8 +178,10 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         loss, loss_dict = self.p_losses(z, cond, t, noise)
         if not torch.isfinite(loss):
             # Raised before backward, so no optimizer step and no checkpoint ever sees the bad values.
-            raise FloatingPointError(f"non-finite loss {loss.item()} at global step {self.global_step}, "
-                                     f"batch {batch_idx}; lower the learning rate or check the data")
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at global step {self.global_step}, "
+                f"batch {batch_idx}; lower the learning rate or check the data"
+            )
         return loss, loss_dict
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -190,7 +209,8 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         if missing or unexpected:
             raise CheckpointMismatchError(
                 f"training checkpoint does not hold this model's trainable tensors (sd_locked={self.sd_locked}); "
-                f"missing: {missing[:5]}, unexpected: {unexpected[:5]}")
+                f"missing: {missing[:5]}, unexpected: {unexpected[:5]}"
+            )
         check_state_dict(model_state, state)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -203,28 +223,46 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = self.trainable_parameters()
-        logger.info("optimising %d tensors, %.1fM parameters (sd_locked=%s)", len(params),
-                    sum(p.numel() for p in params) / 1e6, self.sd_locked)
+        logger.info(
+            "optimising %d tensors, %.1fM parameters (sd_locked=%s)",
+            len(params),
+            sum(p.numel() for p in params) / 1e6,
+            self.sd_locked,
+        )
         if self.optimizer_state_dtype == torch.float32 and not self.gradient_release:
             # The fused kernel updates in one pass without per-step temporaries: faster and lighter than foreach.
             return torch.optim.AdamW(params, lr=self.learning_rate, fused=True)
         optimizer = AdamW(params, lr=self.learning_rate, state_dtype=self.optimizer_state_dtype)
         if self.gradient_release:
             self._gradient_release = GradientRelease(optimizer)
-        logger.info("AdamW with %s moments%s", self.optimizer_state_dtype,
-                    ", stepping inside backward (gradient release)" if self.gradient_release else "")
+        logger.info(
+            "AdamW with %s moments%s",
+            self.optimizer_state_dtype,
+            ", stepping inside backward (gradient release)" if self.gradient_release else "",
+        )
         return optimizer
 
     @torch.no_grad()
-    def log_images(self, batch: Mapping[str, Any], N: int = 4, n_row: int = 2, sample: bool = False,
-                   ddim_steps: int = 50, ddim_eta: float = 0.0, unconditional_guidance_scale: float = 9.0,
-                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def log_images(
+        self,
+        batch: Mapping[str, Any],
+        N: int = 4,
+        n_row: int = 2,
+        sample: bool = False,
+        ddim_steps: int = 50,
+        ddim_eta: float = 0.0,
+        unconditional_guidance_scale: float = 9.0,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Images for the logger, all B×3×H×W in [−1, 1]: reconstruction, control, prompt, samples."""
         z, cond = self.get_input(batch, self.first_stage_key, bs=N)
         hint, context = cond["c_concat"][0], cond["c_crossattn"][0]
         n = z.shape[0]
-        log = {"reconstruction": self.decode_first_stage(z), "control": hint * 2.0 - 1.0,
-               "conditioning": text_as_images(list(batch[self.cond_stage_key])[:n], tuple(hint.shape[-1:-3:-1]))}
+        log = {
+            "reconstruction": self.decode_first_stage(z),
+            "control": hint * 2.0 - 1.0,
+            "conditioning": text_as_images(list(batch[self.cond_stage_key])[:n], tuple(hint.shape[-1:-3:-1])),
+        }
         sampler = DDIMSampler(self)
         shape = tuple(z.shape[1:])
         full = {"c_concat": [hint], "c_crossattn": [context]}
@@ -234,9 +272,16 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         if unconditional_guidance_scale > 1.0:
             # The hint stays in the unconditional branch, as in the paper's CFG setting.
             uncond = {"c_concat": [hint], "c_crossattn": [self.get_unconditional_conditioning(n)]}
-            samples, _ = sampler.sample(ddim_steps, n, shape, full, eta=ddim_eta,
-                                        unconditional_guidance_scale=unconditional_guidance_scale,
-                                        unconditional_conditioning=uncond, generator=generator)
+            samples, _ = sampler.sample(
+                ddim_steps,
+                n,
+                shape,
+                full,
+                eta=ddim_eta,
+                unconditional_guidance_scale=unconditional_guidance_scale,
+                unconditional_conditioning=uncond,
+                generator=generator,
+            )
             log[f"samples_cfg_scale_{unconditional_guidance_scale:.2f}"] = self.decode_first_stage(samples)
         return log
 

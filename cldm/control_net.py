@@ -41,11 +41,17 @@ class ControlNet(UNetEncoder):
         """How many residuals the ControlNet returns: one per UNet skip, plus the middle block."""
         return len(self.zero_convs) + 1
 
-    def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor,
-                context: torch.Tensor) -> list[torch.Tensor]:
-        if hint.ndim != 4 or hint.shape[1] != self.hint_channels or hint.shape[-2:] != tuple(8 * s for s in x.shape[-2:]):
-            raise ValueError(f"hint must be B×{self.hint_channels}×8H×8W for latents {tuple(x.shape)}, "
-                             f"got {tuple(hint.shape)}")
+    def forward(
+        self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor
+    ) -> list[torch.Tensor]:
+        if (
+            hint.ndim != 4
+            or hint.shape[1] != self.hint_channels
+            or hint.shape[-2:] != tuple(8 * s for s in x.shape[-2:])
+        ):
+            raise ValueError(
+                f"hint must be B×{self.hint_channels}×8H×8W for latents {tuple(x.shape)}, got {tuple(hint.shape)}"
+            )
         emb = self.embed_time(timesteps)  # B×4·model_channels
         guided_hint = self.input_hint_block(hint, emb, context)  # B×model_channels×H×W
         outs = []

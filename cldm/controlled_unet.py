@@ -12,11 +12,19 @@ from ldm.modules.diffusionmodules.openaimodel import UNetModel
 class ControlledUnetModel(UNetModel):
     """UNetModel that adds `control[-1]` to the middle output and `control[i]` to skip i."""
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                control: Sequence[torch.Tensor] | None = None, only_mid_control: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        control: Sequence[torch.Tensor] | None = None,
+        only_mid_control: bool = False,
+    ) -> torch.Tensor:
         if control is not None and len(control) != len(self.input_blocks) + 1:
-            raise ValueError(f"control must hold {len(self.input_blocks) + 1} residuals "
-                             f"(one per skip plus the middle), got {len(control)}")
+            raise ValueError(
+                f"control must hold {len(self.input_blocks) + 1} residuals "
+                f"(one per skip plus the middle), got {len(control)}"
+            )
         # The encoder is the locked copy: the reference runs it without autograd in every mode.
         with torch.no_grad():
             emb = self.embed_time(timesteps)  # B×4·model_channels

@@ -25,8 +25,16 @@ def to_grid(images: torch.Tensor, n_row: int) -> np.ndarray:
 class ImageLogger(pl.Callback):
     """Every `every` steps on rank 0: `model.log_images` → PNG grids in `folder` and the Lightning logger."""
 
-    def __init__(self, folder: Path, *, every: int, max_images: int = 4, ddim_steps: int = 50,
-                 guidance_scale: float = 9.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        every: int,
+        max_images: int = 4,
+        ddim_steps: int = 50,
+        guidance_scale: float = 9.0,
+        seed: int = 0,
+    ) -> None:
         if every < 1:
             raise ValueError(f"image logging interval must be >= 1 step, got {every}")
         self.folder = Path(folder)
@@ -35,8 +43,9 @@ class ImageLogger(pl.Callback):
         self._last: int | None = None
 
     @rank_zero_only
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if step % self.every or step == self._last:
             return
@@ -49,8 +58,13 @@ class ImageLogger(pl.Callback):
         # A fixed generator, so successive grids differ only because the weights changed.
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         with torch.no_grad():
-            images = pl_module.log_images(batch, N=self.max_images, ddim_steps=self.ddim_steps,
-                                          unconditional_guidance_scale=self.guidance_scale, generator=generator)
+            images = pl_module.log_images(
+                batch,
+                N=self.max_images,
+                ddim_steps=self.ddim_steps,
+                unconditional_guidance_scale=self.guidance_scale,
+                generator=generator,
+            )
         pl_module.train(was_training)
         self.folder.mkdir(parents=True, exist_ok=True)
         written = []

@@ -22,8 +22,10 @@ def load_config(config_path: str | Path) -> dict[str, Any]:
     """Read a model YAML (`model: {target, params}`) into plain containers."""
     path = Path(config_path)
     if not path.is_file():
-        raise FileNotFoundError(f"model config {path} does not exist; the configs ship in models/ "
-                                "(cldm_v15.yaml, cldm_v21.yaml, cldm_tiny.yaml)")
+        raise FileNotFoundError(
+            f"model config {path} does not exist; the configs ship in models/ "
+            "(cldm_v15.yaml, cldm_v21.yaml, cldm_tiny.yaml)"
+        )
     config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if not isinstance(config, dict) or "model" not in config:
         raise ValueError(f"{path}: expected a top-level 'model:' node with 'target' and 'params'")
@@ -37,8 +39,13 @@ def create_model(config_path: str | Path) -> Any:
     return model
 
 
-def load_model(config_path: str | Path, *, ckpt: str | Path | None = None, base: str | Path | None = None,
-               control: str | Path | None = None) -> tuple[Any, str]:
+def load_model(
+    config_path: str | Path,
+    *,
+    ckpt: str | Path | None = None,
+    base: str | Path | None = None,
+    control: str | Path | None = None,
+) -> tuple[Any, str]:
     """A ControlLDM with `ckpt` (a full ControlLDM file), or `base` (SD) + `control` (ControlNet only), or fresh
     weights; returns it with a line that says where its weights came from."""
     if ckpt is not None and (base is not None or control is not None):

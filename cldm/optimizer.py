@@ -23,12 +23,21 @@ MOMENTS = ("exp_avg", "exp_avg_sq")
 class AdamW(torch.optim.Optimizer):
     """Decoupled-weight-decay Adam whose moments are stored in `state_dtype` and updated in fp32."""
 
-    def __init__(self, params: Iterable[torch.nn.Parameter] | Iterable[dict], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2, *,
-                 state_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter] | Iterable[dict],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        state_dtype: torch.dtype = torch.float32,
+    ) -> None:
         if lr <= 0 or eps <= 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"need lr > 0, eps > 0, weight_decay >= 0, betas in [0, 1); got lr={lr}, eps={eps}, "
-                             f"weight_decay={weight_decay}, betas={betas}")
+            raise ValueError(
+                f"need lr > 0, eps > 0, weight_decay >= 0, betas in [0, 1); got lr={lr}, eps={eps}, "
+                f"weight_decay={weight_decay}, betas={betas}"
+            )
         if state_dtype not in STATE_DTYPES.values():
             raise ValueError(f"state_dtype must be one of {sorted(STATE_DTYPES)}, got {state_dtype}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
@@ -54,8 +63,11 @@ class AdamW(torch.optim.Optimizer):
         saved = state_dict["state"]
         rest = {i: {k: v for k, v in s.items() if k not in MOMENTS} for i, s in saved.items()}
         super().load_state_dict({**state_dict, "state": rest})
-        param_of = {i: p for saved_group, group in zip(state_dict["param_groups"], self.param_groups)
-                    for i, p in zip(saved_group["params"], group["params"])}
+        param_of = {
+            i: p
+            for saved_group, group in zip(state_dict["param_groups"], self.param_groups)
+            for i, p in zip(saved_group["params"], group["params"])
+        }
         for i, s in saved.items():
             p = param_of[i]
             for key in MOMENTS:
@@ -79,20 +91,37 @@ class AdamW(torch.optim.Optimizer):
         step = float(state["step"])
         bias1, bias2_sqrt = 1 - beta1**step, math.sqrt(1 - beta2**step)
         # Δ = lr/b1 · m / (√(v/b2) + ε) = (lr·√b2/b1) · m / (√v + ε√b2), with b1, b2 the bias corrections.
-        hyper = (beta1, beta2, group["eps"] * bias2_sqrt, -group["lr"] * bias2_sqrt / bias1,
-                 1 - group["lr"] * group["weight_decay"])
-        flat = [t.view(-1) for t in (p.data, p.grad, state["exp_avg"], state["exp_avg_sq"])] \
-            if p.is_contiguous() and p.grad.is_contiguous() else None
+        hyper = (
+            beta1,
+            beta2,
+            group["eps"] * bias2_sqrt,
+            -group["lr"] * bias2_sqrt / bias1,
+            1 - group["lr"] * group["weight_decay"],
+        )
+        flat = (
+            [t.view(-1) for t in (p.data, p.grad, state["exp_avg"], state["exp_avg_sq"])]
+            if p.is_contiguous() and p.grad.is_contiguous()
+            else None
+        )
         if flat is None:
             _adamw_slice(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], *hyper)
             return
         # Slices small enough for the fp32 temporaries to stay in cache: the update makes ~10 passes.
         for start in range(0, flat[0].numel(), CHUNK):
-            _adamw_slice(*(t[start: start + CHUNK] for t in flat), *hyper)
+            _adamw_slice(*(t[start : start + CHUNK] for t in flat), *hyper)
 
 
-def _adamw_slice(p: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                 beta1: float, beta2: float, eps: float, step_size: float, decay: float) -> None:
+def _adamw_slice(
+    p: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step_size: float,
+    decay: float,
+) -> None:
     grad = grad.float()
     m = exp_avg.float().lerp_(grad, 1 - beta1)
     v = exp_avg_sq.float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -111,8 +140,11 @@ class GradientRelease:
 
     def __init__(self, optimizer: AdamW) -> None:
         self.optimizer = optimizer
-        self.handles = [p.register_post_accumulate_grad_hook(self._release)
-                        for group in optimizer.param_groups for p in group["params"]]
+        self.handles = [
+            p.register_post_accumulate_grad_hook(self._release)
+            for group in optimizer.param_groups
+            for p in group["params"]
+        ]
 
     def _release(self, p: torch.Tensor) -> None:
         self.optimizer.step_param(p)

@@ -34,11 +34,22 @@ def images_to_uint8(images: torch.Tensor) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def sample(model: torch.nn.Module, hint: torch.Tensor, prompts: Sequence[str], negative_prompts: Sequence[str], *,
-           control_scales: Sequence[float], steps: int, guidance_scale: float, eta: float = 0.0,
-           hint_in_uncond: bool = True, generator: torch.Generator | None = None,
-           callback: Callable[[int], None] | None = None, low_vram: bool = False,
-           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+def sample(
+    model: torch.nn.Module,
+    hint: torch.Tensor,
+    prompts: Sequence[str],
+    negative_prompts: Sequence[str],
+    *,
+    control_scales: Sequence[float],
+    steps: int,
+    guidance_scale: float,
+    eta: float = 0.0,
+    hint_in_uncond: bool = True,
+    generator: torch.Generator | None = None,
+    callback: Callable[[int], None] | None = None,
+    low_vram: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Decoded samples B×3×8H×8W in [−1, 1] for the hint B×3×8H×8W and B prompts.
 
     `control_scales` holds one scale per ControlNet residual (see `guess_mode_scales`); all zeros is the
@@ -46,24 +57,29 @@ def sample(model: torch.nn.Module, hint: torch.Tensor, prompts: Sequence[str], n
     """
     n = hint.shape[0]
     if len(prompts) != n or len(negative_prompts) != n:
-        raise ValueError(f"need one prompt and one negative prompt per hint ({n}), "
-                         f"got {len(prompts)} and {len(negative_prompts)}")
+        raise ValueError(
+            f"need one prompt and one negative prompt per hint ({n}), got {len(prompts)} and {len(negative_prompts)}"
+        )
     device = hint.device
     if low_vram:
         model.low_vram_shift(is_diffusing=False)
     cond = {"c_concat": [hint], "c_crossattn": [model.get_learned_conditioning(list(prompts))]}
-    uncond = {"c_concat": [hint] if hint_in_uncond else None,
-              "c_crossattn": [model.get_learned_conditioning(list(negative_prompts))]}
+    uncond = {
+        "c_concat": [hint] if hint_in_uncond else None,
+        "c_crossattn": [model.get_learned_conditioning(list(negative_prompts))],
+    }
     f = model.first_stage_model.downsample_factor
     shape = (n, model.channels, hint.shape[-2] // f, hint.shape[-1] // f)
     if low_vram:
         model.low_vram_shift(is_diffusing=True)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         x_T = torch.randn(shape, generator=generator, device=model.alphas_cumprod.device)  # B×C×H×W
-        denoise = guided_denoiser(partial(model.apply_model, control_scales=list(control_scales)), cond, uncond,
-                                  guidance_scale)
-        latents, _ = ddim_sample(denoise, x_T, model.alphas_cumprod, steps=steps, eta=eta, generator=generator,
-                                 callback=callback)  # B×C×H×W
+        denoise = guided_denoiser(
+            partial(model.apply_model, control_scales=list(control_scales)), cond, uncond, guidance_scale
+        )
+        latents, _ = ddim_sample(
+            denoise, x_T, model.alphas_cumprod, steps=steps, eta=eta, generator=generator, callback=callback
+        )  # B×C×H×W
         if low_vram:
             model.low_vram_shift(is_diffusing=False)
         return model.decode_first_stage(latents).float()  # B×3×8H×8W

@@ -18,7 +18,8 @@ def text_as_images(texts: Sequence[str], size: tuple[int, int]) -> torch.Tensor:
     images = []
     for text in texts:
         canvas = Image.new("RGB", (width, height), "white")
-        ImageDraw.Draw(canvas).multiline_text((2, 2), "\n".join(textwrap.wrap(text, chars_per_line)), fill="black",
-                                              font=font)
+        ImageDraw.Draw(canvas).multiline_text(
+            (2, 2), "\n".join(textwrap.wrap(text, chars_per_line)), fill="black", font=font
+        )
         images.append(np.asarray(canvas, dtype=np.float32) / 127.5 - 1.0)  # H×W×3
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # B×3×H×W

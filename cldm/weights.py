@@ -18,13 +18,23 @@ logger = logging.getLogger(__name__)
 
 CONTROL_PREFIX = "control_model."
 UNET_PREFIX = "model.diffusion_model."
-SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                      "U8": torch.uint8, "BOOL": torch.bool}
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
-def load_state_dict(path: str | Path, location: str | torch.device = "cpu", *, trusted: bool = False,
-                    shapes_only: bool = False) -> dict[str, torch.Tensor]:
+def load_state_dict(
+    path: str | Path, location: str | torch.device = "cpu", *, trusted: bool = False, shapes_only: bool = False
+) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file; `.ckpt`/`.pth` are unwrapped from `['state_dict']` when present.
 
     Pickles load with `weights_only=True`. `trusted=True` allows full unpickling, which can run code
@@ -45,16 +55,24 @@ def load_state_dict(path: str | Path, location: str | torch.device = "cpu", *, t
             return load_file(str(path), device=str(location))
         with safe_open(str(path), framework="pt") as f:
             slices = {k: f.get_slice(k) for k in f.keys()}  # header entries: no data read
-            return {k: torch.empty(s.get_shape(), dtype=SAFETENSORS_DTYPES[s.get_dtype()], device="meta")
-                    for k, s in slices.items()}
+            return {
+                k: torch.empty(s.get_shape(), dtype=SAFETENSORS_DTYPES[s.get_dtype()], device="meta")
+                for k, s in slices.items()
+            }
     state = _pickle_state(path, location, trusted=trusted, mmap=shapes_only)
     if shapes_only:
         return {k: torch.empty_like(v, device="meta") for k, v in state.items()}
     return state
 
 
-def iter_tensor_chunks(path: str | Path, keys: Sequence[str], location: str | torch.device = "cpu", *,
-                       trusted: bool = False, chunk_bytes: int = 256 << 20) -> Iterator[dict[str, torch.Tensor]]:
+def iter_tensor_chunks(
+    path: str | Path,
+    keys: Sequence[str],
+    location: str | torch.device = "cpu",
+    *,
+    trusted: bool = False,
+    chunk_bytes: int = 256 << 20,
+) -> Iterator[dict[str, torch.Tensor]]:
     """The tensors `keys` of a checkpoint file, about `chunk_bytes` at a time, so that copying a file into
     a model needs the model plus one chunk rather than the model plus the whole file. A safetensors file
     is read tensor by tensor; a pickle is memory-mapped (file-backed pages instead of anonymous memory)."""
@@ -69,8 +87,9 @@ def iter_tensor_chunks(path: str | Path, keys: Sequence[str], location: str | to
     yield from _chunks(keys, state.__getitem__, chunk_bytes)
 
 
-def _chunks(keys: Sequence[str], get: Callable[[str], torch.Tensor], chunk_bytes: int
-            ) -> Iterator[dict[str, torch.Tensor]]:
+def _chunks(
+    keys: Sequence[str], get: Callable[[str], torch.Tensor], chunk_bytes: int
+) -> Iterator[dict[str, torch.Tensor]]:
     chunk: dict[str, torch.Tensor] = {}
     size = 0
     for key in keys:
@@ -85,14 +104,17 @@ def _chunks(keys: Sequence[str], get: Callable[[str], torch.Tensor], chunk_bytes
 
 def _pickle_state(path: Path, location: str | torch.device, *, trusted: bool, mmap: bool) -> dict[str, torch.Tensor]:
     if path.suffix.lower() not in (".ckpt", ".pth", ".pt", ".bin"):
-        raise ValueError(f"{path}: unknown checkpoint extension {path.suffix.lower()!r}; "
-                         "use .ckpt, .pth or .safetensors")
+        raise ValueError(
+            f"{path}: unknown checkpoint extension {path.suffix.lower()!r}; use .ckpt, .pth or .safetensors"
+        )
     try:
         data = _load_pickle(path, location, weights_only=not trusted, mmap=mmap)
     except pickle.UnpicklingError as err:
-        raise ValueError(f"{path} holds Python objects besides tensors, so it cannot be loaded safely "
-                         f"(weights_only=True). If you trust its source, pass trusted=True "
-                         f"(load_state_dict(path, trusted=True)). Detail: {str(err).splitlines()[0]}") from err
+        raise ValueError(
+            f"{path} holds Python objects besides tensors, so it cannot be loaded safely "
+            f"(weights_only=True). If you trust its source, pass trusted=True "
+            f"(load_state_dict(path, trusted=True)). Detail: {str(err).splitlines()[0]}"
+        ) from err
     state = data.get("state_dict", data) if isinstance(data, dict) else data
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state_dict of tensors (top-level keys: {list(data)[:5]})")
@@ -135,9 +157,13 @@ def _preview(keys: Sequence[str], limit: int = 10) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
-def check_state_dict(model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], *,
-                     prefixes: Sequence[str] | None = None,
-                     exclude: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], LoadReport]:
+def check_state_dict(
+    model_state: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    *,
+    prefixes: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Filter `state` against the model's keys; raise CheckpointMismatchError listing every problem.
 
     With `prefixes`, only model keys under them are expected (e.g. ("control_model.",) for a
@@ -145,8 +171,11 @@ def check_state_dict(model_state: Mapping[str, torch.Tensor], state: Mapping[str
     ControlNet). Anything else in the file is unexpected.
     """
     report = LoadReport()
-    wanted = {k: v for k, v in model_state.items()
-              if (prefixes is None or k.startswith(tuple(prefixes))) and not k.startswith(tuple(exclude))}
+    wanted = {
+        k: v
+        for k, v in model_state.items()
+        if (prefixes is None or k.startswith(tuple(prefixes))) and not k.startswith(tuple(exclude))
+    }
     kept: dict[str, torch.Tensor] = {}
     unexpected, mis_shaped = [], []
     for key, value in state.items():
@@ -174,8 +203,13 @@ def check_state_dict(model_state: Mapping[str, torch.Tensor], state: Mapping[str
     return kept, report
 
 
-def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
-                 prefixes: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> LoadReport:
+def load_weights(
+    model: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    prefixes: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> LoadReport:
     """Copy `state` into `model` strictly (see `check_state_dict`); returns what was dropped or kept fresh."""
     kept, report = check_state_dict(model.state_dict(), state, prefixes=prefixes, exclude=exclude)
     model.load_state_dict(kept, strict=False)
@@ -183,15 +217,25 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
     return report
 
 
-def load_weights_from_file(model: torch.nn.Module, path: str | Path, *, prefixes: Sequence[str] | None = None,
-                           exclude: Sequence[str] = (), ignore: Sequence[str] = (), trusted: bool = False,
-                           chunk_bytes: int = 256 << 20) -> LoadReport:
+def load_weights_from_file(
+    model: torch.nn.Module,
+    path: str | Path,
+    *,
+    prefixes: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    ignore: Sequence[str] = (),
+    trusted: bool = False,
+    chunk_bytes: int = 256 << 20,
+) -> LoadReport:
     """`load_weights` from a file, checked from its header first and then copied a chunk at a time: the
     model is untouched if the file does not fit, and loading needs the model plus one chunk of memory,
     not the model plus the whole file. File keys under `ignore` are skipped (e.g. the ControlNet of a
     full ControlLDM file used only as an SD base)."""
-    shapes = {k: v for k, v in load_state_dict(path, trusted=trusted, shapes_only=True).items()
-              if not k.startswith(tuple(ignore))}
+    shapes = {
+        k: v
+        for k, v in load_state_dict(path, trusted=trusted, shapes_only=True).items()
+        if not k.startswith(tuple(ignore))
+    }
     kept, report = check_state_dict(model.state_dict(), shapes, prefixes=prefixes, exclude=exclude)
     for chunk in iter_tensor_chunks(path, list(kept), trusted=trusted, chunk_bytes=chunk_bytes):
         model.load_state_dict(chunk, strict=False)
@@ -206,12 +250,11 @@ def _log_report(report: LoadReport) -> None:
         logger.info("not in the file, kept at their initial value: %s", ", ".join(report.kept_fresh))
 
 
-
 def unet_twin(control_key: str) -> str:
     """`control_model.X` → `model.diffusion_model.X`: the locked weight the trainable copy starts from."""
     if not control_key.startswith(CONTROL_PREFIX):
         raise ValueError(f"{control_key!r} is not a ControlNet key (expected the prefix {CONTROL_PREFIX!r})")
-    return UNET_PREFIX + control_key[len(CONTROL_PREFIX):]
+    return UNET_PREFIX + control_key[len(CONTROL_PREFIX) :]
 
 
 @dataclass
@@ -250,8 +293,9 @@ def init_control_from_sd(model_state: Mapping[str, torch.Tensor], sd_state: Mapp
     return ControlInit(state, copied, fresh, report.kept_fresh, report.dropped_extras)
 
 
-def build_control_init(model_config: Mapping[str, Any], sd_state: Mapping[str, torch.Tensor], *,
-                       seed: int) -> ControlInit:
+def build_control_init(
+    model_config: Mapping[str, Any], sd_state: Mapping[str, torch.Tensor], *, seed: int
+) -> ControlInit:
     """The initial ControlLDM state for the `model` node of a config: a model built with its fresh parts
     (hint encoder, zero convolutions) drawn under `seed`, filled by `init_control_from_sd`. The same
     input and seed give the same state, whichever process makes it (tool_add_control.py, or training's

@@ -69,9 +69,16 @@ class DemoModel:
         return int(self.model.image_size) * self.model.first_stage_model.downsample_factor
 
 
-def load_demo_model(config: str | Path, *, ckpt: str | Path | None = None, base: str | Path | None = None,
-                    control: str | Path | None = None, device: str | None = None, precision: str = "fp32",
-                    low_vram: bool = False) -> DemoModel:
+def load_demo_model(
+    config: str | Path,
+    *,
+    ckpt: str | Path | None = None,
+    base: str | Path | None = None,
+    control: str | Path | None = None,
+    device: str | None = None,
+    precision: str = "fp32",
+    low_vram: bool = False,
+) -> DemoModel:
     """`ckpt` (a full ControlLDM file), or `base` (SD) + `control` (ControlNet only), or nothing (fresh weights)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -82,17 +89,23 @@ def load_demo_model(config: str | Path, *, ckpt: str | Path | None = None, base:
     return DemoModel(model.to(device).eval(), description, low_vram=low_vram, autocast_dtype=PRECISIONS[precision])
 
 
-def prepare_input(image: np.ndarray | None, resolution: int, *, min_resolution: int = 256) -> tuple[np.ndarray, list[str]]:
+def prepare_input(
+    image: np.ndarray | None, resolution: int, *, min_resolution: int = 256
+) -> tuple[np.ndarray, list[str]]:
     """Check and convert the upload to uint8 RGB at `resolution`; notes say what was converted."""
     if image is None:
         raise GenerationInputError("Upload an image first: its canny edges steer the generation.")
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         raise GenerationInputError("The upload is not a picture the demo can read (expected an H×W or H×W×C image).")
     if image.shape[0] * image.shape[1] > MAX_INPUT_PIXELS or min(image.shape[:2]) < 16:
-        raise GenerationInputError(f"The image is {image.shape[1]}×{image.shape[0]} pixels; use one between 16 and "
-                                   f"{int(MAX_INPUT_PIXELS ** 0.5)} pixels a side.")
+        raise GenerationInputError(
+            f"The image is {image.shape[1]}×{image.shape[0]} pixels; use one between 16 and "
+            f"{int(MAX_INPUT_PIXELS**0.5)} pixels a side."
+        )
     if not (min_resolution <= resolution <= 768 and resolution % 64 == 0):
-        raise GenerationInputError(f"Resolution must be a multiple of 64 from {min_resolution} to 768, got {resolution}.")
+        raise GenerationInputError(
+            f"Resolution must be a multiple of 64 from {min_resolution} to 768, got {resolution}."
+        )
     notes = []
     if image.dtype == np.uint16:
         notes.append("16-bit image converted to 8 bits.")
@@ -114,13 +127,22 @@ def prompt_notes(model: torch.nn.Module, texts: list[str]) -> list[str]:
     for text in texts:
         n = encoder.count_tokens(text)
         if n > encoder.max_length:
-            notes.append(f"The prompt has {n} tokens; the text encoder reads the first {encoder.max_length} "
-                         "(the rest is cut off, as in Stable Diffusion).")
+            notes.append(
+                f"The prompt has {n} tokens; the text encoder reads the first {encoder.max_length} "
+                "(the rest is cut off, as in Stable Diffusion)."
+            )
     return notes
 
 
-def sample_from_edges(demo: DemoModel, edges: np.ndarray, prompt: str, r: GenerationRequest, *, seed: int,
-                      progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
+def sample_from_edges(
+    demo: DemoModel,
+    edges: np.ndarray,
+    prompt: str,
+    r: GenerationRequest,
+    *,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[np.ndarray]:
     """`r.num_samples` uint8 H×W×3 images steered by an edge map (uint8 H×W×3, white edges on black)."""
     model = demo.model
     device = model.betas.device
@@ -130,18 +152,31 @@ def sample_from_edges(demo: DemoModel, edges: np.ndarray, prompt: str, r: Genera
         if progress is not None:
             progress(i + 1, r.ddim_steps)
 
-    images = sample(model, hint, [prompt] * r.num_samples, [r.n_prompt] * r.num_samples,
-                    control_scales=guess_mode_scales(r.strength, model.control_model.num_outputs,
-                                                     guess_mode=r.guess_mode),
-                    steps=r.ddim_steps, guidance_scale=r.scale, eta=r.eta, hint_in_uncond=not r.guess_mode,
-                    generator=torch.Generator(device=device).manual_seed(seed), callback=on_step,
-                    low_vram=demo.low_vram, autocast_dtype=demo.autocast_dtype)  # B×3×H×W
+    images = sample(
+        model,
+        hint,
+        [prompt] * r.num_samples,
+        [r.n_prompt] * r.num_samples,
+        control_scales=guess_mode_scales(r.strength, model.control_model.num_outputs, guess_mode=r.guess_mode),
+        steps=r.ddim_steps,
+        guidance_scale=r.scale,
+        eta=r.eta,
+        hint_in_uncond=not r.guess_mode,
+        generator=torch.Generator(device=device).manual_seed(seed),
+        callback=on_step,
+        low_vram=demo.low_vram,
+        autocast_dtype=demo.autocast_dtype,
+    )  # B×3×H×W
     return images_to_uint8(images)
 
 
 @torch.no_grad()
-def generate(demo: DemoModel, image: np.ndarray | None, request: GenerationRequest,
-             progress: Callable[[int, int], None] | None = None) -> GenerationResult:
+def generate(
+    demo: DemoModel,
+    image: np.ndarray | None,
+    request: GenerationRequest,
+    progress: Callable[[int, int], None] | None = None,
+) -> GenerationResult:
     """Edge map + `num_samples` images for the upload and prompt, reproducible from the returned seed."""
     r = request
     if not 1 <= r.num_samples <= 12:

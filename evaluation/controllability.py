@@ -61,8 +61,10 @@ def ssim(image_a: np.ndarray, image_b: np.ndarray) -> float:
     gray = []
     for name, img in (("image_a", image_a), ("image_b", image_b)):
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim not in (2, 3):
-            raise TypeError(f"{name} must be a uint8 H×W or H×W×3 array, got "
-                            f"{getattr(img, 'dtype', type(img))} {getattr(img, 'shape', '')}")
+            raise TypeError(
+                f"{name} must be a uint8 H×W or H×W×3 array, got "
+                f"{getattr(img, 'dtype', type(img))} {getattr(img, 'shape', '')}"
+            )
         gray.append((cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img).astype(np.float64))
     a, b = gray
     if a.shape != b.shape:

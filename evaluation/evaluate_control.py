@@ -32,9 +32,15 @@ class EvalSettings:
     seed: int = 0
 
 
-def evaluate(model: torch.nn.Module, folder: str | Path, strengths: tuple[float, ...], *, settings: EvalSettings = EvalSettings(),
-             prompt_file: str = VAL_PROMPT_FILE,
-             grid_rows: list[list[np.ndarray]] | None = None) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: torch.nn.Module,
+    folder: str | Path,
+    strengths: tuple[float, ...],
+    *,
+    settings: EvalSettings = EvalSettings(),
+    prompt_file: str = VAL_PROMPT_FILE,
+    grid_rows: list[list[np.ndarray]] | None = None,
+) -> dict[str, dict[str, float]]:
     """Mean edge precision/recall/F1 (canny of the sample vs the input edges) and SSIM (vs the target) per strength.
 
     When `grid_rows` is a list, one row per pair is appended to it: edges, a sample per strength, target.
@@ -45,8 +51,9 @@ def evaluate(model: torch.nn.Module, folder: str | Path, strengths: tuple[float,
         raise ValueError(f"{folder / prompt_file} lists no pairs")
     device = model.betas.device
     n_scales = model.control_model.num_outputs
-    scores: dict[str, dict[str, list[float]]] = {f"{s:g}": {"precision": [], "recall": [], "f1": [], "ssim": []}
-                                                 for s in strengths}
+    scores: dict[str, dict[str, list[float]]] = {
+        f"{s:g}": {"precision": [], "recall": [], "f1": [], "ssim": []} for s in strengths
+    }
     for i, row in enumerate(tqdm(rows, desc="evaluate", unit="pair")):
         edges, target = read_rgb(folder / row["source"]), read_rgb(folder / row["target"])
         if edges.shape[0] % 64 or edges.shape[1] % 64:
@@ -56,8 +63,16 @@ def evaluate(model: torch.nn.Module, folder: str | Path, strengths: tuple[float,
         for strength in strengths:
             # The same seed for every strength: only the control differs between the columns.
             generator = torch.Generator(device=device).manual_seed(settings.seed + i)
-            images = sample(model, hint, [row["prompt"]], [""], control_scales=[strength] * n_scales,
-                            steps=settings.steps, guidance_scale=settings.guidance_scale, generator=generator)
+            images = sample(
+                model,
+                hint,
+                [row["prompt"]],
+                [""],
+                control_scales=[strength] * n_scales,
+                steps=settings.steps,
+                guidance_scale=settings.guidance_scale,
+                generator=generator,
+            )
             sample_image = images_to_uint8(images)[0]  # H×W×3
             detected = CannyDetector()(sample_image, settings.low_threshold, settings.high_threshold)
             score = edge_f1(detected, edges[:, :, 0], tolerance=settings.tolerance)

@@ -15,8 +15,10 @@ from training.prompt_file import VAL_PROMPT_FILE, read_prompt_file
 from training.toy_data import write_toy_dataset
 
 CHROMIUM = "/usr/bin/chromium"
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                                      reason="Debian chromium missing: `make browser` installs it")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian chromium missing: `make browser` installs it"),
+]
 
 
 def _free_port() -> int:
@@ -29,9 +31,13 @@ def _free_port() -> int:
 def server(tmp_path):
     port = _free_port()
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "gradio_canny2image.py", "--port", str(port), "--device", "cpu"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    proc = subprocess.Popen(
+        [sys.executable, "gradio_canny2image.py", "--port", str(port), "--device", "cpu"],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while True:
@@ -55,9 +61,17 @@ def test_upload_prompt_run_shows_edges_and_images(server, tmp_path):
     example = read_prompt_file(toy / VAL_PROMPT_FILE)[0]
     photo = toy / example["target"]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(server)
         page.locator("input[type=file]").first.set_input_files(str(photo))

@@ -41,7 +41,9 @@ def test_a_random_seed_is_reported_and_reproduces_its_images(demo):
     assert np.array_equal(random.images[1], again.images[1])
 
 
-@pytest.mark.parametrize("image, message", [(None, "Upload an image"), (np.zeros((8, 8, 3), np.uint8), "pixels a side")])
+@pytest.mark.parametrize(
+    "image, message", [(None, "Upload an image"), (np.zeros((8, 8, 3), np.uint8), "pixels a side")]
+)
 def test_bad_input_gives_a_message(demo, image, message):
     with pytest.raises(GenerationInputError, match=message):
         generate(demo, image, GenerationRequest(**REQUEST))
@@ -52,9 +54,14 @@ def test_resolution_out_of_range_is_refused(demo):
         generate(demo, data.chelsea(), GenerationRequest(**{**REQUEST, "image_resolution": 100}))
 
 
-@pytest.mark.parametrize("image, note", [(data.camera(), "Grayscale"),
-                                         (np.dstack([data.chelsea(), np.full(data.chelsea().shape[:2], 200, np.uint8)]), "Transparency"),
-                                         (data.chelsea().astype(np.uint16) * 257, "16-bit")])
+@pytest.mark.parametrize(
+    "image, note",
+    [
+        (data.camera(), "Grayscale"),
+        (np.dstack([data.chelsea(), np.full(data.chelsea().shape[:2], 200, np.uint8)]), "Transparency"),
+        (data.chelsea().astype(np.uint16) * 257, "16-bit"),
+    ],
+)
 def test_unusual_images_are_converted_and_said(demo, image, note):
     result = generate(demo, image, GenerationRequest(**{**REQUEST, "num_samples": 1}))
     assert any(note in n for n in result.notes) and result.images[1].shape[2] == 3
@@ -67,7 +74,12 @@ def test_long_prompt_is_said(demo):
 
 def test_progress_is_reported_per_step(demo):
     seen = []
-    generate(demo, data.chelsea(), GenerationRequest(**{**REQUEST, "num_samples": 1}), progress=lambda i, n: seen.append((i, n)))
+    generate(
+        demo,
+        data.chelsea(),
+        GenerationRequest(**{**REQUEST, "num_samples": 1}),
+        progress=lambda i, n: seen.append((i, n)),
+    )
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
@@ -82,7 +94,24 @@ def test_cli_batch_mode_writes_files(repo_root, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(repo_root)  # the default model is the quickstart's, named relative to the repo as users run it
 
     Image.fromarray(data.astronaut()).save(tmp_path / "in.png")
-    assert main(["--input", str(tmp_path / "in.png"), "--prompt", "a dog", "--out", str(tmp_path / "out"),
-                 "--steps", "2", "--seed", "3", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "--input",
+                str(tmp_path / "in.png"),
+                "--prompt",
+                "a dog",
+                "--out",
+                str(tmp_path / "out"),
+                "--steps",
+                "2",
+                "--seed",
+                "3",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["edges.png", "sample_00.png"]
     assert "seed 3" in capsys.readouterr().out

@@ -19,8 +19,27 @@ def test_controlnet_learns_to_follow_the_edges(tmp_path):
     init = tmp_path / "control_init.safetensors"
     assert add_control_main([str(BASE), str(init), "--config", str(TOY)]) == 0
     run = tmp_path / "run"
-    assert train_main(["--config", str(TOY), "--data", str(data), "--resume", str(init), "--output", str(run),
-                       "--max-steps", "600", "--logger-freq", "10000", "--ckpt-every", "10000"]) == 0
+    assert (
+        train_main(
+            [
+                "--config",
+                str(TOY),
+                "--data",
+                str(data),
+                "--resume",
+                str(init),
+                "--output",
+                str(run),
+                "--max-steps",
+                "600",
+                "--logger-freq",
+                "10000",
+                "--ckpt-every",
+                "10000",
+            ]
+        )
+        == 0
+    )
     demo = load_demo_model(TOY, base=BASE, control=run / "control.safetensors", device="cpu")
     scores = evaluate(demo, data, (1.0, 0.0), settings=EvalSettings(n=12, steps=10, seed=0))
     # Strength 0 is the same model with the control switched off: the circles land anywhere.

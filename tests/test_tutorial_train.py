@@ -34,14 +34,36 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture
 def _args(base):
     def build(toy_data: Path, out: Path, *extra: str) -> list[str]:
-        return ["--config", str(TINY), "--data", str(toy_data), "--output", str(out), "--batch-size", "2", "--logger-freq", "1000",
-                "--workers", "0", "--resume", str(base), *extra]
+        return [
+            "--config",
+            str(TINY),
+            "--data",
+            str(toy_data),
+            "--output",
+            str(out),
+            "--batch-size",
+            "2",
+            "--logger-freq",
+            "1000",
+            "--workers",
+            "0",
+            "--resume",
+            str(base),
+            *extra,
+        ]
+
     return build
 
 
 def _run(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "tutorial_train.py"), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "tutorial_train.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_few_step_fit_writes_loadable_checkpoints(toy_data, tmp_path, capsys, _args, base):
@@ -56,10 +78,16 @@ def test_few_step_fit_writes_loadable_checkpoints(toy_data, tmp_path, capsys, _a
     control = load_file(str(out / "control.safetensors"))
     model = create_model(ROOT / "models/cldm_tiny.yaml")
     model.load_state_dict({**load_state_dict(base), **control}, strict=True)
-    assert torch.equal(model.control_model.zero_convs[0][0].weight, ckpt["state_dict"]["control_model.zero_convs.0.0.weight"])
+    assert torch.equal(
+        model.control_model.zero_convs[0][0].weight, ckpt["state_dict"]["control_model.zero_convs.0.0.weight"]
+    )
     assert any(v.abs().sum() > 0 for k, v in control.items() if "zero_convs" in k)  # training moved the zero convs
-    assert sorted(p.name.split("_gs")[0] for p in (out / "image_log/train").glob("*.png")) == \
-        ["conditioning", "control", "reconstruction", "samples_cfg_scale_9.00"]
+    assert sorted(p.name.split("_gs")[0] for p in (out / "image_log/train").glob("*.png")) == [
+        "conditioning",
+        "control",
+        "reconstruction",
+        "samples_cfg_scale_9.00",
+    ]
     assert "control.safetensors" in capsys.readouterr().out
 
 
@@ -79,7 +107,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(toy_data, tmp_path, _
     assert not (killed / "checkpoints" / "step-0000006.ckpt").exists(), "killed too late to test a resume"
     resumed = _run(_args(toy_data, killed, *common, "--resume-from", "last"))
     assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
-    final = [torch.load(run / "checkpoints/step-0000008.ckpt", weights_only=True) for run in (tmp_path / "straight", killed)]
+    final = [
+        torch.load(run / "checkpoints/step-0000008.ckpt", weights_only=True) for run in (tmp_path / "straight", killed)
+    ]
     assert final[0]["global_step"] == final[1]["global_step"] == 8
     for key, value in final[0]["state_dict"].items():
         assert torch.equal(value, final[1]["state_dict"][key]), key
@@ -89,8 +119,25 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(toy_data, tmp_path, _
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(toy_data, tmp_path, _args):
     out = tmp_path / "ddp"
-    proc = _run(_args(toy_data, out, "--max-steps", "3", "--ckpt-every", "3", "--logger-freq", "3", "--devices", "2",
-                      "--accelerator", "cpu", "--strategy", "ddp", "--log-samples"))
+    proc = _run(
+        _args(
+            toy_data,
+            out,
+            "--max-steps",
+            "3",
+            "--ckpt-every",
+            "3",
+            "--logger-freq",
+            "3",
+            "--devices",
+            "2",
+            "--accelerator",
+            "cpu",
+            "--strategy",
+            "ddp",
+            "--log-samples",
+        )
+    )
     output = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, output
     seen = [[int(x) for x in (out / f"samples/rank{r}.txt").read_text().split()] for r in (0, 1)]
@@ -105,8 +152,10 @@ def test_ddp_two_cpu_processes(toy_data, tmp_path, _args):
 
 
 def test_bad_input_gives_one_clear_line(toy_data, tmp_path, _args, capsys):
-    cases = [(["--data", str(tmp_path / "missing")], "does not exist"),
-             (["--resume", str(tmp_path / "nope.ckpt")], "does not exist")]
+    cases = [
+        (["--data", str(tmp_path / "missing")], "does not exist"),
+        (["--resume", str(tmp_path / "nope.ckpt")], "does not exist"),
+    ]
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "prompt.json").write_text('{"source": "source/a.png", "target": "target/a.png", "prompt": "x"}\n')
@@ -124,8 +173,20 @@ def test_bad_input_gives_one_clear_line(toy_data, tmp_path, _args, capsys):
 
 def test_fresh_start_saves_its_initial_weights(toy_data, tmp_path):
     out = tmp_path / "fresh"
-    args = ["--config", str(TINY), "--data", str(toy_data), "--output", str(out), "--batch-size", "2", "--max-steps", "1",
-            "--resume", "none"]
+    args = [
+        "--config",
+        str(TINY),
+        "--data",
+        str(toy_data),
+        "--output",
+        str(out),
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+        "--resume",
+        "none",
+    ]
     assert main(args) == 0
     init = load_state_dict(out / "init.safetensors")
     assert any(k.startswith("model.diffusion_model.") for k in init)
@@ -133,8 +194,22 @@ def test_fresh_start_saves_its_initial_weights(toy_data, tmp_path):
 
 def test_missing_initial_checkpoint_is_made_from_sd_base(toy_data, tmp_path, base):
     init = tmp_path / "made" / "control_init.safetensors"
-    args = ["--config", str(TINY), "--data", str(toy_data), "--output", str(tmp_path / "run"), "--batch-size", "2",
-            "--max-steps", "1", "--resume", str(init), "--sd-base", str(base)]
+    args = [
+        "--config",
+        str(TINY),
+        "--data",
+        str(toy_data),
+        "--output",
+        str(tmp_path / "run"),
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+        "--resume",
+        str(init),
+        "--sd-base",
+        str(base),
+    ]
     assert main(args) == 0
     made, sd = load_state_dict(init), load_state_dict(base)
     # The trainable copy starts as the UNet encoder (tool_add_control.py's mapping), the SD part as the base.
@@ -145,8 +220,20 @@ def test_missing_initial_checkpoint_is_made_from_sd_base(toy_data, tmp_path, bas
 
 
 def test_missing_sd_base_is_one_clear_line(toy_data, tmp_path, capsys):
-    args = ["--config", str(TINY), "--data", str(toy_data), "--output", str(tmp_path / "run"), "--max-steps", "1",
-            "--resume", str(tmp_path / "init.safetensors"), "--sd-base", str(tmp_path / "v1-5-pruned.ckpt")]
+    args = [
+        "--config",
+        str(TINY),
+        "--data",
+        str(toy_data),
+        "--output",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "1",
+        "--resume",
+        str(tmp_path / "init.safetensors"),
+        "--sd-base",
+        str(tmp_path / "v1-5-pruned.ckpt"),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "v1-5-pruned.ckpt does not exist" in err and err.count("\n") == 0

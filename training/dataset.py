@@ -19,12 +19,21 @@ class PairDataset(torch.utils.data.Dataset):
     seeded by (seed, epoch, index): call `set_epoch` each epoch for fresh draws, reproducibly.
     """
 
-    def __init__(self, root: str | Path, *, prompt_file: str = PROMPT_FILE, hflip: bool = False,
-                 empty_prompt_p: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        prompt_file: str = PROMPT_FILE,
+        hflip: bool = False,
+        empty_prompt_p: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"data folder {self.root} does not exist; prepare it with "
-                                    "`python -m training.data.prepare_dogs` or `python -m training.toy_data`")
+            raise FileNotFoundError(
+                f"data folder {self.root} does not exist; prepare it with "
+                "`python -m training.data.prepare_dogs` or `python -m training.toy_data`"
+            )
         path = self.root / prompt_file
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; a prepared folder holds {PROMPT_FILE} (JSON Lines)")
@@ -35,8 +44,9 @@ class PairDataset(torch.utils.data.Dataset):
             raise ValueError(f"{path} lists no pairs")
         missing = [f for r in self.rows for f in (r["source"], r["target"]) if not (self.root / f).is_file()]
         if missing:
-            raise FileNotFoundError(f"{path} names {len(missing)} missing files under {self.root}, first: "
-                                    + ", ".join(missing[:5]))
+            raise FileNotFoundError(
+                f"{path} names {len(missing)} missing files under {self.root}, first: " + ", ".join(missing[:5])
+            )
         self.hflip = hflip
         self.empty_prompt_p = empty_prompt_p
         self.seed = seed
@@ -64,9 +74,11 @@ class PairDataset(torch.utils.data.Dataset):
         if self.hflip and rng.random() < 0.5:
             target, hint = target[:, ::-1], hint[:, ::-1]
         prompt = "" if rng.random() < self.empty_prompt_p else row["prompt"]
-        return {"jpg": np.ascontiguousarray(target, dtype=np.float32) / 127.5 - 1.0,
-                "txt": prompt,
-                "hint": np.ascontiguousarray(hint, dtype=np.float32) / 255.0}
+        return {
+            "jpg": np.ascontiguousarray(target, dtype=np.float32) / 127.5 - 1.0,
+            "txt": prompt,
+            "hint": np.ascontiguousarray(hint, dtype=np.float32) / 255.0,
+        }
 
 
 MyDataset = PairDataset  # the original tutorial's name

@@ -49,13 +49,16 @@ def build_latent_cache(model: torch.nn.Module, dataset: PairDataset, folder: Pat
             images = torch.from_numpy(np.stack([it["jpg"] for it in items])).permute(0, 3, 1, 2).to(model.device)
             posterior = model.encode_first_stage(images.to(next(model.first_stage_model.parameters()).dtype))
             rows = posterior.parameters.float().cpu().numpy()  # B×2C×h×w
-            context = model.get_learned_conditioning([dataset.rows[i]["prompt"]
-                                                      for i in range(start, start + len(items))])  # B×L×D
+            context = model.get_learned_conditioning(
+                [dataset.rows[i]["prompt"] for i in range(start, start + len(items))]
+            )  # B×L×D
             if not arrays:
-                arrays = {"moments": _open(tmp["moments"], (n, *rows.shape[1:])),
-                          "contexts": _open(tmp["contexts"], (n, *context.shape[1:]))}
-            arrays["moments"][start: start + len(items)] = rows
-            arrays["contexts"][start: start + len(items)] = context.float().cpu().numpy()
+                arrays = {
+                    "moments": _open(tmp["moments"], (n, *rows.shape[1:])),
+                    "contexts": _open(tmp["contexts"], (n, *context.shape[1:])),
+                }
+            arrays["moments"][start : start + len(items)] = rows
+            arrays["contexts"][start : start + len(items)] = context.float().cpu().numpy()
         for array in arrays.values():
             array.flush()
     empty = model.get_learned_conditioning([""])[0].float().cpu().numpy()  # L×D
@@ -83,5 +86,9 @@ class CachedPairs(Dataset):
     def get(self, index: int, epoch: int) -> dict:
         item = self.dataset.get(index, epoch)
         context = self.empty if item["txt"] == "" else self.contexts[index]
-        return {"moments": np.asarray(self.moments[index], dtype=np.float32),
-                "context": np.asarray(context, dtype=np.float32), "hint": item["hint"], "txt": item["txt"]}
+        return {
+            "moments": np.asarray(self.moments[index], dtype=np.float32),
+            "context": np.asarray(context, dtype=np.float32),
+            "hint": item["hint"],
+            "txt": item["txt"],
+        }

@@ -55,10 +55,23 @@ class ShardedPositions(Sampler[int]):
             position += self.world_size
 
 
-def make_train_loader(dataset: PairDataset | CachedPairs, *, batch_size: int, seed: int, start_sample: int, rank: int,
-                      world_size: int, workers: int) -> DataLoader:
+def make_train_loader(
+    dataset: PairDataset | CachedPairs,
+    *,
+    batch_size: int,
+    seed: int,
+    start_sample: int,
+    rank: int,
+    world_size: int,
+    workers: int,
+) -> DataLoader:
     """The per-rank DataLoader that resumes at `start_sample` (a position counted over all ranks)."""
-    return DataLoader(EpochPermuted(dataset, seed=seed), batch_size=batch_size,
-                      sampler=ShardedPositions(start=start_sample, rank=rank, world_size=world_size),
-                      num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                      drop_last=True)
+    return DataLoader(
+        EpochPermuted(dataset, seed=seed),
+        batch_size=batch_size,
+        sampler=ShardedPositions(start=start_sample, rank=rank, world_size=world_size),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=True,
+    )

@@ -91,14 +91,16 @@ def make_missing_inputs(model_config: dict[str, Any], settings: TrainSettings, *
         make_control_init(model_config, Path(settings.sd_base), base, seed=settings.seed)
 
 
-def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_path: str,
-             resume_from: str | None) -> RunPlan:
+def plan_run(
+    model_config: dict[str, Any], settings: TrainSettings, *, config_path: str, resume_from: str | None
+) -> RunPlan:
     """Check data, checkpoints and config against each other before building anything; writes nothing."""
     settings.validate()
     output = Path(settings.output)
     try:
-        dataset = PairDataset(settings.data, hflip=settings.hflip, empty_prompt_p=settings.empty_prompt_p,
-                              seed=settings.seed)
+        dataset = PairDataset(
+            settings.data, hflip=settings.hflip, empty_prompt_p=settings.empty_prompt_p, seed=settings.seed
+        )
     except (FileNotFoundError, ValueError) as err:
         raise RunInputError(f"data: {err}") from None
     model_state, trainable = _meta_state(model_config)
@@ -106,7 +108,9 @@ def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_pa
     base = Path(settings.resume) if settings.resume else None
     start_step = 0
     if ckpt_path is not None:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)  # mapped: only what is used is read
+        ckpt = torch.load(
+            ckpt_path, map_location="cpu", weights_only=True, mmap=True
+        )  # mapped: only what is used is read
         base = Path(ckpt.get("cutenet_config", {}).get("base") or output / INIT_FILE)
         start_step = int(ckpt["global_step"])
         try:
@@ -115,8 +119,10 @@ def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_pa
             raise RunInputError(f"{ckpt_path} was written for another config than {config_path}: {err}") from None
     if base is not None:
         if not base.is_file():
-            raise RunInputError(f"initial checkpoint {base} does not exist; make it with tool_add_control.py "
-                                "(see README) or set training.resume: null for a fresh start")
+            raise RunInputError(
+                f"initial checkpoint {base} does not exist; make it with tool_add_control.py "
+                "(see README) or set training.resume: null for a fresh start"
+            )
         try:
             check_state_dict(model_state, load_state_dict(base, shapes_only=True))
         except CheckpointMismatchError as err:
@@ -127,16 +133,21 @@ def plan_run(model_config: dict[str, Any], settings: TrainSettings, *, config_pa
 def make_control_init(model_config: dict[str, Any], sd_base: Path, dst: Path, *, seed: int) -> None:
     """What tool_add_control.py does: SD weights + a ControlNet copied from the UNet encoder, written to dst."""
     if not sd_base.is_file():
-        raise RunInputError(f"training.sd_base {sd_base} does not exist; it is needed to make the initial "
-                            f"checkpoint {dst} (see README)")
+        raise RunInputError(
+            f"training.sd_base {sd_base} does not exist; it is needed to make the initial checkpoint {dst} (see README)"
+        )
     try:
         init = build_control_init(model_config, load_state_dict(sd_base), seed=seed)
     except CheckpointMismatchError as err:
         raise RunInputError(f"training.sd_base {sd_base} does not fit the config: {err}") from None
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_state(init.state, dst)
-    logger.info("made the initial ControlNet checkpoint %s from %s (%d tensors copied from the UNet encoder)",
-                dst, sd_base, len(init.copied))
+    logger.info(
+        "made the initial ControlNet checkpoint %s from %s (%d tensors copied from the UNet encoder)",
+        dst,
+        sd_base,
+        len(init.copied),
+    )
 
 
 class TrainData(pl.LightningDataModule):
@@ -149,9 +160,15 @@ class TrainData(pl.LightningDataModule):
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         s = self.plan.settings
         dataset = CachedPairs(self.plan.dataset, self.plan.output / CACHE_DIR) if s.cache_latents else self.plan.dataset
-        return make_train_loader(dataset, batch_size=s.batch_size, seed=s.seed,
-                                 start_sample=self.plan.start_step * s.samples_per_step,
-                                 rank=self.trainer.global_rank, world_size=self.trainer.world_size, workers=s.workers)
+        return make_train_loader(
+            dataset,
+            batch_size=s.batch_size,
+            seed=s.seed,
+            start_sample=self.plan.start_step * s.samples_per_step,
+            rank=self.trainer.global_rank,
+            world_size=self.trainer.world_size,
+            workers=s.workers,
+        )
 
 
 def instantiate_model(model_config: dict[str, Any], base: Path | None = None) -> pl.LightningModule:
@@ -199,8 +216,9 @@ class SampleLog(pl.Callback):
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         with (self.folder / f"rank{trainer.global_rank}.txt").open("a") as f:
             f.write("".join(f"{int(i)}\n" for i in batch["index"]))
@@ -210,19 +228,30 @@ def make_trainer(plan: RunPlan, resolved: dict[str, Any], *, log_samples: bool =
     s = plan.settings
     callbacks: list[pl.Callback] = [
         PeriodicCheckpoint(plan.output / "checkpoints", every=s.ckpt_every, keep=s.keep_last, config=resolved),
-        ImageLogger(plan.output / "image_log" / "train", every=s.logger_freq, ddim_steps=s.image_log_ddim_steps,
-                    seed=s.seed),
+        ImageLogger(
+            plan.output / "image_log" / "train", every=s.logger_freq, ddim_steps=s.image_log_ddim_steps, seed=s.seed
+        ),
         TQDMProgressBar(refresh_rate=1),
     ]
     if log_samples:
         callbacks.append(SampleLog(plan.output / "samples"))
     return pl.Trainer(
-        accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.resolved_strategy(),
-        precision=s.precision, max_steps=s.total_steps(len(plan.dataset)), accumulate_grad_batches=s.accumulate,
-        callbacks=callbacks, plugins=[StreamingCheckpointIO()],
+        accelerator=s.accelerator,
+        devices=s.devices,
+        num_nodes=s.num_nodes,
+        strategy=s.resolved_strategy(),
+        precision=s.precision,
+        max_steps=s.total_steps(len(plan.dataset)),
+        accumulate_grad_batches=s.accumulate,
+        callbacks=callbacks,
+        plugins=[StreamingCheckpointIO()],
         logger=TensorBoardLogger(str(plan.output), name="lightning_logs"),
-        enable_checkpointing=False, use_distributed_sampler=False, num_sanity_val_steps=0,
-        log_every_n_steps=min(50, s.logger_freq), default_root_dir=str(plan.output))
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=min(50, s.logger_freq),
+        default_root_dir=str(plan.output),
+    )
 
 
 def write_config(path: Path, resolved: dict[str, Any]) -> None:

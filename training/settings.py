@@ -26,8 +26,14 @@ def _optional_text(value: str) -> str | None:
     return None if value.lower() in ("none", "null") else value
 
 
-def knob(help: str, *, flag: str | None = None, choices: tuple[str, ...] | None = None,
-         parse: typing.Callable[[str], Any] | None = None, cli: bool = True) -> Any:
+def knob(
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    parse: typing.Callable[[str], Any] | None = None,
+    cli: bool = True,
+) -> Any:
     """A settings field: `help` is its flag's help text; `flag` overrides the name derived from the field."""
     return dataclasses.field(metadata={"help": help, "flag": flag, "choices": choices, "parse": parse, "cli": cli})
 
@@ -38,10 +44,12 @@ class TrainSettings:
 
     data: str = knob("prepared folder with prompt.json, source/, target/")
     toy_data: dict[str, int] | None = knob("toy set generated into `data` when that folder is missing", cli=False)
-    resume: str | None = knob("initial ControlLDM checkpoint from tool_add_control.py ('none': fresh init)",
-                              parse=_optional_text)
-    sd_base: str | None = knob("SD checkpoint to make --resume from (as tool_add_control.py) when that file is "
-                               "missing", parse=_optional_text)
+    resume: str | None = knob(
+        "initial ControlLDM checkpoint from tool_add_control.py ('none': fresh init)", parse=_optional_text
+    )
+    sd_base: str | None = knob(
+        "SD checkpoint to make --resume from (as tool_add_control.py) when that file is missing", parse=_optional_text
+    )
     batch_size: int = knob("samples per device per step")
     accumulate: int = knob("gradient accumulation steps")
     max_steps: int = knob("optimizer steps to train")
@@ -73,8 +81,16 @@ class TrainSettings:
         return cls(**node)
 
     def validate(self) -> None:
-        for name in ("batch_size", "accumulate", "devices", "num_nodes", "logger_freq", "ckpt_every", "keep_last",
-                     "image_log_ddim_steps"):
+        for name in (
+            "batch_size",
+            "accumulate",
+            "devices",
+            "num_nodes",
+            "logger_freq",
+            "ckpt_every",
+            "keep_last",
+            "image_log_ddim_steps",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps < 1 and not self.max_epochs:
@@ -115,16 +131,24 @@ class ModelOptions:
     sd_locked: bool = knob("lock the whole SD UNet (--no-sd-locked also trains its decoder)")
     only_mid_control: bool = knob("feed the ControlNet into the middle block only")
     checkpointing: bool = knob("gradient checkpointing in the UNet and ControlNet (use_checkpoint)")
-    frozen_dtype: str = knob("store the locked UNet, VAE and text encoder in this dtype (with --precision *-mixed)",
-                             choices=tuple(FROZEN_DTYPES))
-    optimizer_state_dtype: str = knob("dtype of AdamW's two moments (bfloat16 halves the optimizer state)",
-                                      flag="--optimizer-states", choices=tuple(STATE_DTYPES))
-    gradient_release: bool = knob("update each tensor inside backward and free its gradient (one device, "
-                                  "--accumulate 1)")
+    frozen_dtype: str = knob(
+        "store the locked UNet, VAE and text encoder in this dtype (with --precision *-mixed)",
+        choices=tuple(FROZEN_DTYPES),
+    )
+    optimizer_state_dtype: str = knob(
+        "dtype of AdamW's two moments (bfloat16 halves the optimizer state)",
+        flag="--optimizer-states",
+        choices=tuple(STATE_DTYPES),
+    )
+    gradient_release: bool = knob(
+        "update each tensor inside backward and free its gradient (one device, --accumulate 1)"
+    )
 
     PATHS: typing.ClassVar[dict[str, tuple[tuple[str, ...], ...]]] = {
-        "checkpointing": (("unet_config", "params", "use_checkpoint"),
-                          ("control_stage_config", "params", "use_checkpoint")),
+        "checkpointing": (
+            ("unet_config", "params", "use_checkpoint"),
+            ("control_stage_config", "params", "use_checkpoint"),
+        ),
     }
 
     @classmethod
@@ -141,8 +165,9 @@ class ModelOptions:
                 value: Any = node["params"]
                 for key in path:
                     if not isinstance(value, dict) or key not in value:
-                        raise ValueError(f"{source}: model.params.{'.'.join(path)} is missing; copy it from "
-                                         "models/cldm_tiny.yaml")
+                        raise ValueError(
+                            f"{source}: model.params.{'.'.join(path)} is missing; copy it from models/cldm_tiny.yaml"
+                        )
                     value = value[key]
                 found.append(value)
             if any(v != found[0] for v in found):
@@ -164,12 +189,16 @@ class ModelOptions:
 
     def check(self, settings: TrainSettings) -> None:
         if self.frozen_dtype != "float32" and settings.precision == "32":
-            raise ValueError("--frozen-dtype below float32 needs mixed precision: add --precision bf16-mixed "
-                             "(or 16-mixed)")
-        if self.gradient_release and (settings.accumulate > 1 or settings.world_size > 1
-                                      or settings.precision == "16-mixed"):
-            raise ValueError("--gradient-release steps inside backward, so it needs --accumulate 1, one device on "
-                             "one node, and no fp16 loss scaling (use --precision 32 or bf16-mixed)")
+            raise ValueError(
+                "--frozen-dtype below float32 needs mixed precision: add --precision bf16-mixed (or 16-mixed)"
+            )
+        if self.gradient_release and (
+            settings.accumulate > 1 or settings.world_size > 1 or settings.precision == "16-mixed"
+        ):
+            raise ValueError(
+                "--gradient-release steps inside backward, so it needs --accumulate 1, one device on "
+                "one node, and no fp16 loss scaling (use --precision 32 or bf16-mixed)"
+            )
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:

@@ -65,8 +65,14 @@ def _image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]  # B×3×(H−1)×W, B×3×H×(W−1)
 
 
-def autoencoder_loss(ae: AutoencoderKL, x: torch.Tensor, *, kl_weight: float, edge_weight: float,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def autoencoder_loss(
+    ae: AutoencoderKL,
+    x: torch.Tensor,
+    *,
+    kl_weight: float,
+    edge_weight: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """L1 reconstruction + L1 on image gradients (keeps edges sharp for canny) + a weak KL (SD uses 1e-6)."""
     recon, posterior = ae(x, generator=generator)  # B×3×H×W
     loss = F.l1_loss(recon, x)
@@ -87,12 +93,19 @@ class PhaseSettings:
 
 
 def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                               total_steps=steps, pct_start=0.05)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=steps, pct_start=0.05
+    )
 
 
-def _run_phase(name: str, params: list[torch.nn.Parameter], loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-               n_items: int, s: PhaseSettings, log: Log) -> list[float]:
+def _run_phase(
+    name: str,
+    params: list[torch.nn.Parameter],
+    loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    n_items: int,
+    s: PhaseSettings,
+    log: Log,
+) -> list[float]:
     """Shuffled batches of item indices → loss_fn(indices, generator); returns the loss per step."""
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
     schedule = _schedule(optimizer, s.steps)
@@ -101,7 +114,7 @@ def _run_phase(name: str, params: list[torch.nn.Parameter], loss_fn: Callable[[t
     for step in range(1, s.steps + 1):
         if cursor + s.batch_size > n_items:
             order, cursor = torch.randperm(n_items, generator=generator), 0
-        loss = loss_fn(order[cursor: cursor + s.batch_size], generator)
+        loss = loss_fn(order[cursor : cursor + s.batch_size], generator)
         cursor += s.batch_size
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: non-finite loss at step {step}; lower the learning rate")
@@ -111,13 +124,20 @@ def _run_phase(name: str, params: list[torch.nn.Parameter], loss_fn: Callable[[t
         schedule.step()
         losses.append(loss.item())
         if step % s.log_every == 0 or step == s.steps:
-            recent = np.mean(losses[-s.log_every:])
+            recent = np.mean(losses[-s.log_every :])
             log(f"{name} step {step}/{s.steps} loss {recent:.4f} ({time.time() - start:.0f} s)")
     return losses
 
 
-def train_autoencoder(ae: AutoencoderKL, images: torch.Tensor, s: PhaseSettings, *, kl_weight: float = 1e-6,
-                      edge_weight: float = 1.0, log: Log = logger.info) -> list[float]:
+def train_autoencoder(
+    ae: AutoencoderKL,
+    images: torch.Tensor,
+    s: PhaseSettings,
+    *,
+    kl_weight: float = 1e-6,
+    edge_weight: float = 1.0,
+    log: Log = logger.info,
+) -> list[float]:
     """Fit the autoencoder to N×3×H×W images in [−1, 1]; leaves it frozen and in eval mode."""
     ae.requires_grad_(True).train()
 
@@ -132,7 +152,7 @@ def train_autoencoder(ae: AutoencoderKL, images: torch.Tensor, s: PhaseSettings,
 @torch.no_grad()
 def encode_posteriors(ae: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """The encoder's Gaussian parameters (mean ‖ log-variance) for N×3×H×W images: N×2C×h×w, computed once."""
-    return torch.cat([ae.encode(images[i: i + batch_size]).parameters for i in range(0, len(images), batch_size)])
+    return torch.cat([ae.encode(images[i : i + batch_size]).parameters for i in range(0, len(images), batch_size)])
 
 
 def latent_std(posteriors: torch.Tensor) -> float:
@@ -142,8 +162,15 @@ def latent_std(posteriors: torch.Tensor) -> float:
     return float(mean.std())
 
 
-def train_denoiser(model: LatentDiffusion, posteriors: torch.Tensor, prompts: list[str], s: PhaseSettings, *,
-                   empty_prompt_p: float = 0.1, log: Log = logger.info) -> list[float]:
+def train_denoiser(
+    model: LatentDiffusion,
+    posteriors: torch.Tensor,
+    prompts: list[str],
+    s: PhaseSettings,
+    *,
+    empty_prompt_p: float = 0.1,
+    log: Log = logger.info,
+) -> list[float]:
     """Fit the UNet and the text encoder (ε-prediction) on `encode_posteriors` of the images, with the
     autoencoder frozen; `empty_prompt_p` of the prompts are dropped so classifier-free guidance has an
     unconditional model to push against."""
@@ -160,8 +187,7 @@ def train_denoiser(model: LatentDiffusion, posteriors: torch.Tensor, prompts: li
         loss, _ = model.p_losses(z, {"c_crossattn": [text(batch_prompts)]}, t, noise)
         return loss
 
-    losses = _run_phase("denoiser", list(unet.parameters()) + list(text.parameters()), loss_fn, len(posteriors), s,
-                        log)
+    losses = _run_phase("denoiser", list(unet.parameters()) + list(text.parameters()), loss_fn, len(posteriors), s, log)
     unet.requires_grad_(False).eval()
     text.requires_grad_(False)
     return losses

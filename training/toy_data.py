@@ -18,9 +18,18 @@ import numpy as np
 from annotator.canny import CannyDetector
 from training.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_bytes_atomically, write_prompt_file
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (240, 220, 40),
-           "purple": (140, 50, 170), "orange": (245, 140, 20), "white": (245, 245, 245), "black": (15, 15, 15),
-           "cyan": (40, 200, 220), "pink": (240, 130, 180)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 60),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 40),
+    "purple": (140, 50, 170),
+    "orange": (245, 140, 20),
+    "white": (245, 245, 245),
+    "black": (15, 15, 15),
+    "cyan": (40, 200, 220),
+    "pink": (240, 130, 180),
+}
 
 
 def toy_example(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -36,8 +45,9 @@ def toy_example(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     return target, edges, f"a {names[fill]} circle on a {names[background]} background"
 
 
-def write_toy_dataset(out: str | Path, *, n: int = 2000, size: int = 64, seed: int = 0,
-                      val_fraction: float = 0.05) -> Path:
+def write_toy_dataset(
+    out: str | Path, *, n: int = 2000, size: int = 64, seed: int = 0, val_fraction: float = 0.05
+) -> Path:
     """Write n pairs to `out` (source/, target/, prompt.json, prompt_val.json); the same seed gives the same bytes."""
     if n < 2:
         raise ValueError(f"n must be at least 2, got {n}")
@@ -51,7 +61,9 @@ def write_toy_dataset(out: str | Path, *, n: int = 2000, size: int = 64, seed: i
     for i in range(n):
         target, edges, prompt = toy_example(rng, size)
         name = f"{i:06d}.png"
-        write_bytes_atomically(out / "target" / name, cv2.imencode(".png", cv2.cvtColor(target, cv2.COLOR_RGB2BGR))[1].tobytes())
+        write_bytes_atomically(
+            out / "target" / name, cv2.imencode(".png", cv2.cvtColor(target, cv2.COLOR_RGB2BGR))[1].tobytes()
+        )
         write_bytes_atomically(out / "source" / name, cv2.imencode(".png", edges)[1].tobytes())
         rows.append({"source": f"source/{name}", "target": f"target/{name}", "prompt": prompt})
     n_val = max(1, int(round(n * val_fraction)))

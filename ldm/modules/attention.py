@@ -13,8 +13,15 @@ from ldm.modules.diffusionmodules.util import checkpoint, zero_module
 class CrossAttention(nn.Module):
     """Multi-head attention of queries from `x` over keys/values from `context` (self-attention if None)."""
 
-    def __init__(self, query_dim: int, *, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        query_dim: int,
+        *,
+        context_dim: int | None = None,
+        heads: int = 8,
+        dim_head: int = 64,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         inner_dim = heads * dim_head
         context_dim = query_dim if context_dim is None else context_dim
@@ -60,8 +67,16 @@ class FeedForward(nn.Module):
 class BasicTransformerBlock(nn.Module):
     """Self-attention, cross-attention to the text, feed-forward; pre-norm residuals."""
 
-    def __init__(self, dim: int, *, n_heads: int, d_head: int, context_dim: int, dropout: float = 0.0,
-                 use_checkpoint: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        n_heads: int,
+        d_head: int,
+        context_dim: int,
+        dropout: float = 0.0,
+        use_checkpoint: bool = False,
+    ) -> None:
         super().__init__()
         self.attn1 = CrossAttention(dim, heads=n_heads, dim_head=d_head, dropout=dropout)
         self.ff = FeedForward(dim, dropout=dropout)
@@ -83,8 +98,18 @@ class BasicTransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """Transformer over the H×W positions of a feature map, conditioned on a context sequence."""
 
-    def __init__(self, in_channels: int, *, n_heads: int, d_head: int, depth: int, context_dim: int,
-                 dropout: float = 0.0, use_linear: bool = False, use_checkpoint: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        n_heads: int,
+        d_head: int,
+        depth: int,
+        context_dim: int,
+        dropout: float = 0.0,
+        use_linear: bool = False,
+        use_checkpoint: bool = False,
+    ) -> None:
         super().__init__()
         inner_dim = n_heads * d_head
         self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
@@ -96,9 +121,16 @@ class SpatialTransformer(nn.Module):
             self.proj_in = nn.Conv2d(in_channels, inner_dim, 1)
             proj_out = nn.Conv2d(inner_dim, in_channels, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner_dim, n_heads=n_heads, d_head=d_head, context_dim=context_dim,
-                                  dropout=dropout, use_checkpoint=use_checkpoint)
-            for _ in range(depth))
+            BasicTransformerBlock(
+                inner_dim,
+                n_heads=n_heads,
+                d_head=d_head,
+                context_dim=context_dim,
+                dropout=dropout,
+                use_checkpoint=use_checkpoint,
+            )
+            for _ in range(depth)
+        )
         # Zero-initialised so a fresh block leaves the residual stream unchanged.
         self.proj_out = zero_module(proj_out)
 

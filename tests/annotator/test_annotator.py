@@ -18,8 +18,10 @@ def test_canny_returns_uint8_hw_edges_at_the_square_border():
     assert edges[32, 14:18].any() and not edges[32, 30:34].any()
 
 
-@pytest.mark.parametrize("bad, error", [(np.zeros((8, 8, 3), np.float32), TypeError),
-                                        (np.zeros((8, 8, 4), np.uint8), ValueError), ([[0]], TypeError)])
+@pytest.mark.parametrize(
+    "bad, error",
+    [(np.zeros((8, 8, 3), np.float32), TypeError), (np.zeros((8, 8, 4), np.uint8), ValueError), ([[0]], TypeError)],
+)
 def test_canny_rejects_bad_input(bad, error):
     with pytest.raises(error):
         CannyDetector()(bad)

@@ -22,15 +22,33 @@ def test_reset_peak_memory_forgets_an_earlier_spike():
 
 
 def test_every_saver_at_once_builds_and_steps_the_model_as_training_does(repo_root, capsys):
-    model, optimizer = run_benchmark(parse_args([
-        "--config", str(repo_root / "models/cldm_tiny.yaml"), "--resolution", "64", "--steps", "1",
-        "--precision", "bf16-mixed", "--frozen-dtype", "bfloat16", "--optimizer-states", "bfloat16",
-        "--gradient-release", "--device", "cpu"]))
+    model, optimizer = run_benchmark(
+        parse_args(
+            [
+                "--config",
+                str(repo_root / "models/cldm_tiny.yaml"),
+                "--resolution",
+                "64",
+                "--steps",
+                "1",
+                "--precision",
+                "bf16-mixed",
+                "--frozen-dtype",
+                "bfloat16",
+                "--optimizer-states",
+                "bfloat16",
+                "--gradient-release",
+                "--device",
+                "cpu",
+            ]
+        )
+    )
     assert {p.dtype for p in model.model.diffusion_model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in model.control_model.parameters()} == {torch.float32}
     # Gradient release stepped every ControlNet tensor inside backward: bf16 moments, two steps, no gradient left.
     states = [optimizer.state[p] for p in model.control_model.parameters()]
     assert all(s["exp_avg"].dtype == torch.bfloat16 and int(s["step"]) == 2 for s in states)
     assert all(p.grad is None for p in model.control_model.parameters())
-    assert re.search(r"step [\d.]+ s \(median of 1: forward [\d.]+, backward [\d.]+, optimizer [\d.]+\)",
-                     capsys.readouterr().out)
+    assert re.search(
+        r"step [\d.]+ s \(median of 1: forward [\d.]+, backward [\d.]+, optimizer [\d.]+\)", capsys.readouterr().out
+    )

@@ -27,8 +27,10 @@ def sd_file(tiny_model, tmp_path):
 
 
 def test_twin_mapping():
-    assert unet_twin("control_model.input_blocks.1.0.in_layers.2.weight") == \
-        "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
+    assert (
+        unet_twin("control_model.input_blocks.1.0.in_layers.2.weight")
+        == "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
+    )
     with pytest.raises(ValueError):
         unet_twin("model.diffusion_model.out.0.weight")
 
@@ -38,8 +40,11 @@ def test_every_encoder_weight_is_copied_and_the_rest_kept_fresh(tiny_model, sd_f
     init = init_control_from_sd(tiny_model.state_dict(), sd_state)
     for key in init.copied:
         assert torch.equal(init.state[key], sd_state[unet_twin(key)])
-    encoder = {k for k in tiny_model.state_dict() if k.startswith("control_model.")
-               and k.split(".")[1] in ("time_embed", "input_blocks", "middle_block")}
+    encoder = {
+        k
+        for k in tiny_model.state_dict()
+        if k.startswith("control_model.") and k.split(".")[1] in ("time_embed", "input_blocks", "middle_block")
+    }
     assert set(init.copied) == encoder
     assert {k.split(".")[1] for k in init.fresh} == {"input_hint_block", "zero_convs", "middle_block_out"}
     assert all(torch.count_nonzero(init.state[k]) == 0 for k in init.fresh if "zero_convs" in k)
@@ -63,10 +68,12 @@ def test_tool_refusals(sd_file, tmp_path, capsys):
     src, _ = sd_file
     existing = tmp_path / "exists.ckpt"
     existing.write_bytes(b"")
-    for args, match in [([str(tmp_path / "missing.ckpt"), str(tmp_path / "o.ckpt")], "does not exist"),
-                        ([str(src), str(existing)], "already exists"),
-                        ([str(src), str(tmp_path / "no_dir" / "o.ckpt")], "folder"),
-                        ([str(src), str(tmp_path / "o.bin")], "must end in")]:
+    for args, match in [
+        ([str(tmp_path / "missing.ckpt"), str(tmp_path / "o.ckpt")], "does not exist"),
+        ([str(src), str(existing)], "already exists"),
+        ([str(src), str(tmp_path / "no_dir" / "o.ckpt")], "folder"),
+        ([str(src), str(tmp_path / "o.bin")], "must end in"),
+    ]:
         with pytest.raises(SystemExit, match=match):
             main([*args, "--config", TINY])
     diffusers = tmp_path / "sd-diffusers"

@@ -57,8 +57,9 @@ def test_only_the_controlnet_gets_gradients_when_locked(tiny_model):
     trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
     assert all(n.startswith("control_model.") for n in trainable)
     opt = tiny_model.configure_optimizers()
-    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == \
-        sum(p.numel() for p in tiny_model.control_model.parameters())
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == sum(
+        p.numel() for p in tiny_model.control_model.parameters()
+    )
 
 
 def test_unlocking_adds_the_unet_decoder(build_tiny):
@@ -66,8 +67,17 @@ def test_unlocking_adds_the_unet_decoder(build_tiny):
     names = _grads_after_step(model)
     assert any(n.startswith("model.diffusion_model.output_blocks.") for n in names)
     assert any(n.startswith("model.diffusion_model.out.") for n in names)
-    assert not any(n.startswith(("model.diffusion_model.input_blocks.", "model.diffusion_model.middle_block.",
-                                 "first_stage_model.", "cond_stage_model.")) for n in names)
+    assert not any(
+        n.startswith(
+            (
+                "model.diffusion_model.input_blocks.",
+                "model.diffusion_model.middle_block.",
+                "first_stage_model.",
+                "cond_stage_model.",
+            )
+        )
+        for n in names
+    )
     opt_params = {id(p) for g in model.configure_optimizers().param_groups for p in g["params"]}
     assert id(model.model.diffusion_model.out[2].weight) in opt_params
     assert not build_tiny(sd_locked=True).model.diffusion_model.out[2].weight.requires_grad
@@ -115,8 +125,14 @@ def test_frozen_parts_stay_in_eval_mode(tiny_model):
 
 
 def test_log_images_returns_grids_in_range(tiny_model):
-    logs = tiny_model.log_images(make_batch(), N=2, ddim_steps=2, sample=True, unconditional_guidance_scale=9.0,
-                                 generator=torch.Generator().manual_seed(0))
+    logs = tiny_model.log_images(
+        make_batch(),
+        N=2,
+        ddim_steps=2,
+        sample=True,
+        unconditional_guidance_scale=9.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert set(logs) == {"reconstruction", "control", "conditioning", "samples", "samples_cfg_scale_9.00"}
     assert all(v.shape == (2, 3, 64, 64) for v in logs.values())
     assert logs["conditioning"].min() >= -1 and logs["conditioning"].max() <= 1 and logs["conditioning"].min() < 0
@@ -129,12 +145,21 @@ def test_low_vram_shift_keeps_only_the_running_parts_on_the_gpu(tiny_model):
     assert model.model.diffusion_model.out[2].weight.is_cuda and model.control_model.zero_convs[0][0].weight.is_cuda
     assert not any(p.is_cuda for p in model.first_stage_model.parameters())
     model.low_vram_shift(is_diffusing=False)
-    assert not any(p.is_cuda for p in model.model.parameters()) and not any(p.is_cuda for p in model.control_model.parameters())
+    assert not any(p.is_cuda for p in model.model.parameters()) and not any(
+        p.is_cuda for p in model.control_model.parameters()
+    )
     assert all(p.is_cuda for p in model.first_stage_model.parameters())
 
 
-@pytest.mark.parametrize("bad, match", [(dict(use_ema=True), "use_ema"), (dict(conditioning_key="concat"), "crossattn"),
-                                        (dict(learning_rate=0.0), "learning_rate"), (dict(control_scales=[1.0]), "control_scales")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(use_ema=True), "use_ema"),
+        (dict(conditioning_key="concat"), "crossattn"),
+        (dict(learning_rate=0.0), "learning_rate"),
+        (dict(control_scales=[1.0]), "control_scales"),
+    ],
+)
 def test_bad_knobs_raise(build_tiny, bad, match):
     with pytest.raises(ValueError, match=match):
         build_tiny(**bad)
@@ -167,7 +192,9 @@ def test_noise_seeds_that_the_old_packing_collided_now_differ():
     # The packing ((step·64 + micro-batch)·4096 + rank) gave these pairs one seed: same noise for two micro-batches.
     assert noise_seed(0, 0, 64, 0) != noise_seed(0, 1, 0, 0)
     assert noise_seed(0, 0, 0, 4096) != noise_seed(0, 0, 1, 0)
-    draws = [torch.randn(4, generator=torch.Generator().manual_seed(noise_seed(0, *t))) for t in ((0, 64, 0), (1, 0, 0))]
+    draws = [
+        torch.randn(4, generator=torch.Generator().manual_seed(noise_seed(0, *t))) for t in ((0, 64, 0), (1, 0, 0))
+    ]
     assert not torch.equal(*draws)
     # Inside the packing's collision-free range the seed is unchanged, so earlier runs resume with the same noise.
     assert noise_seed(3, 10, 2, 1) == ((3 * 1_000_003 + 10) * 64 + 2) * 4096 + 1

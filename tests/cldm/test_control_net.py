@@ -7,10 +7,24 @@ from cldm.control_net import ControlNet
 from cldm.controlled_unet import ControlledUnetModel
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-ARCH = dict(in_channels=4, model_channels=32, num_res_blocks=1, attention_resolutions=[2], channel_mult=[1, 2],
-            num_head_channels=16, context_dim=32)
-SD15 = dict(in_channels=4, model_channels=320, attention_resolutions=[4, 2, 1], num_res_blocks=2,
-            channel_mult=[1, 2, 4, 4], num_heads=8, context_dim=768)
+ARCH = dict(
+    in_channels=4,
+    model_channels=32,
+    num_res_blocks=1,
+    attention_resolutions=[2],
+    channel_mult=[1, 2],
+    num_head_channels=16,
+    context_dim=32,
+)
+SD15 = dict(
+    in_channels=4,
+    model_channels=320,
+    attention_resolutions=[4, 2, 1],
+    num_res_blocks=2,
+    channel_mult=[1, 2, 4, 4],
+    num_heads=8,
+    context_dim=768,
+)
 SD21 = dict(SD15, num_heads=-1, num_head_channels=64, context_dim=1024, use_linear_in_transformer=True)
 
 
@@ -24,14 +38,18 @@ def _randomise(module, seed=0):
 
 def _inputs():
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(2, 4, 8, 8, generator=g), torch.rand(2, 3, 64, 64, generator=g), torch.tensor([5, 700]),
-            torch.randn(2, 7, 32, generator=g))
+    return (
+        torch.randn(2, 4, 8, 8, generator=g),
+        torch.rand(2, 3, 64, 64, generator=g),
+        torch.tensor([5, 700]),
+        torch.randn(2, 7, 32, generator=g),
+    )
 
 
 @pytest.mark.parametrize("params, manifest", [(SD15, "sd15_controlnet_keys.json"), (SD21, "sd21_controlnet_keys.json")])
 def test_full_size_controlnet_matches_public_keys(repo_root, params, manifest):
     keys = json.loads((repo_root / "tests/data" / manifest).read_text())["keys"]
-    expected = {k[len("control_model."):]: v for k, v in keys.items() if k.startswith("control_model.")}
+    expected = {k[len("control_model.") :]: v for k, v in keys.items() if k.startswith("control_model.")}
     with torch.device("meta"):
         net = ControlNet(hint_channels=3, **params)
     assert {k: list(v.shape) for k, v in net.state_dict().items()} == expected

@@ -9,8 +9,9 @@ from cldm.model import create_model, load_state_dict
 from cldm.weights import CheckpointMismatchError, load_weights, load_weights_from_file
 
 
-@pytest.mark.parametrize("config, manifest", [("cldm_v15.yaml", "sd15_controlnet_keys.json"),
-                                              ("cldm_v21.yaml", "sd21_controlnet_keys.json")])
+@pytest.mark.parametrize(
+    "config, manifest", [("cldm_v15.yaml", "sd15_controlnet_keys.json"), ("cldm_v21.yaml", "sd21_controlnet_keys.json")]
+)
 def test_full_model_state_dict_matches_the_public_format(repo_root, config, manifest, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("building a model must not touch the network")
@@ -65,8 +66,9 @@ def test_control_only_file_loads_on_top(tiny_model):
     load_weights(tiny_model, control, prefixes=("control_model.",))
     assert torch.equal(tiny_model.control_model.zero_convs[0][0].bias, control["control_model.zero_convs.0.0.bias"])
     with pytest.raises(CheckpointMismatchError, match="unexpected"):
-        load_weights(tiny_model, {**control, "model.diffusion_model.out.2.bias": torch.zeros(4)},
-                     prefixes=("control_model.",))
+        load_weights(
+            tiny_model, {**control, "model.diffusion_model.out.2.bias": torch.zeros(4)}, prefixes=("control_model.",)
+        )
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".pth", ".safetensors"])
@@ -114,8 +116,11 @@ def test_missing_config_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("write", ["safetensors", "zip pickle", "legacy pickle"])
 def test_shapes_only_gives_meta_tensors_of_the_same_names_shapes_and_dtypes(tmp_path, write):
-    state = {"control_model.w": torch.randn(3, 5), "model.h": torch.zeros(2, dtype=torch.bfloat16),
-             "cond_stage_model.ids": torch.arange(7)}
+    state = {
+        "control_model.w": torch.randn(3, 5),
+        "model.h": torch.zeros(2, dtype=torch.bfloat16),
+        "cond_stage_model.ids": torch.arange(7),
+    }
     if write == "safetensors":
         from safetensors.torch import save_file
 
@@ -150,8 +155,11 @@ def test_loading_a_file_in_chunks_equals_loading_it_whole(tiny_model, tmp_path, 
     whole = copy.deepcopy(tiny_model)
     expected = load_weights(whole, state)
     report = load_weights_from_file(tiny_model, path, chunk_bytes=4096)  # many chunks
-    assert (report.loaded, report.kept_fresh, sorted(report.dropped_extras)) == \
-        (expected.loaded, expected.kept_fresh, sorted(expected.dropped_extras))
+    assert (report.loaded, report.kept_fresh, sorted(report.dropped_extras)) == (
+        expected.loaded,
+        expected.kept_fresh,
+        sorted(expected.dropped_extras),
+    )
     ours, theirs = tiny_model.state_dict(), whole.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 

@@ -14,8 +14,17 @@ def _trained_looking(model):
 
 def _sample(model, hint, scales, **kw):
     n = hint.shape[0]
-    return sample(model, hint, ["a red circle"] * n, [""] * n, control_scales=scales, steps=3, guidance_scale=4.0,
-                  generator=torch.Generator().manual_seed(5), **kw)
+    return sample(
+        model,
+        hint,
+        ["a red circle"] * n,
+        [""] * n,
+        control_scales=scales,
+        steps=3,
+        guidance_scale=4.0,
+        generator=torch.Generator().manual_seed(5),
+        **kw,
+    )
 
 
 def test_the_hint_steers_at_strength_one_and_is_ignored_at_zero(tiny_model):

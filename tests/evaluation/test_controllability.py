@@ -7,7 +7,7 @@ from evaluation.controllability import edge_f1, ssim
 
 def _square_outline(size: int = 32, lo: int = 8, hi: int = 24) -> np.ndarray:
     edges = np.zeros((size, size), np.uint8)
-    edges[lo, lo:hi] = edges[hi, lo:hi] = edges[lo:hi + 1, lo] = edges[lo:hi + 1, hi] = 255
+    edges[lo, lo:hi] = edges[hi, lo:hi] = edges[lo : hi + 1, lo] = edges[lo : hi + 1, hi] = 255
     return edges
 
 
@@ -47,8 +47,9 @@ def test_ssim_matches_scikit_image() -> None:
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (48, 40), dtype=np.uint8)
     b = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
-    expected = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                     data_range=255)
+    expected = structural_similarity(
+        a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255
+    )
     assert ssim(a, b) == pytest.approx(expected, abs=2e-3)
     assert ssim(a, a) == pytest.approx(1.0)
 

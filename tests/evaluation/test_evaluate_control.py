@@ -28,8 +28,27 @@ def test_a_model_that_follows_its_control_scores_far_above_one_that_ignores_it(t
 def test_cli_prints_a_table_and_writes_json(toy_data, repo_root, tmp_path, capsys):
     out = tmp_path / "eval.json"
     grid = tmp_path / "grid.png"
-    assert main(["--config", str(repo_root / "models/cldm_tiny.yaml"), "--data", str(toy_data), "--n", "2", "--steps", "2", "--out", str(out), "--device", "cpu",
-                 "--grid", str(grid)]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(repo_root / "models/cldm_tiny.yaml"),
+                "--data",
+                str(toy_data),
+                "--n",
+                "2",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--grid",
+                str(grid),
+            ]
+        )
+        == 0
+    )
     from PIL import Image
 
     assert Image.open(grid).size == (4 * 64, 2 * 64)  # control | strength 1 | strength 0 | target, 2 rows

@@ -7,14 +7,24 @@ from ldm.models.autoencoder import AutoencoderKL
 from ldm.modules.diffusionmodules.model import AttnBlock
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 
-SD15_DD = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
-               num_res_blocks=2, attn_resolutions=[], dropout=0.0)
+SD15_DD = dict(
+    double_z=True,
+    z_channels=4,
+    resolution=256,
+    in_channels=3,
+    out_ch=3,
+    ch=128,
+    ch_mult=[1, 2, 4, 4],
+    num_res_blocks=2,
+    attn_resolutions=[],
+    dropout=0.0,
+)
 TINY_DD = dict(SD15_DD, ch=32, ch_mult=[1, 2], num_res_blocks=1, resolution=16, attn_resolutions=[8])
 
 
 def test_sd15_vae_matches_public_keys(repo_root):
     keys = json.loads((repo_root / "tests/data/sd15_controlnet_keys.json").read_text())["keys"]
-    expected = {k[len("first_stage_model."):]: v for k, v in keys.items() if k.startswith("first_stage_model.")}
+    expected = {k[len("first_stage_model.") :]: v for k, v in keys.items() if k.startswith("first_stage_model.")}
     with torch.device("meta"):
         vae = AutoencoderKL(ddconfig=SD15_DD, embed_dim=4, lossconfig={"target": "torch.nn.Identity"})
     assert {k: list(v.shape) for k, v in vae.state_dict().items()} == expected
@@ -51,7 +61,9 @@ def test_attn_block_equals_explicit_softmax():
     torch.testing.assert_close(block(x), expected)
 
 
-@pytest.mark.parametrize("bad, match", [(dict(TINY_DD, chanels=3), "unknown keys"), (dict(TINY_DD, double_z=False), "double_z")])
+@pytest.mark.parametrize(
+    "bad, match", [(dict(TINY_DD, chanels=3), "unknown keys"), (dict(TINY_DD, double_z=False), "double_z")]
+)
 def test_bad_ddconfig_raises(bad, match):
     with pytest.raises(ValueError, match=match):
         AutoencoderKL(ddconfig=bad, embed_dim=4)

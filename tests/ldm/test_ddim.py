@@ -28,24 +28,43 @@ def test_timesteps_follow_the_reference_offset():
 
 def test_deterministic_under_a_seed_with_eta():
     model = CountingModel()
-    runs = [DDIMSampler(model).sample(10, 2, (4, 8, 8), {"scale": 1.0}, eta=0.5,
-                                      generator=torch.Generator().manual_seed(7))[0] for _ in range(2)]
+    runs = [
+        DDIMSampler(model).sample(
+            10, 2, (4, 8, 8), {"scale": 1.0}, eta=0.5, generator=torch.Generator().manual_seed(7)
+        )[0]
+        for _ in range(2)
+    ]
     assert torch.equal(runs[0], runs[1])
-    other = DDIMSampler(model).sample(10, 2, (4, 8, 8), {"scale": 1.0}, eta=0.5,
-                                      generator=torch.Generator().manual_seed(8))[0]
+    other = DDIMSampler(model).sample(
+        10, 2, (4, 8, 8), {"scale": 1.0}, eta=0.5, generator=torch.Generator().manual_seed(8)
+    )[0]
     assert not torch.equal(runs[0], other)
 
 
 def test_guidance_scale_one_is_the_conditional_prediction_only():
     model = CountingModel()
     x_T = torch.randn(1, 4, 8, 8)
-    guided, _ = DDIMSampler(model).sample(5, 1, (4, 8, 8), {"scale": 2.0}, x_T=x_T, unconditional_guidance_scale=1.0,
-                                          unconditional_conditioning={"scale": 0.0})
+    guided, _ = DDIMSampler(model).sample(
+        5,
+        1,
+        (4, 8, 8),
+        {"scale": 2.0},
+        x_T=x_T,
+        unconditional_guidance_scale=1.0,
+        unconditional_conditioning={"scale": 0.0},
+    )
     assert model.calls == 5
     plain, _ = DDIMSampler(model).sample(5, 1, (4, 8, 8), {"scale": 2.0}, x_T=x_T)
     assert torch.equal(guided, plain)
-    DDIMSampler(model).sample(5, 1, (4, 8, 8), {"scale": 2.0}, x_T=x_T, unconditional_guidance_scale=3.0,
-                              unconditional_conditioning={"scale": 0.0})
+    DDIMSampler(model).sample(
+        5,
+        1,
+        (4, 8, 8),
+        {"scale": 2.0},
+        x_T=x_T,
+        unconditional_guidance_scale=3.0,
+        unconditional_conditioning={"scale": 0.0},
+    )
     assert model.calls == 5 + 5 + 10
 
 

@@ -12,7 +12,7 @@ TINY = dict(width=32, layers=2, heads=2, mlp_width=64)
 
 def _manifest(repo_root, name):
     keys = json.loads((repo_root / "tests/data" / name).read_text())["keys"]
-    return {k[len("cond_stage_model."):]: v for k, v in keys.items() if k.startswith("cond_stage_model.")}
+    return {k[len("cond_stage_model.") :]: v for k, v in keys.items() if k.startswith("cond_stage_model.")}
 
 
 def test_sd15_text_encoder_keys(repo_root):
@@ -44,14 +44,23 @@ def test_openclip_tokenizer_pads_with_zero():
 def test_clip_text_matches_transformers_clip():
     torch.manual_seed(0)
     ours = FrozenCLIPEmbedder(**TINY)
-    config = transformers.CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu")
+    config = transformers.CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu",
+    )
     theirs = transformers.CLIPTextModel(config).eval()
     for p in theirs.parameters():
         torch.nn.init.normal_(p, std=0.2)
     prefix = "transformer.text_model."
     their_state = theirs.state_dict()
-    mapped = {prefix + (k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in their_state.items()}
+    mapped = {
+        prefix + (k[len("text_model.") :] if k.startswith("text_model.") else k): v for k, v in their_state.items()
+    }
     mapped = {k: v for k, v in mapped.items() if not k.endswith("position_ids")}
     ours.load_state_dict(mapped, strict=True)
     prompts = ["a photograph of a chihuahua", "a red circle"]

@@ -6,16 +6,32 @@ import torch
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.modules.diffusionmodules.util import timestep_embedding
 
-TINY = dict(in_channels=4, out_channels=4, model_channels=32, num_res_blocks=1, attention_resolutions=[2],
-            channel_mult=[1, 2], num_head_channels=16, context_dim=32)
-SD15 = dict(in_channels=4, out_channels=4, model_channels=320, attention_resolutions=[4, 2, 1], num_res_blocks=2,
-            channel_mult=[1, 2, 4, 4], num_heads=8, context_dim=768)
+TINY = dict(
+    in_channels=4,
+    out_channels=4,
+    model_channels=32,
+    num_res_blocks=1,
+    attention_resolutions=[2],
+    channel_mult=[1, 2],
+    num_head_channels=16,
+    context_dim=32,
+)
+SD15 = dict(
+    in_channels=4,
+    out_channels=4,
+    model_channels=320,
+    attention_resolutions=[4, 2, 1],
+    num_res_blocks=2,
+    channel_mult=[1, 2, 4, 4],
+    num_heads=8,
+    context_dim=768,
+)
 SD21 = dict(SD15, num_heads=-1, num_head_channels=64, context_dim=1024, use_linear_in_transformer=True)
 
 
 def _manifest(repo_root, name, prefix):
     keys = json.loads((repo_root / "tests" / "data" / name).read_text())["keys"]
-    return {k[len(prefix):]: v for k, v in keys.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in keys.items() if k.startswith(prefix)}
 
 
 @pytest.mark.parametrize("params, manifest", [(SD15, "sd15_controlnet_keys.json"), (SD21, "sd21_controlnet_keys.json")])
@@ -78,8 +94,15 @@ def test_bf16_autocast_runs_close_to_fp32():
     assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max()
 
 
-@pytest.mark.parametrize("bad, match", [(dict(num_heads=2), "exactly one"), (dict(use_spatial_transformer=False), "not supported"),
-                                        (dict(legacy=True), "legacy"), (dict(model_channels=48), "multiple of 32")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(num_heads=2), "exactly one"),
+        (dict(use_spatial_transformer=False), "not supported"),
+        (dict(legacy=True), "legacy"),
+        (dict(model_channels=48), "multiple of 32"),
+    ],
+)
 def test_bad_arguments_raise(bad, match):
     with pytest.raises(ValueError, match=match):
         UNetModel(**{**TINY, **bad})

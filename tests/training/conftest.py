@@ -22,9 +22,11 @@ def _photo(name: str) -> np.ndarray:
 
 def _xml(width: int, height: int, box: tuple[int, int, int, int]) -> str:
     xmin, ymin, xmax, ymax = box
-    return (f"<annotation><size><width>{width}</width><height>{height}</height><depth>3</depth></size>"
-            f"<object><name>dog</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax>"
-            f"<ymax>{ymax}</ymax></bndbox></object></annotation>")
+    return (
+        f"<annotation><size><width>{width}</width><height>{height}</height><depth>3</depth></size>"
+        f"<object><name>dog</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax>"
+        f"<ymax>{ymax}</ymax></bndbox></object></annotation>"
+    )
 
 
 def build_dogs_tree(root: Path) -> dict[str, Path]:

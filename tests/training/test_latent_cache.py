@@ -7,8 +7,10 @@ from training.latent_cache import CachedPairs, build_latent_cache
 
 
 def _collate(items):
-    return {k: (torch.from_numpy(np.stack([i[k] for i in items])) if k != "txt" else [i[k] for i in items])
-            for k in items[0]}
+    return {
+        k: (torch.from_numpy(np.stack([i[k] for i in items])) if k != "txt" else [i[k] for i in items])
+        for k in items[0]
+    }
 
 
 def test_cached_inputs_equal_encoding_on_the_fly(tiny_model, toy_data, tmp_path):

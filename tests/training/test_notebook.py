@@ -14,8 +14,10 @@ def test_notebook_executes_on_a_tiny_tree(dogs_tree, tmp_path):
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1
     out = tmp_path / "prepared"
-    params[0].source += (f"\nIMAGES_DIR = {str(dogs_tree['images'])!r}\nANNOTATIONS_DIR = {str(dogs_tree['annotations'])!r}"
-                         f"\nOUT_DIR = {str(out)!r}\nSIZE = 64\nWORKERS = 1")
+    params[0].source += (
+        f"\nIMAGES_DIR = {str(dogs_tree['images'])!r}\nANNOTATIONS_DIR = {str(dogs_tree['annotations'])!r}"
+        f"\nOUT_DIR = {str(out)!r}\nSIZE = 64\nWORKERS = 1"
+    )
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]

@@ -16,8 +16,11 @@ BAD = {"n02088364_empty.jpg": "empty", "n02088364_text.jpg": "not an image", "n0
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_discover_reads_breeds_and_boxes(dogs_tree):
@@ -31,8 +34,15 @@ def test_discover_reads_breeds_and_boxes(dogs_tree):
 def test_bad_files_are_quarantined_originals_untouched_and_run_completes(dogs_tree, tmp_path):
     before = _hashes(dogs_tree["images"])
     out = tmp_path / "out"
-    summary = prepare(dogs_tree["images"], out, annotations=dogs_tree["annotations"], settings=SETTINGS,
-                      captioner="breed", workers=1, val_fraction=0.3)
+    summary = prepare(
+        dogs_tree["images"],
+        out,
+        annotations=dogs_tree["annotations"],
+        settings=SETTINGS,
+        captioner="breed",
+        workers=1,
+        val_fraction=0.3,
+    )
     assert _hashes(dogs_tree["images"]) == before
     quarantined = {Path(p).name: reason for p, reason in summary.quarantined.items()}
     assert set(quarantined) == set(BAD)
@@ -49,10 +59,32 @@ def test_bad_files_are_quarantined_originals_untouched_and_run_completes(dogs_tr
 
 def test_interrupt_and_rerun_is_byte_identical_to_a_clean_run(dogs_tree, tmp_path):
     clean = tmp_path / "clean"
-    prepare(dogs_tree["images"], clean, annotations=dogs_tree["annotations"], settings=SETTINGS, captioner="breed", workers=1)
+    prepare(
+        dogs_tree["images"],
+        clean,
+        annotations=dogs_tree["annotations"],
+        settings=SETTINGS,
+        captioner="breed",
+        workers=1,
+    )
     resumed = tmp_path / "resumed"
-    cmd = [sys.executable, "-m", "training.data.prepare_dogs", "--images", str(dogs_tree["images"]), "--annotations",
-           str(dogs_tree["annotations"]), "--out", str(resumed), "--size", "64", "--captioner", "breed", "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.data.prepare_dogs",
+        "--images",
+        str(dogs_tree["images"]),
+        "--annotations",
+        str(dogs_tree["annotations"]),
+        "--out",
+        str(resumed),
+        "--size",
+        "64",
+        "--captioner",
+        "breed",
+        "--workers",
+        "2",
+    ]
     subprocess.run(cmd + ["--limit", "4"], check=True, capture_output=True, cwd=ROOT)
     # A crash in the middle of writing captions leaves a cut-off line behind.
     with (resumed / "captions.jsonl").open("a") as f:
@@ -79,8 +111,20 @@ def test_bbox_crop_keeps_the_box_inside():
 
 
 def test_missing_images_folder_is_a_clear_cli_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "training.data.prepare_dogs", "--images", str(tmp_path / "nope"),
-                             "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.data.prepare_dogs",
+            "--images",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -92,7 +136,14 @@ def test_test_list_mat_becomes_the_validation_split(dogs_tree, tmp_path):
     entries[1, 0] = np.array(["n02086240-Shih-Tzu/n02086240_2.jpg"])
     savemat(tmp_path / "test_list.mat", {"file_list": entries})
     out = tmp_path / "out"
-    summary = prepare(dogs_tree["images"], out, annotations=dogs_tree["annotations"], settings=SETTINGS,
-                      captioner="breed", workers=1, test_list=tmp_path / "test_list.mat")
+    summary = prepare(
+        dogs_tree["images"],
+        out,
+        annotations=dogs_tree["annotations"],
+        settings=SETTINGS,
+        captioner="breed",
+        workers=1,
+        test_list=tmp_path / "test_list.mat",
+    )
     val = [json.loads(line)["target"] for line in (out / "prompt_val.json").read_text().splitlines()]
     assert sorted(val) == ["target/n02085620_0.jpg", "target/n02086240_2.jpg"] and summary.val == 2

@@ -45,8 +45,9 @@ def test_autoencoder_phase_lowers_its_loss_and_leaves_it_frozen(toy_data):
 
     def loss() -> float:
         with torch.no_grad():
-            return autoencoder_loss(ae, images[:8], kl_weight=1e-6, edge_weight=1.0,
-                                    generator=torch.Generator().manual_seed(0)).item()
+            return autoencoder_loss(
+                ae, images[:8], kl_weight=1e-6, edge_weight=1.0, generator=torch.Generator().manual_seed(0)
+            ).item()
 
     before = loss()
     train_autoencoder(ae, images, PhaseSettings(steps=30, batch_size=8, lr=2e-3), log=lambda _: None)
@@ -76,8 +77,9 @@ def test_denoiser_phase_trains_unet_and_text_encoder_but_not_the_autoencoder(toy
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images, prompts = load_toy_images(toy_data)
     posteriors = encode_posteriors(model.first_stage_model, images)
-    losses = train_denoiser(model, posteriors, prompts, PhaseSettings(steps=3, batch_size=4, lr=1e-3),
-                            log=lambda _: None)
+    losses = train_denoiser(
+        model, posteriors, prompts, PhaseSettings(steps=3, batch_size=4, lr=1e-3), log=lambda _: None
+    )
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     after = model.state_dict()
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
@@ -87,8 +89,23 @@ def test_denoiser_phase_trains_unet_and_text_encoder_but_not_the_autoencoder(toy
 
 def test_saved_base_is_an_sd_style_checkpoint_for_tool_add_control(toy_data, tmp_path, capsys):
     out = tmp_path / "base.safetensors"
-    args = ["--config", str(TINY), "--data", str(toy_data), "--ae-steps", "2", "--unet-steps", "2", "--ae-batch-size", "4",
-            "--unet-batch-size", "4", "--work-dir", str(tmp_path / "work"), "--out"]
+    args = [
+        "--config",
+        str(TINY),
+        "--data",
+        str(toy_data),
+        "--ae-steps",
+        "2",
+        "--unet-steps",
+        "2",
+        "--ae-batch-size",
+        "4",
+        "--unet-batch-size",
+        "4",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+    ]
     assert train_base_main(args + [str(out)]) == 0
     state = load_state_dict(out)
     model = create_model(TINY)

@@ -44,7 +44,7 @@ def weave_breed(caption: str, breed: str | None) -> str:
     caption = " ".join(caption.split())
     if not breed or breed.lower() in caption.lower():
         return caption
-    rest = caption[len(PREFIX):].strip() if caption.lower().startswith(PREFIX) else caption
+    rest = caption[len(PREFIX) :].strip() if caption.lower().startswith(PREFIX) else caption
     article = "an" if breed[0] in "aeiou" else "a"
     return f"{PREFIX} {article} {breed}, {rest}" if rest else template_caption(breed)
 
@@ -56,8 +56,16 @@ class Captioner(Protocol):
 class BlipCaptioner:
     """Batched BLIP captioning with the 'a photography of' prompt and repetition guards."""
 
-    def __init__(self, model: str | Path = BLIP_MODEL_ID, *, device: str | None = None, max_new_tokens: int = 30,
-                 num_beams: int = 3, repetition_penalty: float = 1.3, no_repeat_ngram_size: int = 3) -> None:
+    def __init__(
+        self,
+        model: str | Path = BLIP_MODEL_ID,
+        *,
+        device: str | None = None,
+        max_new_tokens: int = 30,
+        num_beams: int = 3,
+        repetition_penalty: float = 1.3,
+        no_repeat_ngram_size: int = 3,
+    ) -> None:
         import torch
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
@@ -65,15 +73,21 @@ class BlipCaptioner:
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.processor = BlipProcessor.from_pretrained(str(model))
         self.model = BlipForConditionalGeneration.from_pretrained(str(model), dtype=dtype).to(self.device).eval()
-        self.generate_kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                    repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+        self.generate_kwargs = dict(
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size,
+        )
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[str]:
         import torch
 
         inputs = self.processor(images=list(images), text=[PREFIX] * len(images), return_tensors="pt")
-        inputs = {k: v.to(self.device, dtype=self.model.dtype if v.is_floating_point() else v.dtype)
-                  for k, v in inputs.items()}
+        inputs = {
+            k: v.to(self.device, dtype=self.model.dtype if v.is_floating_point() else v.dtype)
+            for k, v in inputs.items()
+        }
         with torch.no_grad():
             out = self.model.generate(**inputs, **self.generate_kwargs)
         return [" ".join(t.split()) for t in self.processor.batch_decode(out, skip_special_tokens=True)]
@@ -84,8 +98,11 @@ def load_blip(model: str | Path = BLIP_MODEL_ID, *, device: str | None = None) -
     try:
         return BlipCaptioner(model, device=device)
     except (OSError, ValueError, ImportError) as err:
-        logger.warning("BLIP weights %s not available (%s); using breed-template captions instead",
-                       model, str(err).splitlines()[0][:200])
+        logger.warning(
+            "BLIP weights %s not available (%s); using breed-template captions instead",
+            model,
+            str(err).splitlines()[0][:200],
+        )
         return None
 
 

@@ -13,7 +13,9 @@ CROP_MODES = ("squash", "center", "bbox")
 
 
 def _union(boxes: Sequence[Box]) -> Box:
-    return Box(min(b.xmin for b in boxes), min(b.ymin for b in boxes), max(b.xmax for b in boxes), max(b.ymax for b in boxes))
+    return Box(
+        min(b.xmin for b in boxes), min(b.ymin for b in boxes), max(b.xmax for b in boxes), max(b.ymax for b in boxes)
+    )
 
 
 def square_window(height: int, width: int, box: Box | None) -> tuple[int, int, int]:
@@ -46,6 +48,6 @@ def crop_square(image: np.ndarray, *, size: int, mode: str, boxes: Sequence[Box]
         pad_bottom, pad_right = max(top + side - h, 0), max(left + side - w, 0)
         if pad_bottom or pad_right:  # a box longer than the short side: extend the image by reflection
             image = cv2.copyMakeBorder(image, 0, pad_bottom, 0, pad_right, cv2.BORDER_REFLECT_101)
-        square = image[top: top + side, left: left + side]
+        square = image[top : top + side, left : left + side]
     interpolation = cv2.INTER_AREA if min(square.shape[:2]) > size else cv2.INTER_LINEAR
     return cv2.resize(square, (size, size), interpolation=interpolation)

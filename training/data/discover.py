@@ -68,7 +68,9 @@ def discover_stanford_dogs(images_dir: Path, annotations_dir: Path | None = None
                 boxes = read_boxes(xml_path) if xml_path.is_file() else ()
             records.append(ImageRecord(path, path.stem, breed, boxes))
     if not records:
-        raise ValueError(f"no images found under {images_dir}/<breed folder>/; is this the Stanford Dogs Images/ folder?")
+        raise ValueError(
+            f"no images found under {images_dir}/<breed folder>/; is this the Stanford Dogs Images/ folder?"
+        )
     return records
 
 
@@ -86,7 +88,9 @@ def discover_folder(images_dir: Path) -> list[ImageRecord]:
 def discover(images_dir: Path, annotations_dir: Path | None = None) -> list[ImageRecord]:
     """Stanford Dogs layout when the folder holds breed sub-folders named `<wnid>-<breed>`, else a plain folder."""
     images_dir = Path(images_dir)
-    if images_dir.is_dir() and any(p.is_dir() and p.name.startswith("n") and "-" in p.name for p in images_dir.iterdir()):
+    if images_dir.is_dir() and any(
+        p.is_dir() and p.name.startswith("n") and "-" in p.name for p in images_dir.iterdir()
+    ):
         return discover_stanford_dogs(images_dir, annotations_dir)
     return discover_folder(images_dir)
 

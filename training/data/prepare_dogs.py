@@ -71,10 +71,12 @@ class Summary:
 
     def lines(self) -> list[str]:
         reasons = Counter(r.split(":")[0] for r in self.quarantined.values())
-        out = [f"images found: {self.found}; prepared now: {self.prepared}; already done: {self.reused}",
-               f"quarantined: {len(self.quarantined)}" + (f" ({dict(reasons)})" if reasons else ""),
-               f"captions written now: {self.captions_new} (degenerate BLIP captions replaced: {self.captions_replaced})",
-               f"pairs: {self.train} train + {self.val} validation; {self.seconds:.1f} s"]
+        out = [
+            f"images found: {self.found}; prepared now: {self.prepared}; already done: {self.reused}",
+            f"quarantined: {len(self.quarantined)}" + (f" ({dict(reasons)})" if reasons else ""),
+            f"captions written now: {self.captions_new} (degenerate BLIP captions replaced: {self.captions_replaced})",
+            f"pairs: {self.train} train + {self.val} validation; {self.seconds:.1f} s",
+        ]
         return out
 
 
@@ -94,8 +96,9 @@ def process_item(record: ImageRecord, out: Path, settings: ImageSettings) -> tup
     crop = settings.crop if record.boxes or settings.crop != "bbox" else "center"
     square = crop_square(rgb, size=settings.size, mode=crop, boxes=record.boxes)  # S×S×3
     edges = CannyDetector()(square, settings.low_threshold, settings.high_threshold)  # S×S
-    ok_t, jpg = cv2.imencode(".jpg", cv2.cvtColor(square, cv2.COLOR_RGB2BGR),
-                             [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality])
+    ok_t, jpg = cv2.imencode(
+        ".jpg", cv2.cvtColor(square, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
+    )
     ok_s, png = cv2.imencode(".png", edges, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     assert ok_t and ok_s, "OpenCV failed to encode an in-memory image"
     write_bytes_atomically(target_path, jpg.tobytes())
@@ -107,8 +110,9 @@ def _process_star(args: tuple[ImageRecord, Path, ImageSettings]) -> tuple[str, s
     return process_item(*args)
 
 
-def prepare_images(records: Sequence[ImageRecord], out: Path, settings: ImageSettings, *, workers: int,
-                   summary: Summary) -> list[ImageRecord]:
+def prepare_images(
+    records: Sequence[ImageRecord], out: Path, settings: ImageSettings, *, workers: int, summary: Summary
+) -> list[ImageRecord]:
     """Crop + canny every record in parallel processes; returns the usable records, in input order."""
     (out / "target").mkdir(parents=True, exist_ok=True)
     (out / "source").mkdir(parents=True, exist_ok=True)
@@ -118,8 +122,9 @@ def prepare_images(records: Sequence[ImageRecord], out: Path, settings: ImageSet
         results = list(tqdm(results, total=len(jobs), desc="crop+canny", unit="img"))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(tqdm(pool.map(_process_star, jobs, chunksize=8), total=len(jobs), desc="crop+canny",
-                                unit="img"))
+            results = list(
+                tqdm(pool.map(_process_star, jobs, chunksize=8), total=len(jobs), desc="crop+canny", unit="img")
+            )
     by_id = {r.item_id: r for r in records}
     usable = []
     for item_id, failure, new in results:
@@ -145,15 +150,16 @@ def read_captions(path: Path) -> dict[str, str]:
     return {row["id"]: row["prompt"] for row in map(json.loads, complete) if row}
 
 
-def caption_items(records: Sequence[ImageRecord], out: Path, captioner: Callable | None, *, batch_size: int,
-                  summary: Summary) -> dict[str, str]:
+def caption_items(
+    records: Sequence[ImageRecord], out: Path, captioner: Callable | None, *, batch_size: int, summary: Summary
+) -> dict[str, str]:
     """Caption every record not captioned yet, appending each batch to captions.jsonl as it finishes."""
     path = out / CAPTIONS_FILE
     captions = read_captions(path)
     todo = [r for r in records if r.item_id not in captions]
     with path.open("a") as sink, tqdm(total=len(todo), desc="captions", unit="img") as bar:
         for start in range(0, len(todo), batch_size):
-            batch = todo[start: start + batch_size]
+            batch = todo[start : start + batch_size]
             raw: list[str | None] = [None] * len(batch)
             if captioner is not None:
                 images = [read_rgb(pair_paths(out, r.item_id)[0]) for r in batch]
@@ -176,22 +182,41 @@ def is_validation(item_id: str, val_fraction: float) -> bool:
     return digest / 0xFFFFFFFF < val_fraction
 
 
-def write_split(records: Sequence[ImageRecord], captions: dict[str, str], out: Path, *, val_fraction: float,
-                test_ids: set[str] | None, summary: Summary) -> None:
+def write_split(
+    records: Sequence[ImageRecord],
+    captions: dict[str, str],
+    out: Path,
+    *,
+    val_fraction: float,
+    test_ids: set[str] | None,
+    summary: Summary,
+) -> None:
     rows = {"train": [], "val": []}
     for record in sorted(records, key=lambda r: r.item_id):
         target, source = (p.relative_to(out).as_posix() for p in pair_paths(out, record.item_id))
         held_out = record.item_id in test_ids if test_ids is not None else is_validation(record.item_id, val_fraction)
-        rows["val" if held_out else "train"].append({"source": source, "target": target, "prompt": captions[record.item_id]})
+        rows["val" if held_out else "train"].append(
+            {"source": source, "target": target, "prompt": captions[record.item_id]}
+        )
     write_prompt_file(out / PROMPT_FILE, rows["train"])
     write_prompt_file(out / VAL_PROMPT_FILE, rows["val"])
     summary.train, summary.val = len(rows["train"]), len(rows["val"])
 
 
-def prepare(images: Path, out: Path, *, annotations: Path | None = None, test_list: Path | None = None,
-            settings: ImageSettings = ImageSettings(), captioner: str = "blip", blip_model: str = BLIP_MODEL_ID,
-            batch_size: int = 16, workers: int | None = None, val_fraction: float = 0.02,
-            limit: int | None = None) -> Summary:
+def prepare(
+    images: Path,
+    out: Path,
+    *,
+    annotations: Path | None = None,
+    test_list: Path | None = None,
+    settings: ImageSettings = ImageSettings(),
+    captioner: str = "blip",
+    blip_model: str = BLIP_MODEL_ID,
+    batch_size: int = 16,
+    workers: int | None = None,
+    val_fraction: float = 0.02,
+    limit: int | None = None,
+) -> Summary:
     """The whole pipeline: discover → validate+crop+canny → captions → prompt.json + prompt_val.json."""
     start = time.perf_counter()
     if captioner not in ("blip", "breed"):
@@ -219,15 +244,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, required=True, help="Stanford Dogs Images/ folder or any image folder")
     parser.add_argument("--annotations", type=Path, help="Stanford Dogs Annotation/ folder (dog boxes for --crop bbox)")
-    parser.add_argument("--test-list", type=Path, help="Stanford Dogs lists/test_list.mat: hold these out for validation")
+    parser.add_argument(
+        "--test-list", type=Path, help="Stanford Dogs lists/test_list.mat: hold these out for validation"
+    )
     parser.add_argument("--out", type=Path, default=Path("training/dogs"), help="output folder (default training/dogs)")
     parser.add_argument("--size", type=int, default=512, help="square output side, a multiple of 64 (default 512)")
-    parser.add_argument("--crop", choices=CROP_MODES, default="bbox",
-                        help="bbox: square around the dog box (center when an image has none); center; squash")
+    parser.add_argument(
+        "--crop",
+        choices=CROP_MODES,
+        default="bbox",
+        help="bbox: square around the dog box (center when an image has none); center; squash",
+    )
     parser.add_argument("--low-threshold", type=int, default=100, help="canny low threshold (default 100)")
     parser.add_argument("--high-threshold", type=int, default=200, help="canny high threshold (default 200)")
-    parser.add_argument("--captioner", choices=("blip", "breed"), default="blip",
-                        help="blip: BLIP captions with the breed woven in; breed: templates only")
+    parser.add_argument(
+        "--captioner",
+        choices=("blip", "breed"),
+        default="blip",
+        help="blip: BLIP captions with the breed woven in; breed: templates only",
+    )
     parser.add_argument("--blip-model", default=BLIP_MODEL_ID, help="BLIP hub id or local folder")
     parser.add_argument("--batch-size", type=int, default=16, help="BLIP batch size (default 16)")
     parser.add_argument("--workers", type=int, default=None, help="processes for crop+canny (default: all cores)")
@@ -236,10 +271,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        summary = prepare(args.images, args.out, annotations=args.annotations, test_list=args.test_list,
-                          settings=ImageSettings(args.size, args.crop, args.low_threshold, args.high_threshold),
-                          captioner=args.captioner, blip_model=args.blip_model, batch_size=args.batch_size,
-                          workers=args.workers, val_fraction=args.val_fraction, limit=args.limit)
+        summary = prepare(
+            args.images,
+            args.out,
+            annotations=args.annotations,
+            test_list=args.test_list,
+            settings=ImageSettings(args.size, args.crop, args.low_threshold, args.high_threshold),
+            captioner=args.captioner,
+            blip_model=args.blip_model,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            val_fraction=args.val_fraction,
+            limit=args.limit,
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

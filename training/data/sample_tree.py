@@ -31,5 +31,6 @@ def write_sample_tree(root: str | Path, *, per_breed: int = 3, seed: int = 0) ->
             (annotations / breed / stem).write_text(
                 f"<annotation><size><width>{w}</width><height>{h}</height></size><object><name>{breed}</name>"
                 f"<bndbox><xmin>{box[0]}</xmin><ymin>{box[1]}</ymin><xmax>{box[2]}</xmax><ymax>{box[3]}</ymax>"
-                "</bndbox></object></annotation>")
+                "</bndbox></object></annotation>"
+            )
     return images, annotations

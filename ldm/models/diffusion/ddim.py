@@ -25,10 +25,17 @@ def ddim_timesteps(num_steps: int, num_train_steps: int) -> torch.Tensor:
     return steps[steps < num_train_steps]
 
 
-def ddim_sample(denoise: Denoiser, x_T: torch.Tensor, alphas_cumprod: torch.Tensor, *, steps: int,
-                eta: float = 0.0, generator: torch.Generator | None = None,
-                callback: Callable[[int], None] | None = None,
-                log_every_t: int = 100) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+def ddim_sample(
+    denoise: Denoiser,
+    x_T: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    *,
+    steps: int,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callable[[int], None] | None = None,
+    log_every_t: int = 100,
+) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
     """Run DDIM from x_T; returns (x_0, {'x_inter': [...], 'pred_x0': [...]})."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
@@ -61,8 +68,9 @@ def ddim_sample(denoise: Denoiser, x_T: torch.Tensor, alphas_cumprod: torch.Tens
     return x, intermediates
 
 
-def guided_denoiser(apply_model: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], cond: Any,
-                    uncond: Any | None, scale: float) -> Denoiser:
+def guided_denoiser(
+    apply_model: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], cond: Any, uncond: Any | None, scale: float
+) -> Denoiser:
     """ε for classifier-free guidance: ε_u + s(ε_c − ε_u); scale 1 (or no uncond) is the conditional ε."""
     if uncond is None or scale == 1.0:
         return lambda x, t: apply_model(x, t, cond)
@@ -82,11 +90,21 @@ class DDIMSampler:
         self.model = model
 
     @torch.no_grad()
-    def sample(self, S: int, batch_size: int, shape: tuple[int, int, int], conditioning: Mapping[str, Any],
-               verbose: bool = False, eta: float = 0.0, unconditional_guidance_scale: float = 1.0,
-               unconditional_conditioning: Mapping[str, Any] | None = None, x_T: torch.Tensor | None = None,
-               callback: Callable[[int], None] | None = None, generator: torch.Generator | None = None,
-               log_every_t: int = 100) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+    def sample(
+        self,
+        S: int,
+        batch_size: int,
+        shape: tuple[int, int, int],
+        conditioning: Mapping[str, Any],
+        verbose: bool = False,
+        eta: float = 0.0,
+        unconditional_guidance_scale: float = 1.0,
+        unconditional_conditioning: Mapping[str, Any] | None = None,
+        x_T: torch.Tensor | None = None,
+        callback: Callable[[int], None] | None = None,
+        generator: torch.Generator | None = None,
+        log_every_t: int = 100,
+    ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """S DDIM steps from x_T (or noise from `generator`) of shape batch_size×`shape`."""
         if len(shape) != 3:
             raise ValueError(f"shape must be (C, H, W) of the latents, got {shape}")
@@ -97,7 +115,9 @@ class DDIMSampler:
             raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {(batch_size, *shape)}")
         if verbose:
             logger.info("DDIM: %d steps, eta %.2f, guidance %.2f", S, eta, unconditional_guidance_scale)
-        denoise = guided_denoiser(self.model.apply_model, conditioning, unconditional_conditioning,
-                                  unconditional_guidance_scale)
-        return ddim_sample(denoise, x_T, acp, steps=S, eta=eta, generator=generator, callback=callback,
-                           log_every_t=log_every_t)
+        denoise = guided_denoiser(
+            self.model.apply_model, conditioning, unconditional_conditioning, unconditional_guidance_scale
+        )
+        return ddim_sample(
+            denoise, x_T, acp, steps=S, eta=eta, generator=generator, callback=callback, log_every_t=log_every_t
+        )

@@ -44,18 +44,35 @@ class DiffusionWrapper(nn.Module):
 class LatentDiffusion(nn.Module):
     """ε-prediction diffusion over the latents of a frozen autoencoder, conditioned on frozen text features."""
 
-    def __init__(self, *, unet_config: Mapping[str, Any], first_stage_config: Mapping[str, Any],
-                 cond_stage_config: Mapping[str, Any], first_stage_key: str = "jpg", cond_stage_key: str = "txt",
-                 timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012,
-                 scale_factor: float = 0.18215, image_size: int = 64, channels: int = 4,
-                 conditioning_key: str = "crossattn", cond_stage_trainable: bool = False,
-                 num_timesteps_cond: int = 1, use_ema: bool = False, log_every_t: int = 200,
-                 monitor: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        unet_config: Mapping[str, Any],
+        first_stage_config: Mapping[str, Any],
+        cond_stage_config: Mapping[str, Any],
+        first_stage_key: str = "jpg",
+        cond_stage_key: str = "txt",
+        timesteps: int = 1000,
+        linear_start: float = 0.00085,
+        linear_end: float = 0.012,
+        scale_factor: float = 0.18215,
+        image_size: int = 64,
+        channels: int = 4,
+        conditioning_key: str = "crossattn",
+        cond_stage_trainable: bool = False,
+        num_timesteps_cond: int = 1,
+        use_ema: bool = False,
+        log_every_t: int = 200,
+        monitor: str | None = None,
+    ) -> None:
         super().__init__()
         # These come from the public YAML files; only the values SD uses are supported.
-        for name, value, allowed in (("conditioning_key", conditioning_key, "crossattn"),
-                                     ("cond_stage_trainable", cond_stage_trainable, False),
-                                     ("num_timesteps_cond", num_timesteps_cond, 1), ("use_ema", use_ema, False)):
+        for name, value, allowed in (
+            ("conditioning_key", conditioning_key, "crossattn"),
+            ("cond_stage_trainable", cond_stage_trainable, False),
+            ("num_timesteps_cond", num_timesteps_cond, 1),
+            ("use_ema", use_ema, False),
+        ):
             if value != allowed:
                 raise ValueError(f"{name}={value!r} is not supported; CuteNet needs {name}: {allowed!r}")
         if not isinstance(log_every_t, int) or log_every_t < 1:
@@ -91,10 +108,15 @@ class LatentDiffusion(nn.Module):
         self.num_timesteps = timesteps
         posterior_variance = betas * (1.0 - acp_prev) / (1.0 - acp)
         buffers = {
-            "betas": betas, "alphas_cumprod": acp, "alphas_cumprod_prev": acp_prev,
-            "sqrt_alphas_cumprod": acp.sqrt(), "sqrt_one_minus_alphas_cumprod": (1.0 - acp).sqrt(),
-            "log_one_minus_alphas_cumprod": (1.0 - acp).log(), "sqrt_recip_alphas_cumprod": (1.0 / acp).sqrt(),
-            "sqrt_recipm1_alphas_cumprod": (1.0 / acp - 1).sqrt(), "posterior_variance": posterior_variance,
+            "betas": betas,
+            "alphas_cumprod": acp,
+            "alphas_cumprod_prev": acp_prev,
+            "sqrt_alphas_cumprod": acp.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1.0 - acp).sqrt(),
+            "log_one_minus_alphas_cumprod": (1.0 - acp).log(),
+            "sqrt_recip_alphas_cumprod": (1.0 / acp).sqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1.0 / acp - 1).sqrt(),
+            "posterior_variance": posterior_variance,
             "posterior_log_variance_clipped": posterior_variance.clamp(min=1e-20).log(),
             "posterior_mean_coef1": betas * acp_prev.sqrt() / (1.0 - acp),
             "posterior_mean_coef2": (1.0 - acp_prev) * alphas.sqrt() / (1.0 - acp),
@@ -111,15 +133,18 @@ class LatentDiffusion(nn.Module):
 
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Diffuse x_0 to x_t: √ᾱ_t x_0 + √(1−ᾱ_t) ε."""
-        return (extract(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
-                + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * noise)  # B×C×H×W
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x_start.ndim) * x_start
+            + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.ndim) * noise
+        )  # B×C×H×W
 
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         context = torch.cat(list(cond["c_crossattn"]), dim=1)  # B×L×D
         return self.model.diffusion_model(x_noisy, t, context)  # B×C×H×W
 
-    def p_losses(self, x_start: torch.Tensor, cond: Cond, t: torch.Tensor,
-                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def p_losses(
+        self, x_start: torch.Tensor, cond: Cond, t: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """ε-prediction MSE, weighted by exp(−logvar_t) + logvar_t as the reference (logvar is 0 for SD)."""
         noise = torch.randn_like(x_start) if noise is None else noise
         x_noisy = self.q_sample(x_start, t, noise)  # B×C×H×W
@@ -134,8 +159,9 @@ class LatentDiffusion(nn.Module):
     def encode_first_stage(self, x: torch.Tensor) -> DiagonalGaussianDistribution:
         return self.first_stage_model.encode(x)
 
-    def get_first_stage_encoding(self, posterior: DiagonalGaussianDistribution | torch.Tensor,
-                                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def get_first_stage_encoding(
+        self, posterior: DiagonalGaussianDistribution | torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         z = posterior.sample(generator) if isinstance(posterior, DiagonalGaussianDistribution) else posterior
         return self.scale_factor * z  # B×C×H×W
 
@@ -151,8 +177,9 @@ class LatentDiffusion(nn.Module):
         """B×3×H×W in [−1, 1] → scaled latents B×C×H/f×W/f (a posterior sample, as in training)."""
         return self.get_first_stage_encoding(self.encode_first_stage(images), generator).detach()
 
-    def get_input(self, batch: Mapping[str, Any], k: str, bs: int | None = None, *,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, Cond]:
+    def get_input(
+        self, batch: Mapping[str, Any], k: str, bs: int | None = None, *, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, Cond]:
         """Unpack a batch: images (B×H×W×3 in [−1, 1]) → latents, prompts → context.
 
         A batch from the latent cache carries `moments` (the VAE posterior) and `context` instead.

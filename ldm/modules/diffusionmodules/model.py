@@ -111,8 +111,19 @@ class _Mid(nn.Module):
 class Encoder(nn.Module):
     """Image B×3×H×W → posterior parameters B×2z×H/f×W/f, f = 2^(levels−1)."""
 
-    def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_resolutions: Sequence[int],
-                 dropout: float, in_channels: int, resolution: int, z_channels: int, double_z: bool) -> None:
+    def __init__(
+        self,
+        *,
+        ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        dropout: float,
+        in_channels: int,
+        resolution: int,
+        z_channels: int,
+        double_z: bool,
+    ) -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         in_mult = (1, *ch_mult)
@@ -148,8 +159,18 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Latent B×z×h×w → image B×3×fh×fw."""
 
-    def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-                 attn_resolutions: Sequence[int], dropout: float, resolution: int, z_channels: int) -> None:
+    def __init__(
+        self,
+        *,
+        ch: int,
+        out_ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_resolutions: Sequence[int],
+        dropout: float,
+        resolution: int,
+        z_channels: int,
+    ) -> None:
         super().__init__()
         block_in = ch * ch_mult[-1]
         res = resolution // 2 ** (len(ch_mult) - 1)

@@ -31,14 +31,20 @@ class TimestepEmbedSequential(nn.Sequential):
 class ResBlock(nn.Module):
     """Residual block with the timestep embedding added between its two convolutions."""
 
-    def __init__(self, channels: int, emb_channels: int, *, out_channels: int, dropout: float,
-                 use_checkpoint: bool) -> None:
+    def __init__(
+        self, channels: int, emb_channels: int, *, out_channels: int, dropout: float, use_checkpoint: bool
+    ) -> None:
         super().__init__()
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+        )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            normalization(out_channels), nn.SiLU(), nn.Dropout(p=dropout),
-            zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
+            normalization(out_channels),
+            nn.SiLU(),
+            nn.Dropout(p=dropout),
+            zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+        )
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
         self.use_checkpoint = use_checkpoint
 
@@ -92,23 +98,43 @@ class UNetSpec:
     dropout: float
 
     @classmethod
-    def create(cls, *, in_channels: int, model_channels: int, num_res_blocks: int,
-               attention_resolutions: Sequence[int], channel_mult: Sequence[int], context_dim: int,
-               num_heads: int = -1, num_head_channels: int = -1, transformer_depth: int = 1,
-               use_linear_in_transformer: bool = False, use_checkpoint: bool = False, dropout: float = 0.0,
-               image_size: int | None = None, use_spatial_transformer: bool = True, legacy: bool = False) -> UNetSpec:
+    def create(
+        cls,
+        *,
+        in_channels: int,
+        model_channels: int,
+        num_res_blocks: int,
+        attention_resolutions: Sequence[int],
+        channel_mult: Sequence[int],
+        context_dim: int,
+        num_heads: int = -1,
+        num_head_channels: int = -1,
+        transformer_depth: int = 1,
+        use_linear_in_transformer: bool = False,
+        use_checkpoint: bool = False,
+        dropout: float = 0.0,
+        image_size: int | None = None,
+        use_spatial_transformer: bool = True,
+        legacy: bool = False,
+    ) -> UNetSpec:
         """Check the arguments; `image_size`, `use_spatial_transformer` and `legacy` come from public YAMLs."""
         if image_size is not None and not isinstance(image_size, int):
             raise ValueError(f"image_size must be an int or None (it does not change the network), got {image_size!r}")
         if not use_spatial_transformer:
-            raise ValueError("use_spatial_transformer=False (the class-conditional UNet) is not supported; set it to True")
+            raise ValueError(
+                "use_spatial_transformer=False (the class-conditional UNet) is not supported; set it to True"
+            )
         if legacy:
             raise ValueError("legacy=True head sizing is not supported; SD1.x/2.x configs use legacy: False")
         if (num_heads == -1) == (num_head_channels == -1):
             raise ValueError(f"set exactly one of num_heads ({num_heads}) and num_head_channels ({num_head_channels})")
-        for name, value in (("in_channels", in_channels), ("model_channels", model_channels),
-                            ("num_res_blocks", num_res_blocks), ("context_dim", context_dim),
-                            ("transformer_depth", transformer_depth)):
+        for name, value in (
+            ("in_channels", in_channels),
+            ("model_channels", model_channels),
+            ("num_res_blocks", num_res_blocks),
+            ("context_dim", context_dim),
+            ("transformer_depth", transformer_depth),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not channel_mult or any(m < 1 for m in channel_mult):
@@ -117,9 +143,20 @@ class UNetSpec:
             raise ValueError(f"model_channels must be a multiple of 32 (GroupNorm groups), got {model_channels}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        return cls(in_channels, model_channels, num_res_blocks, tuple(attention_resolutions), tuple(channel_mult),
-                   context_dim, num_heads, num_head_channels, transformer_depth, use_linear_in_transformer,
-                   use_checkpoint, dropout)
+        return cls(
+            in_channels,
+            model_channels,
+            num_res_blocks,
+            tuple(attention_resolutions),
+            tuple(channel_mult),
+            context_dim,
+            num_heads,
+            num_head_channels,
+            transformer_depth,
+            use_linear_in_transformer,
+            use_checkpoint,
+            dropout,
+        )
 
     def heads_for(self, ch: int) -> tuple[int, int]:
         """(heads, head width) of the transformer at width `ch`."""
@@ -129,13 +166,21 @@ class UNetSpec:
 
     def transformer(self, ch: int) -> SpatialTransformer:
         heads, dim_head = self.heads_for(ch)
-        return SpatialTransformer(ch, n_heads=heads, d_head=dim_head, depth=self.transformer_depth,
-                                  context_dim=self.context_dim, dropout=self.dropout,
-                                  use_linear=self.use_linear_in_transformer, use_checkpoint=self.use_checkpoint)
+        return SpatialTransformer(
+            ch,
+            n_heads=heads,
+            d_head=dim_head,
+            depth=self.transformer_depth,
+            context_dim=self.context_dim,
+            dropout=self.dropout,
+            use_linear=self.use_linear_in_transformer,
+            use_checkpoint=self.use_checkpoint,
+        )
 
     def res_block(self, ch: int, out_ch: int) -> ResBlock:
-        return ResBlock(ch, self.model_channels * 4, out_channels=out_ch, dropout=self.dropout,
-                        use_checkpoint=self.use_checkpoint)
+        return ResBlock(
+            ch, self.model_channels * 4, out_channels=out_ch, dropout=self.dropout, use_checkpoint=self.use_checkpoint
+        )
 
 
 class UNetEncoder(nn.Module):
@@ -145,7 +190,9 @@ class UNetEncoder(nn.Module):
         super().__init__()
         self.model_channels = spec.model_channels
         time_dim = spec.model_channels * 4
-        self.time_embed = nn.Sequential(nn.Linear(spec.model_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        self.time_embed = nn.Sequential(
+            nn.Linear(spec.model_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
+        )
         ch = spec.model_channels
         blocks = [TimestepEmbedSequential(nn.Conv2d(spec.in_channels, ch, 3, padding=1))]
         self.skip_channels = [ch]  # channels of every input block's output, in order
@@ -163,7 +210,9 @@ class UNetEncoder(nn.Module):
                 self.skip_channels.append(ch)
                 ds *= 2
         self.input_blocks = nn.ModuleList(blocks)
-        self.middle_block = TimestepEmbedSequential(spec.res_block(ch, ch), spec.transformer(ch), spec.res_block(ch, ch))
+        self.middle_block = TimestepEmbedSequential(
+            spec.res_block(ch, ch), spec.transformer(ch), spec.res_block(ch, ch)
+        )
         self.middle_channels = ch
         self.num_downsamples = ds
 
@@ -196,11 +245,13 @@ class UNetModel(UNetEncoder):
                     ds //= 2
                 blocks.append(TimestepEmbedSequential(*layers))
         self.output_blocks = nn.ModuleList(blocks)
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(),
-                                 zero_module(nn.Conv2d(spec.model_channels, out_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(spec.model_channels, out_channels, 3, padding=1))
+        )
 
-    def encode(self, x: torch.Tensor, emb: torch.Tensor,
-               context: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def encode(
+        self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Input blocks and middle block: (middle output, the skip features in order)."""
         hs = []
         h = x

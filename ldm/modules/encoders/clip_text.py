@@ -43,7 +43,9 @@ class _SelfAttention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        q, k, v = (rearrange(p(x), "b l (h d) -> b h l d", h=self.heads) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            rearrange(p(x), "b l (h d) -> b h l d", h=self.heads) for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))  # B×heads×L×d
         return self.out_proj(rearrange(out, "b h l d -> b l (h d)"))  # B×L×D
 
@@ -88,7 +90,9 @@ class _TextModel(nn.Module):
 class CLIPTextTransformer(nn.Module):
     """CLIP ViT-L/14 text model (SD1.x): ids B×L → final-layer-normed last hidden state B×L×D."""
 
-    def __init__(self, *, vocab_size: int, max_length: int, width: int, layers: int, heads: int, mlp_width: int) -> None:
+    def __init__(
+        self, *, vocab_size: int, max_length: int, width: int, layers: int, heads: int, mlp_width: int
+    ) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} must be divisible by heads {heads}")
@@ -129,8 +133,9 @@ class _Transformer(nn.Module):
 class OpenCLIPTextTransformer(nn.Module):
     """OpenCLIP text tower (SD2.x): ids B×L → `ln_final` of the output of the first `layers − skip` blocks."""
 
-    def __init__(self, *, vocab_size: int, max_length: int, width: int, layers: int, heads: int, mlp_width: int,
-                 embed_dim: int) -> None:
+    def __init__(
+        self, *, vocab_size: int, max_length: int, width: int, layers: int, heads: int, mlp_width: int, embed_dim: int
+    ) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} must be divisible by heads {heads}")

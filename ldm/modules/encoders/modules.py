@@ -41,13 +41,22 @@ class _FrozenEncoder(nn.Module):
 class FrozenCLIPEmbedder(_FrozenEncoder):
     """CLIP ViT-L/14 text encoder of SD1.x: context = last hidden state after the final LayerNorm, B×77×768."""
 
-    def __init__(self, *, max_length: int = 77, vocab_size: int = 49408, width: int = 768, layers: int = 12,
-                 heads: int = 12, mlp_width: int = 3072) -> None:
+    def __init__(
+        self,
+        *,
+        max_length: int = 77,
+        vocab_size: int = 49408,
+        width: int = 768,
+        layers: int = 12,
+        heads: int = 12,
+        mlp_width: int = 3072,
+    ) -> None:
         super().__init__()
         # SD1.x pads with the end-of-text id (the HF tokenizer's pad token), not 0.
         self.tokenizer = CLIPTokenizer(max_length=max_length, pad_id=EOS_ID)
-        self.transformer = CLIPTextTransformer(vocab_size=vocab_size, max_length=max_length, width=width,
-                                               layers=layers, heads=heads, mlp_width=mlp_width)
+        self.transformer = CLIPTextTransformer(
+            vocab_size=vocab_size, max_length=max_length, width=width, layers=layers, heads=heads, mlp_width=mlp_width
+        )
         self._freeze()
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
@@ -60,9 +69,20 @@ class FrozenOpenCLIPEmbedder(_FrozenEncoder):
 
     _LAYERS = {"last": 0, "penultimate": 1}
 
-    def __init__(self, *, arch: str = "ViT-H-14", layer: str = "penultimate", max_length: int = 77,
-                 vocab_size: int = 49408, width: int = 1024, layers: int = 24, heads: int = 16,
-                 mlp_width: int = 4096, embed_dim: int = 1024, freeze: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        arch: str = "ViT-H-14",
+        layer: str = "penultimate",
+        max_length: int = 77,
+        vocab_size: int = 49408,
+        width: int = 1024,
+        layers: int = 24,
+        heads: int = 16,
+        mlp_width: int = 4096,
+        embed_dim: int = 1024,
+        freeze: bool = True,
+    ) -> None:
         super().__init__()
         if arch != "ViT-H-14":
             raise ValueError(f"arch {arch!r}: only 'ViT-H-14' (SD2.x) is built in; set width/layers/heads for others")
@@ -72,8 +92,15 @@ class FrozenOpenCLIPEmbedder(_FrozenEncoder):
             raise ValueError("freeze=False is not supported: the text encoder stays locked in ControlNet training")
         self.skip_last = self._LAYERS[layer]
         self.tokenizer = CLIPTokenizer(max_length=max_length, pad_id=0)  # open_clip pads with 0
-        self.model = OpenCLIPTextTransformer(vocab_size=vocab_size, max_length=max_length, width=width,
-                                             layers=layers, heads=heads, mlp_width=mlp_width, embed_dim=embed_dim)
+        self.model = OpenCLIPTextTransformer(
+            vocab_size=vocab_size,
+            max_length=max_length,
+            width=width,
+            layers=layers,
+            heads=heads,
+            mlp_width=mlp_width,
+            embed_dim=embed_dim,
+        )
         self._freeze()
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
