@@ -30,7 +30,9 @@ def check_paths(src: Path, dst: Path) -> None:
             )
         raise SystemExit(f"error: {src} is a folder; give the checkpoint file (.ckpt, .pth or .safetensors)")
     if not src.is_file():
-        raise SystemExit(f"error: input checkpoint {src} does not exist; download v1-5-pruned.ckpt (see README)")
+        raise SystemExit(
+            f"error: input checkpoint {src} does not exist; download v1-5-pruned.ckpt (see docs/training.md)"
+        )
     if dst.exists():
         raise SystemExit(f"error: output {dst} already exists; remove it or choose another name")
     if not dst.parent.is_dir():

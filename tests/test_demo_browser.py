@@ -85,5 +85,5 @@ def test_upload_prompt_run_shows_edges_and_images(server, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 10_000
-    if os.environ.get("CUTENET_UPDATE_SCREENSHOT"):  # how docs/demo.png in the README is made
+    if os.environ.get("CUTENET_UPDATE_SCREENSHOT"):  # how docs/demo.png is made
         shutil.copy(shot, ROOT / "docs" / "demo.png")

@@ -6,7 +6,7 @@ import pytest
 from repo_paths import TOY_BASE as BASE
 from repo_paths import TOY_CONFIG as TOY
 
-from demo.canny2image import load_demo_model
+from cldm.model import load_model
 from evaluation.evaluate_control import EvalSettings, evaluate
 from tool_add_control import main as add_control_main
 from training.toy_data import write_toy_dataset
@@ -19,29 +19,10 @@ def test_controlnet_learns_to_follow_the_edges(tmp_path):
     init = tmp_path / "control_init.safetensors"
     assert add_control_main([str(BASE), str(init), "--config", str(TOY)]) == 0
     run = tmp_path / "run"
-    assert (
-        train_main(
-            [
-                "--config",
-                str(TOY),
-                "--data",
-                str(data),
-                "--resume",
-                str(init),
-                "--output",
-                str(run),
-                "--max-steps",
-                "600",
-                "--logger-freq",
-                "10000",
-                "--ckpt-every",
-                "10000",
-            ]
-        )
-        == 0
-    )
-    demo = load_demo_model(TOY, base=BASE, control=run / "control.safetensors", device="cpu")
-    scores = evaluate(demo, data, (1.0, 0.0), settings=EvalSettings(n=12, steps=10, seed=0))
+    args = ["--config", str(TOY), "--data", str(data), "--resume", str(init), "--output", str(run)]
+    assert train_main([*args, "--max-steps", "600", "--logger-freq", "10000", "--ckpt-every", "10000"]) == 0
+    model, _ = load_model(TOY, base=BASE, control=run / "control.safetensors")
+    scores = evaluate(model.eval(), data, (1.0, 0.0), settings=EvalSettings(n=12, steps=10, seed=0))
     # Strength 0 is the same model with the control switched off: the circles land anywhere.
     assert scores["1"]["f1"] > 2.0 * scores["0"]["f1"], scores
     assert scores["1"]["f1"] - scores["0"]["f1"] > 0.03, scores

@@ -121,7 +121,7 @@ def plan_run(
         if not base.is_file():
             raise RunInputError(
                 f"initial checkpoint {base} does not exist; make it with tool_add_control.py "
-                "(see README) or set training.resume: null for a fresh start"
+                "(see docs/training.md) or set training.resume: null for a fresh start"
             )
         try:
             check_state_dict(model_state, load_state_dict(base, shapes_only=True))
@@ -134,7 +134,7 @@ def make_control_init(model_config: dict[str, Any], sd_base: Path, dst: Path, *,
     """What tool_add_control.py does: SD weights + a ControlNet copied from the UNet encoder, written to dst."""
     if not sd_base.is_file():
         raise RunInputError(
-            f"training.sd_base {sd_base} does not exist; it is needed to make the initial checkpoint {dst} (see README)"
+            f"training.sd_base {sd_base} does not exist; it is needed to make the initial checkpoint {dst} (see docs/training.md)"
         )
     try:
         init = build_control_init(model_config, load_state_dict(sd_base), seed=seed)

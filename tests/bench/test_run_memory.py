@@ -19,7 +19,7 @@ HOLDING_CHILD = (
 
 
 def _run_tool(mb: int, code: int) -> tuple[int, float, int]:
-    """The tool as the README runs it: its own small process, so its resident set does not mask the child's."""
+    """The tool as docs/training.md runs it: its own small process, so its resident set does not mask the child's."""
     proc = subprocess.run(
         [
             sys.executable,

@@ -2,30 +2,15 @@ import json
 
 import pytest
 import torch
+from repo_paths import architecture
 
 from cldm.control_net import ControlNet
 from cldm.controlled_unet import ControlledUnetModel
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-ARCH = dict(
-    in_channels=4,
-    model_channels=32,
-    num_res_blocks=1,
-    attention_resolutions=[2],
-    channel_mult=[1, 2],
-    num_head_channels=16,
-    context_dim=32,
-)
-SD15 = dict(
-    in_channels=4,
-    model_channels=320,
-    attention_resolutions=[4, 2, 1],
-    num_res_blocks=2,
-    channel_mult=[1, 2, 4, 4],
-    num_heads=8,
-    context_dim=768,
-)
-SD21 = dict(SD15, num_heads=-1, num_head_channels=64, context_dim=1024, use_linear_in_transformer=True)
+ARCH = architecture("cldm_tiny.yaml")
+SD15 = architecture("cldm_v15.yaml")
+SD21 = architecture("cldm_v21.yaml")
 
 
 def _randomise(module, seed=0):

@@ -2,31 +2,14 @@ import json
 
 import pytest
 import torch
+from repo_paths import architecture
 
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.modules.diffusionmodules.util import timestep_embedding
 
-TINY = dict(
-    in_channels=4,
-    out_channels=4,
-    model_channels=32,
-    num_res_blocks=1,
-    attention_resolutions=[2],
-    channel_mult=[1, 2],
-    num_head_channels=16,
-    context_dim=32,
-)
-SD15 = dict(
-    in_channels=4,
-    out_channels=4,
-    model_channels=320,
-    attention_resolutions=[4, 2, 1],
-    num_res_blocks=2,
-    channel_mult=[1, 2, 4, 4],
-    num_heads=8,
-    context_dim=768,
-)
-SD21 = dict(SD15, num_heads=-1, num_head_channels=64, context_dim=1024, use_linear_in_transformer=True)
+TINY = dict(architecture("cldm_tiny.yaml"), out_channels=4)
+SD15 = dict(architecture("cldm_v15.yaml"), out_channels=4)
+SD21 = dict(architecture("cldm_v21.yaml"), out_channels=4)
 
 
 def _manifest(repo_root, name, prefix):
