@@ -15,10 +15,18 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from demo.canny2image import DemoModel, GenerationInputError, GenerationRequest, generate, load_demo_model
+from demo.canny2image import (
+    BOUNDS,
+    MAX_RESOLUTION,
+    DemoModel,
+    GenerationInputError,
+    GenerationRequest,
+    generate,
+    load_demo_model,
+    read_upload,
+)
 
 TOY_CONFIG = "models/cldm_toy.yaml"
 TOY_BASE = Path("models/toy_base.safetensors")
@@ -34,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="inference precision")
     p.add_argument("--low-vram", action="store_true", help="keep only the running parts on the GPU")
+    p.add_argument(
+        "--allow-nonfinite", action="store_true", help="load weights holding NaN or inf (refused by default)"
+    )
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--listen", action="store_true", help="accept connections from other machines (0.0.0.0)")
     p.add_argument("--share", action="store_true", help="create a public Gradio share link")
@@ -62,17 +73,13 @@ def load_model(args: argparse.Namespace) -> DemoModel:
         device=args.device,
         precision=args.precision,
         low_vram=args.low_vram,
+        allow_nonfinite=args.allow_nonfinite,
     )
 
 
 def run_batch(demo: DemoModel, args: argparse.Namespace) -> int:
     if args.out is None:
         print("error: --input needs --out DIR", file=sys.stderr)
-        return 2
-    try:
-        image = np.asarray(Image.open(args.input))
-    except OSError as err:
-        print(f"error: cannot read {args.input}: {err}", file=sys.stderr)
         return 2
     request = GenerationRequest(
         prompt=args.prompt,
@@ -82,9 +89,9 @@ def run_batch(demo: DemoModel, args: argparse.Namespace) -> int:
         image_resolution=args.resolution or demo.native_resolution,
     )
     try:
-        result = generate(demo, image, request)
+        result = generate(demo, read_upload(args.input), request)
     except GenerationInputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {args.input}: {err}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result.images[0]).save(args.out / "edges.png")
@@ -100,44 +107,25 @@ def build_ui(demo: DemoModel):
     import gradio as gr
 
     native = demo.native_resolution
-    low = min(256, native)
     defaults = GenerationRequest()
 
-    def process(
-        image,
-        prompt,
-        a_prompt,
-        n_prompt,
-        num_samples,
-        resolution,
-        steps,
-        guess_mode,
-        strength,
-        scale,
-        seed,
-        eta,
-        low_threshold,
-        high_threshold,
-        progress=gr.Progress(),  # noqa: B008 (Gradio's way to ask for a progress tracker)
-    ):
-        request = GenerationRequest(
-            prompt,
-            a_prompt,
-            n_prompt,
-            int(num_samples),
-            int(resolution),
-            int(steps),
-            bool(guess_mode),
-            float(strength),
-            float(scale),
-            int(seed),
-            float(eta),
-            int(low_threshold),
-            int(high_threshold),
-        )
+    def slider(name: str, value: float, step: float) -> gr.Slider:
+        low, high, label = BOUNDS[name]
+        return gr.Slider(label=label, minimum=low, maximum=high, value=value, step=step)
+
+    def show_upload(image_path):
         try:
-            result = generate(demo, image, request, progress=lambda i, n: progress(i / n, desc=f"DDIM step {i}/{n}"))
+            return read_upload(image_path)
         except GenerationInputError as err:
+            raise gr.Error(str(err)) from None
+
+    def process(image_path, *values, progress=gr.Progress()):  # noqa: B008 (Gradio's way to ask for a progress tracker)
+        try:
+            # Each control's value in the type of its GenerationRequest field (sliders send floats).
+            request = GenerationRequest(**{n: type(getattr(defaults, n))(v) for n, v in zip(controls, values)})
+            image = None if image_path is None else read_upload(image_path)
+            result = generate(demo, image, request, progress=lambda i, n: progress(i / n, desc=f"DDIM step {i}/{n}"))
+        except (GenerationInputError, ValueError) as err:
             raise gr.Error(str(err)) from None
         for note in result.notes:
             gr.Warning(note)
@@ -148,42 +136,38 @@ def build_ui(demo: DemoModel):
         gr.Markdown(f"Weights: {demo.description}")
         with gr.Row():
             with gr.Column():
-                image = gr.Image(sources=["upload", "clipboard"], type="numpy", label="Input image")
-                prompt = gr.Textbox(label="Prompt")
+                # A file input rather than gr.Image: Gradio answers an upload that is no picture with a bare
+                # "Error"; read_upload says why, and the preview shows the picture as it will be used.
+                image = gr.File(label="Input image", file_types=["image"], type="filepath")
+                preview = gr.Image(label="Upload", interactive=False, type="numpy", height=256)
+                controls = {"prompt": gr.Textbox(label="Prompt")}
                 run = gr.Button(value="Run", variant="primary")
                 with gr.Accordion("Advanced options", open=False):
-                    num_samples = gr.Slider(label="Images", minimum=1, maximum=12, value=1, step=1)
-                    resolution = gr.Slider(label="Image resolution", minimum=low, maximum=768, value=native, step=64)
-                    strength = gr.Slider(label="Control strength", minimum=0.0, maximum=2.0, value=1.0, step=0.01)
-                    guess_mode = gr.Checkbox(label="Guess mode", value=False)
-                    low_threshold = gr.Slider(label="Canny low threshold", minimum=1, maximum=255, value=100, step=1)
-                    high_threshold = gr.Slider(label="Canny high threshold", minimum=1, maximum=255, value=200, step=1)
-                    steps = gr.Slider(label="Steps", minimum=1, maximum=100, value=20, step=1)
-                    scale = gr.Slider(label="Guidance scale", minimum=0.1, maximum=30.0, value=9.0, step=0.1)
-                    seed = gr.Slider(label="Seed (-1 = random)", minimum=-1, maximum=2147483647, step=1, value=-1)
-                    eta = gr.Number(label="eta (DDIM)", value=0.0)
-                    a_prompt = gr.Textbox(label="Added prompt", value=defaults.a_prompt)
-                    n_prompt = gr.Textbox(label="Negative prompt", value=defaults.n_prompt)
+                    controls |= {
+                        "num_samples": slider("num_samples", 1, 1),
+                        "image_resolution": gr.Slider(
+                            label="Image resolution",
+                            minimum=min(256, native),
+                            maximum=MAX_RESOLUTION,
+                            value=native,
+                            step=64,
+                        ),
+                        "strength": slider("strength", 1.0, 0.01),
+                        "guess_mode": gr.Checkbox(label="Guess mode", value=False),
+                        "low_threshold": slider("low_threshold", defaults.low_threshold, 1),
+                        "high_threshold": slider("high_threshold", defaults.high_threshold, 1),
+                        "ddim_steps": slider("ddim_steps", defaults.ddim_steps, 1),
+                        "scale": slider("scale", defaults.scale, 0.1),
+                        "seed": slider("seed", -1, 1),
+                        "eta": slider("eta", defaults.eta, 0.01),
+                        "a_prompt": gr.Textbox(label="Added prompt", value=defaults.a_prompt),
+                        "n_prompt": gr.Textbox(label="Negative prompt", value=defaults.n_prompt),
+                    }
             with gr.Column():
                 gallery = gr.Gallery(label="Edge map and results", show_label=True, columns=2, height="auto")
                 seed_used = gr.Markdown()
-        inputs = [
-            image,
-            prompt,
-            a_prompt,
-            n_prompt,
-            num_samples,
-            resolution,
-            steps,
-            guess_mode,
-            strength,
-            scale,
-            seed,
-            eta,
-            low_threshold,
-            high_threshold,
-        ]
-        run.click(fn=process, inputs=inputs, outputs=[gallery, seed_used])
+        image.upload(fn=show_upload, inputs=image, outputs=preview)
+        run.click(fn=process, inputs=[image, *controls.values()], outputs=[gallery, seed_used])
     return ui
 
 

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from cldm.model import load_config, load_state_dict
-from cldm.weights import CheckpointMismatchError, build_control_init, save_state
+from cldm.weights import CheckpointMismatchError, ControlInit, build_control_init, save_state
 
 OUTPUT_SUFFIXES = (".ckpt", ".pth", ".safetensors")
 
@@ -24,21 +24,19 @@ def check_paths(src: Path, dst: Path) -> None:
     """Refuse before any heavy work: a missing or wrong input, an existing output, a missing folder."""
     if src.is_dir():
         if (src / "model_index.json").exists() or (src / "unet").is_dir():
-            raise SystemExit(
-                f"error: {src} is a diffusers folder, not an ldm checkpoint; use the single-file "
+            raise ValueError(
+                f"{src} is a diffusers folder, not an ldm checkpoint; use the single-file "
                 "checkpoint (e.g. v1-5-pruned.ckpt or .safetensors)"
             )
-        raise SystemExit(f"error: {src} is a folder; give the checkpoint file (.ckpt, .pth or .safetensors)")
+        raise ValueError(f"{src} is a folder; give the checkpoint file (.ckpt, .pth or .safetensors)")
     if not src.is_file():
-        raise SystemExit(
-            f"error: input checkpoint {src} does not exist; download v1-5-pruned.ckpt (see docs/training.md)"
-        )
+        raise ValueError(f"input checkpoint {src} does not exist; download v1-5-pruned.ckpt (see docs/training.md)")
     if dst.exists():
-        raise SystemExit(f"error: output {dst} already exists; remove it or choose another name")
+        raise ValueError(f"output {dst} already exists; remove it or choose another name")
     if not dst.parent.is_dir():
-        raise SystemExit(f"error: output folder {dst.parent} does not exist; create it first")
+        raise ValueError(f"output folder {dst.parent} does not exist; create it first")
     if dst.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise SystemExit(f"error: output {dst} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+        raise ValueError(f"output {dst} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
 
 
 def check_family(sd_state: dict, config: Path) -> None:
@@ -46,16 +44,31 @@ def check_family(sd_state: dict, config: Path) -> None:
     is_sd2_file = any(k.startswith("cond_stage_model.model.") for k in sd_state)
     is_sd2_config = "v21" in config.name
     if is_sd2_file and not is_sd2_config:
-        raise SystemExit(
-            "error: this is an SD2.x checkpoint (OpenCLIP text encoder); add --config models/cldm_v21.yaml"
-        )
+        raise ValueError("this is an SD2.x checkpoint (OpenCLIP text encoder); add --config models/cldm_v21.yaml")
     if not is_sd2_file and is_sd2_config and any(k.startswith("cond_stage_model.transformer.") for k in sd_state):
-        raise SystemExit("error: this is an SD1.x checkpoint (CLIP text encoder); use --config models/cldm_v15.yaml")
+        raise ValueError("this is an SD1.x checkpoint (CLIP text encoder); use --config models/cldm_v15.yaml")
     if not any(k.startswith("model.diffusion_model.") for k in sd_state):
-        raise SystemExit(
-            f"error: no 'model.diffusion_model.*' keys: not a Stable Diffusion ldm checkpoint "
+        raise ValueError(
+            f"no 'model.diffusion_model.*' keys: not a Stable Diffusion ldm checkpoint "
             f"(first keys: {', '.join(list(sd_state)[:3])})"
         )
+
+
+def make_init(args: argparse.Namespace) -> ControlInit:
+    """Check the paths, read INPUT and build the initial state; ValueError (one line) when anything is wrong."""
+    check_paths(args.input, args.output)
+    sd_state = load_state_dict(args.input)
+    check_family(sd_state, args.config)
+    try:
+        return build_control_init(
+            load_config(args.config)["model"],
+            sd_state,
+            seed=args.seed,
+            source=args.input,
+            allow_nonfinite=args.allow_nonfinite,
+        )
+    except CheckpointMismatchError as err:
+        raise ValueError(f"{args.input} is not an SD checkpoint for {args.config}: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,14 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", type=Path, help="ControlLDM checkpoint to write (.ckpt, .pth or .safetensors)")
     parser.add_argument("--config", type=Path, default=Path("models/cldm_v15.yaml"), help="model config")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fresh hint encoder (same input, same file)")
+    parser.add_argument(
+        "--allow-nonfinite", action="store_true", help="accept NaN or inf in INPUT (refused by default)"
+    )
     args = parser.parse_args(argv)
-    check_paths(args.input, args.output)
-    sd_state = load_state_dict(args.input)
-    check_family(sd_state, args.config)
     try:
-        init = build_control_init(load_config(args.config)["model"], sd_state, seed=args.seed)
-    except CheckpointMismatchError as err:
-        raise SystemExit(f"error: {args.input} is not an SD checkpoint for {args.config}: {err}") from None
+        init = make_init(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     save_state(init.state, args.output)
     blocks = Counter(".".join(k.split(".")[:2]) for k in init.fresh)
     print(f"copied {len(init.copied)} ControlNet tensors from their UNet twins (model.diffusion_model.*)")

@@ -39,12 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=int, default=1, help="edge match tolerance in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cuda or cpu")
+    p.add_argument(
+        "--allow-nonfinite", action="store_true", help="load weights holding NaN or inf (refused by default)"
+    )
     p.add_argument("--out", type=Path, help="JSON file for the results")
     p.add_argument("--grid", type=Path, help="PNG of the first pairs: control | sample per strength | target")
     p.add_argument("--grid-rows", type=int, default=6, help="rows in --grid")
     args = p.parse_args(argv)
     try:
-        model, description = load_model(args.config, ckpt=args.ckpt, base=args.base, control=args.control)
+        model, description = load_model(
+            args.config, ckpt=args.ckpt, base=args.base, control=args.control, allow_nonfinite=args.allow_nonfinite
+        )
         model = model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
         rows: list = []
         results = evaluate(

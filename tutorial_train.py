@@ -15,15 +15,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
+from contextlib import ExitStack
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cldm.model import load_config
 from cldm.weights import CheckpointMismatchError
+from training.preemption import Preemption
 from training.run import (
     RunInputError,
+    RunPlan,
     TrainData,
     build_model,
     make_missing_inputs,
@@ -32,7 +37,9 @@ from training.run import (
     prepare_latent_cache,
     resolved_config,
     write_config,
+    write_skipped,
 )
+from training.run_lock import RunFolderLocked, run_lock
 from training.settings import ModelOptions, TrainSettings, add_flags, given_flags
 
 
@@ -59,22 +66,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        config = load_config(args.config)
-        training = given_flags(args, TrainSettings)
-        if "data" in training:
-            training["toy_data"] = None  # only the config's own data folder is generated when missing
-        settings = dataclasses.replace(TrainSettings.from_config(config.get("training"), args.config), **training)
-        options = dataclasses.replace(
-            ModelOptions.from_model_config(config["model"], args.config), **given_flags(args, ModelOptions)
-        )
-        settings.validate()
-        options.check(settings)
-        config["model"] = options.applied_to(config["model"], seed=settings.seed)
-        make_missing_inputs(config["model"], settings, resume_from=args.resume_from)
-        plan = plan_run(config["model"], settings, config_path=args.config, resume_from=args.resume_from)
+        config, plan = plan_from_args(args)
     except (RunInputError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    with ExitStack() as stack:
+        if launches_global_rank_zero():  # one lock per run: DDP ranks > 0 share rank 0's
+            try:
+                stack.enter_context(run_lock(plan.output))
+            except RunFolderLocked as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+        return train(args, config, plan)
+
+
+def plan_from_args(args: argparse.Namespace) -> tuple[dict, RunPlan]:
+    """The resolved config and the checked run plan: settings from the YAML and the flags, inputs made or found."""
+    config = load_config(args.config)
+    training = given_flags(args, TrainSettings)
+    if "data" in training:
+        training["toy_data"] = None  # only the config's own data folder is generated when missing
+    settings = dataclasses.replace(TrainSettings.from_config(config.get("training"), args.config), **training)
+    options = dataclasses.replace(
+        ModelOptions.from_model_config(config["model"], args.config), **given_flags(args, ModelOptions)
+    )
+    settings.validate()
+    options.check(settings)
+    config["model"] = options.applied_to(config["model"], seed=settings.seed)
+    make_missing_inputs(config["model"], settings, resume_from=args.resume_from)
+    return config, plan_run(config["model"], settings, config_path=args.config, resume_from=args.resume_from)
+
+
+def launches_global_rank_zero() -> bool:
+    """Whether this process is the run's global rank 0 (torchrun and SLURM set RANK / SLURM_PROCID; Lightning's own
+    launcher starts ranks > 0 with LOCAL_RANK, and each node with NODE_RANK)."""
+    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0))) == 0
+
+
+def train(args: argparse.Namespace, config: dict, plan: RunPlan) -> int:
+    settings = plan.settings
     if plan.base is None:
         print(
             "note: no initial checkpoint (training.resume is null): the SD part is freshly initialised, so its "
@@ -82,18 +112,32 @@ def main(argv: list[str] | None = None) -> int:
             "This run only exercises the pipeline; pass --resume with a tool_add_control.py checkpoint."
         )
     pl.seed_everything(settings.seed, workers=True)
-    model = build_model(plan)
+    try:
+        model = build_model(plan)
+    except ValueError as err:  # a damaged file, or NaN/inf weights
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     cuda = torch.cuda.is_available() and settings.accelerator != "cpu"
     prepare_latent_cache(plan, model, "cuda" if cuda else "cpu")
     resolved = resolved_config(plan, config)
     trainer = make_trainer(plan, resolved, log_samples=args.log_samples)
     if trainer.is_global_zero:
         write_config(plan.output / "config.yaml", resolved)
+        write_skipped(plan)
     try:
         trainer.fit(model, datamodule=TrainData(plan), ckpt_path=str(plan.resume_from) if plan.resume_from else None)
     except (FloatingPointError, CheckpointMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
+    if preemption.stopped_by is not None:
+        if trainer.is_global_zero:
+            print(
+                f"stopped by {preemption.stopped_by.name} at step {trainer.global_step}: saved "
+                f"{plan.output}/checkpoints/step-{trainer.global_step:07d}.ckpt; continue with --resume-from last",
+                file=sys.stderr,
+            )
+        return 128 + preemption.stopped_by.value
     # Every rank prints its own checksum: equal lines show the DDP replicas stayed in sync.
     checksum = sum(float(v.double().sum()) for v in model.control_model.state_dict().values())
     print(f"control checksum rank {trainer.global_rank}: {checksum:.12e}")

@@ -45,12 +45,17 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
-    """Scale so the short side is `resolution`, then round both sides to multiples of 64."""
+def resized_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """(height, width) after `resize_image`: the short side scaled to `resolution`, both rounded to multiples of 64."""
     if resolution < 64:
         raise ValueError(f"resolution must be at least 64, got {resolution}")
+    k = resolution / min(height, width)
+    return tuple(max(64, int(np.round(s * k / 64.0)) * 64) for s in (height, width))  # type: ignore[return-value]
+
+
+def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
+    """Scale so the short side is `resolution`, then round both sides to multiples of 64."""
     h, w = image.shape[:2]
-    k = resolution / min(h, w)
-    new_h, new_w = (max(64, int(np.round(s * k / 64.0)) * 64) for s in (h, w))
-    interpolation = cv2.INTER_LANCZOS4 if k > 1 else cv2.INTER_AREA
+    new_h, new_w = resized_size(h, w, resolution)
+    interpolation = cv2.INTER_LANCZOS4 if resolution > min(h, w) else cv2.INTER_AREA
     return cv2.resize(image, (new_w, new_h), interpolation=interpolation)

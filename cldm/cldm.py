@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -96,6 +97,8 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         scales = [1.0] * n if control_scales is None else [float(s) for s in control_scales]
         if len(scales) != n:
             raise ValueError(f"control_scales needs {n} values (one per ControlNet output), got {len(scales)}")
+        if not all(math.isfinite(x) for x in scales):
+            raise ValueError(f"control_scales must be finite numbers, got {scales}")
         self.control_key = control_key
         self.only_mid_control = only_mid_control
         self.learning_rate = learning_rate

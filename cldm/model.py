@@ -45,6 +45,7 @@ def load_model(
     ckpt: str | Path | None = None,
     base: str | Path | None = None,
     control: str | Path | None = None,
+    allow_nonfinite: bool = False,
 ) -> tuple[Any, str]:
     """A ControlLDM with `ckpt` (a full ControlLDM file), or `base` (SD) + `control` (ControlNet only), or fresh
     weights; returns it with a line that says where its weights came from."""
@@ -53,13 +54,15 @@ def load_model(
     model = create_model(config_path)
     parts = [str(config_path)]
     if ckpt is not None:
-        load_weights_from_file(model, ckpt)
+        load_weights_from_file(model, ckpt, allow_nonfinite=allow_nonfinite)
         parts.append(f"weights {ckpt}")
     if base is not None:
-        load_weights_from_file(model, base, exclude=("control_model.",), ignore=("control_model.",))
+        load_weights_from_file(
+            model, base, exclude=("control_model.",), ignore=("control_model.",), allow_nonfinite=allow_nonfinite
+        )
         parts.append(f"base {base}")
     if control is not None:
-        load_weights_from_file(model, control, prefixes=("control_model.",))
+        load_weights_from_file(model, control, prefixes=("control_model.",), allow_nonfinite=allow_nonfinite)
         parts.append(f"ControlNet {control}")
     if len(parts) == 1:
         parts.append(UNTRAINED)

@@ -6,6 +6,7 @@ unconditional branch (the paper's CFG setting, §4) unless guess mode drops it (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -56,6 +57,8 @@ def sample(
     base model with its control off. `low_vram` keeps only the running parts on the compute device.
     """
     n = hint.shape[0]
+    if not all(math.isfinite(c) for c in control_scales):
+        raise ValueError(f"control scales must be finite numbers, got {list(control_scales)}")
     if len(prompts) != n or len(negative_prompts) != n:
         raise ValueError(
             f"need one prompt and one negative prompt per hint ({n}), got {len(prompts)} and {len(negative_prompts)}"

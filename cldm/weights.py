@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import logging
 import pickle
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
 from ldm.util import atomic_write, instantiate_from_config
 
 logger = logging.getLogger(__name__)
@@ -32,6 +35,29 @@ SAFETENSORS_DTYPES = {
 }
 
 
+class CorruptCheckpointError(ValueError):
+    """A weights file that cannot be read: damaged, cut short, or not a checkpoint at all."""
+
+
+@contextmanager
+def reading_weights(path: Path) -> Iterator[None]:
+    """Turn the ways torch, pickle and safetensors fail on a damaged file into one CorruptCheckpointError."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        if isinstance(err, FileNotFoundError) or (
+            isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err)
+        ):
+            raise
+        detail = " ".join(str(err).split())[:200]
+        raise CorruptCheckpointError(
+            f"{path} cannot be read: the file is damaged or incomplete (an interrupted download or save?); "
+            f"copy it again. Detail: {type(err).__name__}: {detail}"
+        ) from err
+
+
 def load_state_dict(
     path: str | Path, location: str | torch.device = "cpu", *, trusted: bool = False, shapes_only: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -46,8 +72,14 @@ def load_state_dict(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
+    with reading_weights(path):
+        return _read_state_dict(path, location, trusted=trusted, shapes_only=shapes_only)
+
+
+def _read_state_dict(
+    path: Path, location: str | torch.device, *, trusted: bool, shapes_only: bool
+) -> dict[str, torch.Tensor]:
+    if path.suffix.lower() == ".safetensors":
         from safetensors import safe_open
         from safetensors.torch import load_file
 
@@ -77,14 +109,15 @@ def iter_tensor_chunks(
     a model needs the model plus one chunk rather than the model plus the whole file. A safetensors file
     is read tensor by tensor; a pickle is memory-mapped (file-backed pages instead of anonymous memory)."""
     path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
+    with reading_weights(path):
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt", device=str(location)) as f:
-            yield from _chunks(keys, f.get_tensor, chunk_bytes)
-        return
-    state = _pickle_state(path, location, trusted=trusted, mmap=True)
-    yield from _chunks(keys, state.__getitem__, chunk_bytes)
+            with safe_open(str(path), framework="pt", device=str(location)) as f:
+                yield from _chunks(keys, f.get_tensor, chunk_bytes)
+            return
+        state = _pickle_state(path, location, trusted=trusted, mmap=True)
+        yield from _chunks(keys, state.__getitem__, chunk_bytes)
 
 
 def _chunks(
@@ -110,6 +143,8 @@ def _pickle_state(path: Path, location: str | torch.device, *, trusted: bool, mm
     try:
         data = _load_pickle(path, location, weights_only=not trusted, mmap=mmap)
     except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):
+            raise  # not objects but damage: `reading_weights` says so
         raise ValueError(
             f"{path} holds Python objects besides tensors, so it cannot be loaded safely "
             f"(weights_only=True). If you trust its source, pass trusted=True "
@@ -135,8 +170,9 @@ def _load_pickle(path: Path, location: str | torch.device, *, weights_only: bool
 # - model_ema.*: the EMA copy in v1-5-pruned.ckpt (the live weights are used).
 KNOWN_EXTRA_KEYS = frozenset({"cond_stage_model.transformer.text_model.embeddings.position_ids"})
 KNOWN_EXTRA_PREFIXES = ("model_ema.",)
-# `logvar` is an attribute, not a tensor, in v1-5-pruned.ckpt; it keeps its fresh value (zeros).
-TOLERATED_MISSING = frozenset({"logvar"})
+# The diffusion schedule comes from the config, whatever a file holds (see SCHEDULE_BUFFERS); a file may lack it
+# (`logvar` is an attribute, not a tensor, in v1-5-pruned.ckpt).
+FROM_CONFIG = frozenset(SCHEDULE_BUFFERS)
 
 
 @dataclass
@@ -149,7 +185,25 @@ class LoadReport:
 
 
 class CheckpointMismatchError(ValueError):
-    """The checkpoint does not fit the model: lists missing, unexpected and mis-shaped keys."""
+    """The checkpoint does not fit the model: lists missing, unexpected, mis-shaped and mis-typed keys."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """The checkpoint holds NaN or inf values: the model would make black images."""
+
+
+def nonfinite_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The floating-point tensors of `state` holding NaN or inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def refuse_nonfinite(bad: Sequence[str], source: str | Path, *, allow_nonfinite: bool = False) -> None:
+    """Raise NonFiniteWeightsError naming the first of the `bad` tensors of `source`, unless allowed."""
+    if bad and not allow_nonfinite:
+        raise NonFiniteWeightsError(
+            f"{source} holds NaN or inf in {len(bad)} tensors, first: {_preview(bad, 5)}; a model with them makes "
+            "black images. Use other weights, or pass --allow-nonfinite to load them anyway"
+        )
 
 
 def _preview(keys: Sequence[str], limit: int = 10) -> str:
@@ -177,7 +231,7 @@ def check_state_dict(
         if (prefixes is None or k.startswith(tuple(prefixes))) and not k.startswith(tuple(exclude))
     }
     kept: dict[str, torch.Tensor] = {}
-    unexpected, mis_shaped = [], []
+    unexpected, mis_shaped, mis_typed = [], [], []
     for key, value in state.items():
         if key in KNOWN_EXTRA_KEYS or key.startswith(KNOWN_EXTRA_PREFIXES):
             report.dropped_extras.append(key)
@@ -185,12 +239,14 @@ def check_state_dict(
             unexpected.append(key)
         elif tuple(value.shape) != tuple(wanted[key].shape):
             mis_shaped.append(f"{key}: file {tuple(value.shape)} vs model {tuple(wanted[key].shape)}")
-        else:
+        elif wanted[key].is_floating_point() and not value.is_floating_point():
+            mis_typed.append(f"{key}: {value.dtype}")
+        elif key not in FROM_CONFIG:
             kept[key] = value
     missing = [k for k in wanted if k not in state]
-    report.kept_fresh = [k for k in missing if k in TOLERATED_MISSING]
-    missing = [k for k in missing if k not in TOLERATED_MISSING]
-    if unexpected or missing or mis_shaped:
+    report.kept_fresh = [k for k in missing if k in FROM_CONFIG]
+    missing = [k for k in missing if k not in FROM_CONFIG]
+    if unexpected or missing or mis_shaped or mis_typed:
         parts = []
         if missing:
             parts.append(f"missing keys: {_preview(missing)}")
@@ -198,6 +254,8 @@ def check_state_dict(
             parts.append(f"unexpected keys: {_preview(unexpected)}")
         if mis_shaped:
             parts.append(f"shape mismatches: {_preview(mis_shaped)}")
+        if mis_typed:
+            parts.append(f"not floating point (quantised weights are not supported): {_preview(mis_typed)}")
         raise CheckpointMismatchError("checkpoint does not match the model config; " + "; ".join(parts))
     report.loaded = len(kept)
     return kept, report
@@ -209,9 +267,12 @@ def load_weights(
     *,
     prefixes: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
+    allow_nonfinite: bool = False,
 ) -> LoadReport:
-    """Copy `state` into `model` strictly (see `check_state_dict`); returns what was dropped or kept fresh."""
+    """Copy `state` into `model` strictly (see `check_state_dict`); returns what was dropped or kept fresh.
+    NaN or inf values are refused (NonFiniteWeightsError) unless `allow_nonfinite`."""
     kept, report = check_state_dict(model.state_dict(), state, prefixes=prefixes, exclude=exclude)
+    refuse_nonfinite(nonfinite_keys(kept), "the state dict", allow_nonfinite=allow_nonfinite)
     model.load_state_dict(kept, strict=False)
     _log_report(report)
     return report
@@ -225,20 +286,25 @@ def load_weights_from_file(
     exclude: Sequence[str] = (),
     ignore: Sequence[str] = (),
     trusted: bool = False,
+    allow_nonfinite: bool = False,
     chunk_bytes: int = 256 << 20,
 ) -> LoadReport:
     """`load_weights` from a file, checked from its header first and then copied a chunk at a time: the
     model is untouched if the file does not fit, and loading needs the model plus one chunk of memory,
     not the model plus the whole file. File keys under `ignore` are skipped (e.g. the ControlNet of a
-    full ControlLDM file used only as an SD base)."""
+    full ControlLDM file used only as an SD base). NaN or inf values are found as the chunks are copied
+    and refused at the end (NonFiniteWeightsError: discard the model) unless `allow_nonfinite`."""
     shapes = {
         k: v
         for k, v in load_state_dict(path, trusted=trusted, shapes_only=True).items()
         if not k.startswith(tuple(ignore))
     }
     kept, report = check_state_dict(model.state_dict(), shapes, prefixes=prefixes, exclude=exclude)
+    nonfinite: list[str] = []
     for chunk in iter_tensor_chunks(path, list(kept), trusted=trusted, chunk_bytes=chunk_bytes):
+        nonfinite += nonfinite_keys(chunk)
         model.load_state_dict(chunk, strict=False)
+    refuse_nonfinite(nonfinite, path, allow_nonfinite=allow_nonfinite)
     _log_report(report)
     return report
 
@@ -294,12 +360,18 @@ def init_control_from_sd(model_state: Mapping[str, torch.Tensor], sd_state: Mapp
 
 
 def build_control_init(
-    model_config: Mapping[str, Any], sd_state: Mapping[str, torch.Tensor], *, seed: int
+    model_config: Mapping[str, Any],
+    sd_state: Mapping[str, torch.Tensor],
+    *,
+    seed: int,
+    source: str | Path = "the SD checkpoint",
+    allow_nonfinite: bool = False,
 ) -> ControlInit:
     """The initial ControlLDM state for the `model` node of a config: a model built with its fresh parts
     (hint encoder, zero convolutions) drawn under `seed`, filled by `init_control_from_sd`. The same
     input and seed give the same state, whichever process makes it (tool_add_control.py, or training's
-    `sd_base` on every DDP rank)."""
+    `sd_base` on every DDP rank). NaN or inf in `source` are refused unless `allow_nonfinite`."""
+    refuse_nonfinite(nonfinite_keys(sd_state), source, allow_nonfinite=allow_nonfinite)
     torch.manual_seed(seed)
     model = instantiate_from_config(model_config)
     return init_control_from_sd(model.state_dict(), sd_state)

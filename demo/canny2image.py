@@ -11,15 +11,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from annotator.canny import CannyDetector
-from annotator.util import HWC3, resize_image
+from annotator.util import HWC3, resize_image, resized_size
 from cldm.model import load_model
 from cldm.sampling import guess_mode_scales, hint_from_edges, images_to_uint8, sample
 
 logger = logging.getLogger(__name__)
 
 MAX_INPUT_PIXELS = 64_000_000  # larger uploads are refused rather than resized in memory
+MAX_ASPECT = 4  # long side / short side: the resize scales the short side, so a thin strip would become huge
+MAX_RESOLUTION = 768
+# The numeric controls: (minimum, maximum, label). The page's sliders and `generate`'s checks both read them.
+BOUNDS = {
+    "num_samples": (1, 12, "Images"),
+    "ddim_steps": (1, 100, "Steps"),
+    "strength": (0.0, 2.0, "Control strength"),
+    "scale": (0.1, 30.0, "Guidance scale"),
+    "seed": (-1, 2**31 - 1, "Seed (-1 = random)"),
+    "eta": (0.0, 1.0, "eta (DDIM)"),
+    "low_threshold": (1, 255, "Canny low threshold"),
+    "high_threshold": (1, 255, "Canny high threshold"),
+}
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -78,6 +92,7 @@ def load_demo_model(
     device: str | None = None,
     precision: str = "fp32",
     low_vram: bool = False,
+    allow_nonfinite: bool = False,
 ) -> DemoModel:
     """`ckpt` (a full ControlLDM file), or `base` (SD) + `control` (ControlNet only), or nothing (fresh weights)."""
     if precision not in PRECISIONS:
@@ -85,7 +100,7 @@ def load_demo_model(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if precision == "fp16" and device == "cpu":
         raise ValueError("fp16 inference needs a GPU; use --precision fp32 or bf16 on CPU")
-    model, description = load_model(config, ckpt=ckpt, base=base, control=control)
+    model, description = load_model(config, ckpt=ckpt, base=base, control=control, allow_nonfinite=allow_nonfinite)
     return DemoModel(model.to(device).eval(), description, low_vram=low_vram, autocast_dtype=PRECISIONS[precision])
 
 
@@ -102,10 +117,18 @@ def prepare_input(
             f"The image is {image.shape[1]}×{image.shape[0]} pixels; use one between 16 and "
             f"{int(MAX_INPUT_PIXELS**0.5)} pixels a side."
         )
-    if not (min_resolution <= resolution <= 768 and resolution % 64 == 0):
+    if not (min_resolution <= resolution <= MAX_RESOLUTION and resolution % 64 == 0):
         raise GenerationInputError(
-            f"Resolution must be a multiple of 64 from {min_resolution} to 768, got {resolution}."
+            f"Resolution must be a multiple of 64 from {min_resolution} to {MAX_RESOLUTION}, got {resolution}."
         )
+    h, w = image.shape[:2]
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise GenerationInputError(
+            f"The image is {w}×{h} pixels, {max(h, w) / min(h, w):.0f} times longer than wide; the demo takes "
+            f"images up to {MAX_ASPECT}:1. Crop it first."
+        )
+    out_h, out_w = resized_size(h, w, resolution)
+    assert out_h * out_w <= MAX_ASPECT * (resolution + 64) ** 2  # what the aspect bound guarantees
     notes = []
     if image.dtype == np.uint16:
         notes.append("16-bit image converted to 8 bits.")
@@ -118,6 +141,21 @@ def prepare_input(
     except (TypeError, ValueError) as err:
         raise GenerationInputError(f"Cannot use this image: {err}") from None
     return resize_image(rgb, resolution), notes
+
+
+def read_upload(path: str | Path) -> np.ndarray:
+    """An uploaded file as an image array; GenerationInputError saying why when it is not a picture."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError:
+        raise GenerationInputError(
+            f"The upload is too large to open safely (more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels)."
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise GenerationInputError(
+            f"The upload is not a picture the demo can read ({type(err).__name__}); use a PNG, JPEG or WebP image."
+        ) from None
 
 
 def prompt_notes(model: torch.nn.Module, texts: list[str]) -> list[str]:
@@ -179,12 +217,14 @@ def generate(
 ) -> GenerationResult:
     """Edge map + `num_samples` images for the upload and prompt, reproducible from the returned seed."""
     r = request
-    if not 1 <= r.num_samples <= 12:
-        raise GenerationInputError(f"Number of images must be 1 to 12, got {r.num_samples}.")
-    if not 1 <= r.ddim_steps <= 100:
-        raise GenerationInputError(f"Steps must be 1 to 100, got {r.ddim_steps}.")
-    if not 0 <= r.low_threshold <= r.high_threshold <= 255:
-        raise GenerationInputError("Canny thresholds need 0 ≤ low ≤ high ≤ 255.")
+    for name, (low, high, label) in BOUNDS.items():
+        value = getattr(r, name)
+        if not low <= value <= high:  # also refuses NaN
+            raise GenerationInputError(f"{label} must be from {low} to {high}, got {value}.")
+    if not r.low_threshold <= r.high_threshold:
+        raise GenerationInputError(
+            f"The canny low threshold ({r.low_threshold}) must not exceed the high one ({r.high_threshold})."
+        )
     img, notes = prepare_input(image, r.image_resolution, min_resolution=min(256, demo.native_resolution))
     edges = HWC3(CannyDetector()(img, r.low_threshold, r.high_threshold))  # H×W×3
     seed = random.randint(0, 2**31 - 1) if r.seed == -1 else int(r.seed)

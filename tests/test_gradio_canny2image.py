@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from PIL import Image
 from repo_paths import TINY_CONFIG
 from skimage import data
 
@@ -9,6 +10,7 @@ from demo.canny2image import (
     GenerationRequest,
     generate,
     load_demo_model,
+    read_upload,
 )
 from gradio_canny2image import main
 
@@ -115,3 +117,42 @@ def test_cli_batch_mode_writes_files(repo_root, tmp_path, capsys, monkeypatch):
     )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["edges.png", "sample_00.png"]
     assert "seed 3" in capsys.readouterr().out
+
+
+def test_a_thin_strip_is_refused_before_it_is_resized(demo):
+    strip = np.zeros((16, 4000, 3), np.uint8)  # a few hundred bytes; resized to 768 high it would be 768×192000
+    with pytest.raises(GenerationInputError, match="longer than wide"):
+        generate(demo, strip, GenerationRequest(**{**REQUEST, "image_resolution": 64}))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("eta", 1.5),
+        ("eta", float("nan")),
+        ("strength", float("nan")),
+        ("scale", float("inf")),
+        ("seed", -2),
+        ("num_samples", 13),
+    ],
+)
+def test_every_numeric_field_is_bounded(demo, field, value):
+    with pytest.raises(GenerationInputError, match="must be from"):
+        generate(demo, data.chelsea(), GenerationRequest(**{**REQUEST, field: value}))
+
+
+def test_a_file_that_is_no_picture_gets_a_message_in_the_page(demo, tmp_path):
+    import gradio as gr
+
+    from gradio_canny2image import build_ui
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("meeting at noon")
+    with pytest.raises(GenerationInputError, match="not a picture the demo can read"):
+        read_upload(notes)
+    ui = build_ui(demo)
+    show_upload = next(fn.fn for fn in ui.fns.values() if fn.fn.__name__ == "show_upload")
+    with pytest.raises(gr.Error, match="not a picture the demo can read"):
+        show_upload(str(notes))
+    Image.fromarray(data.chelsea()).save(tmp_path / "cat.png")
+    assert np.array_equal(show_upload(str(tmp_path / "cat.png")), data.chelsea())

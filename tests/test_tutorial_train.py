@@ -2,7 +2,9 @@
 
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,8 @@ from repo_paths import TINY_CONFIG as TINY
 from safetensors.torch import load_file
 
 from cldm.model import create_model, load_state_dict
+from training.checkpoint import list_checkpoints
+from training.prompt_file import read_prompt_file
 from tutorial_train import main
 
 
@@ -115,6 +119,55 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(toy_data, tmp_path, _
         assert torch.equal(value, final[1]["state_dict"][key]), key
 
 
+@pytest.mark.slow
+def test_a_stop_signal_saves_requeues_and_the_resume_matches_an_uninterrupted_run(toy_data, tmp_path, _args):
+    common = ["--max-steps", "20", "--ckpt-every", "3", "--seed", "6"]
+    straight = _run(_args(toy_data, tmp_path / "straight", *common))
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()
+    # A stand-in for SLURM's scontrol that records how it was called.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "scontrol.log"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, "SLURM_JOB_ID": "42", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    stopped = tmp_path / "stopped"
+    proc = _run(_args(toy_data, stopped, *common, "--slurm-requeue"), env=env)
+    deadline = time.time() + 300
+    while not (stopped / "checkpoints" / "step-0000003.ckpt").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 128 + signal.SIGUSR1, output
+    saved = list_checkpoints(stopped / "checkpoints")[-1]
+    step = torch.load(saved, weights_only=True, mmap=True)["global_step"]
+    assert 3 <= step < 20, "signalled too late to test a resume"
+    assert "stopped by SIGUSR1" in output and saved.name in output
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "42"]
+    resumed = _run(_args(toy_data, stopped, *common, "--resume-from", "last"))
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+    final = [
+        torch.load(run / "checkpoints/step-0000020.ckpt", weights_only=True) for run in (tmp_path / "straight", stopped)
+    ]
+    for key, value in final[0]["state_dict"].items():
+        assert torch.equal(value, final[1]["state_dict"][key]), key
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_non_zero(toy_data, tmp_path, _args):
+    out = tmp_path / "run"
+    proc = _run(_args(toy_data, out, "--max-steps", "200", "--ckpt-every", "2"))
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step-0000002.ckpt").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.terminate()  # SIGTERM, as SLURM and torchrun send it
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, output
+    saved = list_checkpoints(out / "checkpoints")[-1]
+    assert f"stopped by SIGTERM at step {int(saved.stem.split('-')[1])}" in output
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(toy_data, tmp_path, _args):
@@ -169,6 +222,39 @@ def test_bad_input_gives_one_clear_line(toy_data, tmp_path, _args, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and err.startswith("error:") and err.count("\n") == 0, err
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_pairs_stop_the_run_before_training_or_are_left_out_with_skip_bad(toy_data, tmp_path, _args, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(toy_data, data)
+    rows = read_prompt_file(data / "prompt.json")
+    (data / rows[5]["target"]).write_bytes((data / rows[5]["target"]).read_bytes()[:-100])
+    (data / rows[9]["source"]).write_text("garbage")
+    out = tmp_path / "out"
+    assert main(_args(data, out, "--max-steps", "1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: 2 of 46 pairs") and "--skip-bad" in err and rows[5]["target"] in err
+    assert err.count("\n") == 0 and not out.exists()
+    assert main(_args(data, out, "--max-steps", "1", "--skip-bad")) == 0
+    skipped = (out / "skipped_pairs.tsv").read_text().splitlines()
+    assert skipped[0] == "source\ttarget\treason" and [line.split("\t")[0] for line in skipped[1:]] == [
+        rows[5]["source"],
+        rows[9]["source"],
+    ]
+
+
+def test_last_falls_back_to_the_newest_intact_checkpoint(toy_data, tmp_path, _args, caplog, capsys):
+    out = tmp_path / "run"
+    assert main(_args(toy_data, out, "--max-steps", "4", "--ckpt-every", "2")) == 0
+    newest = out / "checkpoints/step-0000004.ckpt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # cut short, as by a crash while it was written
+    assert main(_args(toy_data, out, "--resume-from", str(newest), "--max-steps", "6")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --resume-from:") and "step-0000004.ckpt cannot be read" in err
+    with caplog.at_level("WARNING"):
+        assert main(_args(toy_data, out, "--resume-from", "last", "--max-steps", "6", "--ckpt-every", "2")) == 0
+    assert "skipping step-0000004.ckpt" in caplog.text and "resuming from step-0000002.ckpt" in caplog.text
+    assert torch.load(out / "checkpoints/step-0000006.ckpt", weights_only=True)["global_step"] == 6
 
 
 def test_fresh_start_saves_its_initial_weights(toy_data, tmp_path):
@@ -254,3 +340,18 @@ def test_gradient_release_trains_like_plain_adamw(toy_data, tmp_path, _args):
 def test_gradient_release_refuses_accumulation(toy_data, tmp_path, _args, capsys):
     assert main(_args(toy_data, tmp_path / "run", "--max-steps", "1", "--gradient-release", "--accumulate", "2")) == 2
     assert "--gradient-release" in capsys.readouterr().err
+
+
+def test_a_second_run_on_a_held_output_exits_2_naming_the_first(toy_data, tmp_path, _args, capsys):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    out = tmp_path / "run"
+    try:
+        out.mkdir()
+        (out / ".lock").write_text(f'{{"pid": {other.pid}, "host": "{socket.gethostname()}"}}')
+        assert main(_args(toy_data, out, "--max-steps", "1")) == 2
+    finally:
+        other.kill()
+        other.wait()
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {out} is in use by another run (pid {other.pid}") and err.count("\n") == 0
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing of the first run was touched

@@ -12,13 +12,31 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
-from cldm.weights import export_control
+from cldm.weights import CorruptCheckpointError, export_control, reading_weights
 from ldm.util import atomic_write
 
 logger = logging.getLogger(__name__)
 
 STEP_FILE = re.compile(r"^step-(\d+)\.ckpt$")
 CONTROL_FILE = "control.safetensors"
+
+
+REQUIRED_KEYS = ("global_step", "state_dict")
+
+
+def open_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint, memory-mapped and checked: CorruptCheckpointError if it is damaged or incomplete
+    (for example cut short by a crash while it was written)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with reading_weights(path):
+        # Our checkpoints hold only tensors and plain data, so the safe unpickler suffices.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CorruptCheckpointError(f"{path} is not a resumable training checkpoint: it lacks {', '.join(missing)}")
+    return ckpt
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -49,12 +67,9 @@ class StreamingCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: str | Path, map_location: Any = "cpu", weights_only: bool | None = None
     ) -> dict[str, Any]:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        # Our checkpoints hold only tensors and plain data, so the safe unpickler suffices unless told otherwise.
-        safe = True if weights_only is None else weights_only
-        return torch.load(path, map_location=map_location, weights_only=safe, mmap=True)
+        if weights_only is False or map_location not in ("cpu", None):
+            raise TypeError(f"{type(self).__name__} loads with weights_only=True onto the CPU")
+        return open_checkpoint(path)
 
 
 class PeriodicCheckpoint(pl.Callback):
@@ -80,6 +95,10 @@ class PeriodicCheckpoint(pl.Callback):
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.save_once(trainer, pl_module)
+
+    def save_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Save unless this step is already saved."""
         if trainer.global_step != self._last_saved:
             self.save(trainer, pl_module)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,12 @@ class PairDataset(torch.utils.data.Dataset):
         self.empty_prompt_p = empty_prompt_p
         self.seed = seed
         self.epoch = 0
+
+    def subset(self, keep: Sequence[int]) -> PairDataset:
+        """The same dataset over the rows `keep` only (e.g. without pairs that failed the check)."""
+        kept = copy.copy(self)
+        kept.rows = [self.rows[i] for i in keep]
+        return kept
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from cldm.logger import ImageLogger
 from cldm.weights import (
     CheckpointMismatchError,
+    CorruptCheckpointError,
     build_control_init,
     check_state_dict,
     load_state_dict,
@@ -24,10 +25,12 @@ from cldm.weights import (
     save_state,
 )
 from ldm.util import instantiate_from_config
-from training.checkpoint import PeriodicCheckpoint, StreamingCheckpointIO, list_checkpoints
+from training.check_pairs import BadPair, check_pairs, size_multiple
+from training.checkpoint import PeriodicCheckpoint, StreamingCheckpointIO, list_checkpoints, open_checkpoint
 from training.dataset import PairDataset
 from training.latent_cache import CachedPairs, build_latent_cache
 from training.loader import make_train_loader
+from training.preemption import Preemption
 from training.prompt_file import PROMPT_FILE, write_text_atomically
 from training.settings import TrainSettings
 from training.toy_data import write_toy_dataset
@@ -35,6 +38,7 @@ from training.toy_data import write_toy_dataset
 logger = logging.getLogger(__name__)
 
 INIT_FILE = "init.safetensors"
+SKIPPED_FILE = "skipped_pairs.tsv"
 CACHE_DIR = "latent_cache"
 
 
@@ -53,6 +57,7 @@ class RunPlan:
     base: Path | None  # full ControlLDM weights to start from (None: fresh init, saved as init.safetensors)
     resume_from: Path | None  # a training checkpoint to continue
     start_step: int
+    skipped: list[BadPair]  # pairs that failed the pre-flight check and are left out (settings.skip_bad)
 
 
 def _meta_state(model_config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -62,20 +67,35 @@ def _meta_state(model_config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], 
     return model.state_dict(), model.trainable_state_keys()
 
 
-def _resolve_resume_from(resume_from: str | None, output: Path) -> Path | None:
+def _resolve_resume_from(resume_from: str | None, output: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint to continue from, opened and checked. `last` and `auto` take the newest intact one in
+    OUTPUT/checkpoints and say which newer ones they skipped and why (e.g. one cut short by a crash)."""
     if resume_from is None:
         return None
-    if resume_from in ("last", "auto"):
-        found = list_checkpoints(output / "checkpoints")
-        if found:
-            return found[-1]
-        if resume_from == "auto":  # e.g. a requeued SLURM job that had not saved anything yet
-            return None
-        raise RunInputError(f"--resume-from last: no checkpoint in {output / 'checkpoints'} yet")
-    path = Path(resume_from)
-    if not path.is_file():
-        raise RunInputError(f"--resume-from {path}: file does not exist")
-    return path
+    if resume_from not in ("last", "auto"):
+        try:
+            return Path(resume_from), open_checkpoint(resume_from)
+        except (FileNotFoundError, CorruptCheckpointError) as err:
+            raise RunInputError(f"--resume-from: {err}") from None
+    folder = output / "checkpoints"
+    skipped = []
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            ckpt = open_checkpoint(path)
+        except CorruptCheckpointError as err:
+            logger.warning("skipping %s: %s", path.name, err)
+            skipped.append(path.name)
+            continue
+        if skipped:
+            logger.warning(
+                "resuming from %s, the newest intact checkpoint (skipped: %s)", path.name, ", ".join(skipped)
+            )
+        return path, ckpt
+    found = f"no intact checkpoint in {folder}" + (f" (damaged: {', '.join(skipped)})" if skipped else " yet")
+    if resume_from == "auto":  # e.g. a requeued SLURM job that had not saved anything yet
+        logger.warning("--resume-from auto: %s; starting from the beginning", found)
+        return None
+    raise RunInputError(f"--resume-from last: {found}")
 
 
 def make_missing_inputs(model_config: dict[str, Any], settings: TrainSettings, *, resume_from: str | None) -> None:
@@ -86,9 +106,13 @@ def make_missing_inputs(model_config: dict[str, Any], settings: TrainSettings, *
         logger.info("generating toy data in %s (%s)", data, settings.toy_data)
         write_toy_dataset(data, **settings.toy_data)
     base = Path(settings.resume) if settings.resume else None
-    resuming = _resolve_resume_from(resume_from, Path(settings.output)) is not None
+    resuming = resume_from is not None and (
+        resume_from not in ("last", "auto") or bool(list_checkpoints(Path(settings.output) / "checkpoints"))
+    )
     if base is not None and not resuming and not base.exists() and settings.sd_base:
-        make_control_init(model_config, Path(settings.sd_base), base, seed=settings.seed)
+        make_control_init(
+            model_config, Path(settings.sd_base), base, seed=settings.seed, allow_nonfinite=settings.allow_nonfinite
+        )
 
 
 def plan_run(
@@ -103,14 +127,14 @@ def plan_run(
         )
     except (FileNotFoundError, ValueError) as err:
         raise RunInputError(f"data: {err}") from None
+    dataset, skipped = _check_data(dataset, model_config, skip_bad=settings.skip_bad)
     model_state, trainable = _meta_state(model_config)
-    ckpt_path = _resolve_resume_from(resume_from, output)
+    resumed = _resolve_resume_from(resume_from, output)
+    ckpt_path = resumed[0] if resumed else None
     base = Path(settings.resume) if settings.resume else None
     start_step = 0
-    if ckpt_path is not None:
-        ckpt = torch.load(
-            ckpt_path, map_location="cpu", weights_only=True, mmap=True
-        )  # mapped: only what is used is read
+    if resumed is not None:
+        ckpt = resumed[1]  # mapped: only what is used is read
         base = Path(ckpt.get("cutenet_config", {}).get("base") or output / INIT_FILE)
         start_step = int(ckpt["global_step"])
         try:
@@ -127,17 +151,49 @@ def plan_run(
             check_state_dict(model_state, load_state_dict(base, shapes_only=True))
         except CheckpointMismatchError as err:
             raise RunInputError(f"{base} does not fit {config_path}: {err}") from None
-    return RunPlan(settings, model_config, output, dataset, base, ckpt_path, start_step)
+    return RunPlan(settings, model_config, output, dataset, base, ckpt_path, start_step, skipped)
 
 
-def make_control_init(model_config: dict[str, Any], sd_base: Path, dst: Path, *, seed: int) -> None:
+def _check_data(
+    dataset: PairDataset, model_config: dict[str, Any], *, skip_bad: bool
+) -> tuple[PairDataset, list[BadPair]]:
+    """Every pair checked before the model is built: refused with the first bad pairs, or left out with skip_bad."""
+    bad = check_pairs(dataset.root, dataset.rows, multiple=size_multiple(model_config))
+    if not bad:
+        return dataset, []
+    where = f"{len(bad)} of {len(dataset)} pairs in {dataset.root / PROMPT_FILE}"
+    first = "; ".join(b.line() for b in bad[:3])
+    if not skip_bad:
+        raise RunInputError(
+            f"{where} cannot be trained on, first: {first}. Fix or remove them, or pass "
+            "--skip-bad to train on the others"
+        )
+    if len(bad) == len(dataset):
+        raise RunInputError(f"{where} cannot be trained on (all of them), first: {first}")
+    logger.warning("leaving out %s that cannot be trained on, first: %s", where, first)
+    dropped = {b.index for b in bad}
+    return dataset.subset([i for i in range(len(dataset)) if i not in dropped]), bad
+
+
+def write_skipped(plan: RunPlan) -> None:
+    """OUTPUT/skipped_pairs.tsv: the pairs left out by --skip-bad, with the reason."""
+    if plan.skipped:
+        lines = "".join(f"{b.source}\t{b.target}\t{b.reason}\n" for b in plan.skipped)
+        write_text_atomically(plan.output / SKIPPED_FILE, "source\ttarget\treason\n" + lines)
+
+
+def make_control_init(
+    model_config: dict[str, Any], sd_base: Path, dst: Path, *, seed: int, allow_nonfinite: bool = False
+) -> None:
     """What tool_add_control.py does: SD weights + a ControlNet copied from the UNet encoder, written to dst."""
     if not sd_base.is_file():
         raise RunInputError(
             f"training.sd_base {sd_base} does not exist; it is needed to make the initial checkpoint {dst} (see docs/training.md)"
         )
     try:
-        init = build_control_init(model_config, load_state_dict(sd_base), seed=seed)
+        init = build_control_init(
+            model_config, load_state_dict(sd_base), seed=seed, source=sd_base, allow_nonfinite=allow_nonfinite
+        )
     except CheckpointMismatchError as err:
         raise RunInputError(f"training.sd_base {sd_base} does not fit the config: {err}") from None
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -171,19 +227,21 @@ class TrainData(pl.LightningDataModule):
         )
 
 
-def instantiate_model(model_config: dict[str, Any], base: Path | None = None) -> pl.LightningModule:
+def instantiate_model(
+    model_config: dict[str, Any], base: Path | None = None, *, allow_nonfinite: bool = False
+) -> pl.LightningModule:
     """The ControlLDM of a run's model node (see `ModelOptions.applied_to`), with `base`'s weights if given:
     how training, and the benchmarks that must measure what training runs, build the model."""
     model = instantiate_from_config(model_config)
     if base is not None:
-        load_weights_from_file(model, base)
+        load_weights_from_file(model, base, allow_nonfinite=allow_nonfinite)
         logger.info("loaded initial weights from %s", base)
     return model
 
 
 def build_model(plan: RunPlan) -> pl.LightningModule:
     """The ControlLDM with its starting weights; a fresh start saves them so resumes reload the same frozen parts."""
-    model = instantiate_model(plan.model_config, plan.base)
+    model = instantiate_model(plan.model_config, plan.base, allow_nonfinite=plan.settings.allow_nonfinite)
     if plan.base is None:
         plan.output.mkdir(parents=True, exist_ok=True)
         init = plan.output / INIT_FILE
@@ -226,8 +284,10 @@ class SampleLog(pl.Callback):
 
 def make_trainer(plan: RunPlan, resolved: dict[str, Any], *, log_samples: bool = False) -> pl.Trainer:
     s = plan.settings
+    periodic = PeriodicCheckpoint(plan.output / "checkpoints", every=s.ckpt_every, keep=s.keep_last, config=resolved)
     callbacks: list[pl.Callback] = [
-        PeriodicCheckpoint(plan.output / "checkpoints", every=s.ckpt_every, keep=s.keep_last, config=resolved),
+        periodic,
+        Preemption(periodic.save_once, requeue=s.slurm_requeue),
         ImageLogger(
             plan.output / "image_log" / "train", every=s.logger_freq, ddim_steps=s.image_log_ddim_steps, seed=s.seed
         ),

@@ -61,6 +61,10 @@ class TrainSettings:
     precision: str = knob("32, 16-mixed or bf16-mixed", choices=PRECISIONS)
     empty_prompt_p: float = knob("probability of training with an empty prompt")
     hflip: bool = knob("random horizontal flips")
+    allow_nonfinite: bool = knob("load initial weights even if they hold NaN or inf (refused by default)")
+    skip_bad: bool = knob(
+        "train on the usable pairs when some fail the pre-flight check (listed in OUTPUT/skipped_pairs.tsv)"
+    )
     cache_latents: bool = knob("encode images and prompts once before training (needs --no-hflip)")
     logger_freq: int = knob("steps between image grids")
     image_log_ddim_steps: int = knob("DDIM steps of the image grids' samples")
@@ -68,6 +72,7 @@ class TrainSettings:
     keep_last: int = knob("resumable checkpoints to keep")
     output: str = knob("run folder")
     seed: int = knob("random seed (also the model's noise seed)")
+    slurm_requeue: bool = knob("after a stop signal's checkpoint, requeue this SLURM job (scontrol requeue)")
     workers: int = knob("DataLoader worker processes")
 
     @classmethod

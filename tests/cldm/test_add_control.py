@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from repo_paths import TINY_CONFIG
@@ -74,25 +76,31 @@ def test_tool_refusals(sd_file, tmp_path, capsys):
         ([str(src), str(tmp_path / "no_dir" / "o.ckpt")], "folder"),
         ([str(src), str(tmp_path / "o.bin")], "must end in"),
     ]:
-        with pytest.raises(SystemExit, match=match):
-            main([*args, "--config", TINY])
+        _refused([*args, "--config", TINY], match, capsys)
     diffusers = tmp_path / "sd-diffusers"
     (diffusers / "unet").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="diffusers folder"):
-        main([str(diffusers), str(tmp_path / "o.ckpt"), "--config", TINY])
+    _refused([str(diffusers), str(tmp_path / "o.ckpt"), "--config", TINY], "diffusers folder", capsys)
 
 
-def test_tool_names_mismatches_and_points_sd2_files_at_the_sd2_config(sd_file, tmp_path):
+def _refused(args, match, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and err.count("\n") == 0 and re.search(match, err), err
+
+
+def test_tool_names_mismatches_and_points_sd2_files_at_the_sd2_config(sd_file, tmp_path, capsys):
     _, state = sd_file
     bad = dict(state)
     bad["model.diffusion_model.out.2.weight"] = torch.zeros(4, 64, 3, 3)
     torch.save({"state_dict": bad}, tmp_path / "bad.ckpt")
-    with pytest.raises(SystemExit, match=r"out.2.weight: file \(4, 64, 3, 3\)"):
-        main([str(tmp_path / "bad.ckpt"), str(tmp_path / "o.ckpt"), "--config", TINY])
+    _refused(
+        [str(tmp_path / "bad.ckpt"), str(tmp_path / "o.ckpt"), "--config", TINY],
+        r"out.2.weight: file \(4, 64, 3, 3\)",
+        capsys,
+    )
     sd2 = {"cond_stage_model.model.token_embedding.weight": torch.zeros(1), **state}
     torch.save({"state_dict": sd2}, tmp_path / "sd2.ckpt")
-    with pytest.raises(SystemExit, match="cldm_v21.yaml"):
-        main([str(tmp_path / "sd2.ckpt"), str(tmp_path / "o.ckpt"), "--config", TINY])
+    _refused([str(tmp_path / "sd2.ckpt"), str(tmp_path / "o.ckpt"), "--config", TINY], "cldm_v21.yaml", capsys)
     assert not (tmp_path / "o.ckpt").exists()
 
 

@@ -7,6 +7,7 @@ import torch
 
 from cldm.model import create_model, load_state_dict
 from cldm.weights import CheckpointMismatchError, load_weights, load_weights_from_file
+from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
 
 
 @pytest.mark.parametrize(
@@ -43,10 +44,13 @@ def test_real_file_extras_load_without_silent_loss(tiny_model):
     for v in state.values():
         if v.is_floating_point():
             v.add_(1.0)
+    schedule = {k: tiny_model.state_dict()[k].clone() for k in SCHEDULE_BUFFERS if k in state}
     report = load_weights(tiny_model, state)
     assert report.kept_fresh == ["logvar"] and len(report.dropped_extras) == 3
     loaded = tiny_model.state_dict()
-    assert all(torch.equal(loaded[k], v) for k, v in state.items() if k in loaded)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if k in loaded and k not in SCHEDULE_BUFFERS)
+    # The diffusion schedule is the config's, whatever the file holds.
+    assert schedule and all(torch.equal(loaded[k], v) for k, v in schedule.items())
 
 
 def test_unknown_and_missing_keys_are_listed(tiny_model):

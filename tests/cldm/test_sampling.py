@@ -54,3 +54,9 @@ def test_guess_mode_scales_follow_the_number_of_outputs():
     assert guess_mode_scales(1.0, 13, guess_mode=True)[0] == pytest.approx(0.825**12)
     assert guess_mode_scales(0.5, 5, guess_mode=True)[-1] == 0.5
     assert guess_mode_scales(0.7, 5, guess_mode=False) == [0.7] * 5
+
+
+def test_non_finite_control_scales_are_refused(tiny_model):
+    n = tiny_model.control_model.num_outputs
+    with pytest.raises(ValueError, match="finite"):
+        _sample(tiny_model, torch.rand(1, 3, 64, 64), [float("nan")] * n)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ldm.models.diffusion.ddim import DDIMSampler, ddim_sample, ddim_timesteps
+from ldm.models.diffusion.ddim import DDIMSampler, ddim_sample, ddim_timesteps, guided_denoiser
 
 
 class CountingModel(torch.nn.Module):
@@ -78,3 +78,14 @@ def test_one_step_matches_the_ddim_update_by_hand():
     pred_x0 = (x_T - (1 - a_t).sqrt() * eps) / a_t.sqrt()
     torch.testing.assert_close(out, a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * eps)
     assert set(inter) == {"x_inter", "pred_x0"}
+
+
+@pytest.mark.parametrize("eta", [-0.1, 1.5, float("nan")])
+def test_eta_outside_zero_to_one_is_refused(eta):
+    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+        ddim_sample(lambda x, t: x, torch.zeros(1, 4, 2, 2), torch.linspace(0.99, 0.01, 1000), steps=2, eta=eta)
+
+
+def test_a_non_finite_guidance_scale_is_refused():
+    with pytest.raises(ValueError, match="guidance scale"):
+        guided_denoiser(lambda x, t, c: x, {}, {}, float("nan"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,16 @@ def _xml(width: int, height: int, box: tuple[int, int, int, int]) -> str:
         f"<object><name>dog</name><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax>"
         f"<ymax>{ymax}</ymax></bndbox></object></annotation>"
     )
+
+
+def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A few dozen bytes whose header claims a 900-megapixel picture: what PIL calls a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def build_dogs_tree(root: Path) -> dict[str, Path]:
@@ -54,6 +66,7 @@ def build_dogs_tree(root: Path) -> dict[str, Path]:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG")
     (odd / "n02088364_truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (odd / "n02088364_bomb.png").write_bytes(bomb_png())
     return {"images": images, "annotations": annotations}
 
 

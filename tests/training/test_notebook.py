@@ -24,7 +24,7 @@ def test_notebook_executes_on_a_tiny_tree(dogs_tree, tmp_path):
     assert any("image/png" in o.get("data", {}) for o in outputs), "the pair grid is shown as a picture"
     rows = [json.loads(line) for line in (out / "prompt.json").read_text().splitlines()]
     assert rows and all((out / r["source"]).is_file() for r in rows)
-    assert (out / "quarantine.tsv").read_text().count("\n") == 3
+    assert (out / "quarantine.tsv").read_text().count("\n") == 4
 
 
 def test_notebook_is_committed_without_outputs():

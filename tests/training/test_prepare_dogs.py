@@ -5,14 +5,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from repo_paths import ROOT
 
 from training.data.crop import crop_square, square_window
 from training.data.discover import Box, breed_from_folder, discover
 from training.data.prepare_dogs import ImageSettings, prepare
+from training.data.prepare_dogs import main as prepare_main
+from training.data.validate import load_rgb
 
 SETTINGS = ImageSettings(size=64)
-BAD = {"n02088364_empty.jpg": "empty", "n02088364_text.jpg": "not an image", "n02088364_truncated.jpg": "decode"}
+BAD = {
+    "n02088364_empty.jpg": "empty",
+    "n02088364_text.jpg": "not an image",
+    "n02088364_truncated.jpg": "decode",
+    "n02088364_bomb.png": "decompression bomb",
+}
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -47,7 +55,7 @@ def test_bad_files_are_quarantined_originals_untouched_and_run_completes(dogs_tr
     quarantined = {Path(p).name: reason for p, reason in summary.quarantined.items()}
     assert set(quarantined) == set(BAD)
     assert all(BAD[name] in reason for name, reason in quarantined.items())
-    assert (out / "quarantine.tsv").read_text().count("\n") == 3
+    assert (out / "quarantine.tsv").read_text().count("\n") == len(BAD)
     rows = [json.loads(line) for f in ("prompt.json", "prompt_val.json") for line in (out / f).read_text().splitlines()]
     assert len(rows) == 6 + 4  # six photos + CMYK, gray, RGBA and palette GIF converted
     assert summary.train + summary.val == 10 and summary.val >= 1
@@ -147,3 +155,30 @@ def test_test_list_mat_becomes_the_validation_split(dogs_tree, tmp_path):
     )
     val = [json.loads(line)["target"] for line in (out / "prompt_val.json").read_text().splitlines()]
     assert sorted(val) == ["target/n02085620_0.jpg", "target/n02086240_2.jpg"] and summary.val == 2
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    photo = np.zeros((40, 100, 3), np.uint8)
+    photo[:, :10] = 255  # a white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view": how phones store portrait photos
+    Image.fromarray(photo).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = load_rgb(tmp_path / "phone.jpg")
+    assert upright.shape == (100, 40, 3)  # portrait, as the phone showed it
+    assert upright[:10].mean() > 200 and upright[-10:].mean() < 50  # the band is now at the top
+
+
+def test_an_out_folder_inside_the_images_is_refused(dogs_tree, capsys):
+    inside = dogs_tree["images"] / "prepared"
+    assert prepare_main(["--images", str(dogs_tree["images"]), "--out", str(inside), "--captioner", "breed"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "inside --images" in err and not inside.exists()
+
+
+def test_an_unwritable_out_is_one_error_line(dogs_tree, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # --out under a file: the OS refuses to write there, as on a read-only disk
+    args = ["--images", str(dogs_tree["images"]), "--out", str(blocker / "out"), "--captioner", "breed"]
+    assert prepare_main([*args, "--size", "64", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot write the prepared data") and err.count("\n") == 0

@@ -224,6 +224,11 @@ def prepare(
     if settings.crop not in CROP_MODES:
         raise ValueError(f"crop must be one of {CROP_MODES}, got {settings.crop!r}")
     out = Path(out)
+    if out.resolve().is_relative_to(Path(images).resolve()):
+        raise ValueError(
+            f"--out {out} is inside --images {images}: every re-run would read the prepared pictures back as new "
+            "photos; choose an --out outside the images folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     records = discover(Path(images), annotations)
     records = records[:limit] if limit is not None else records
@@ -286,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only or full disk, a file where a folder should be
+        print(
+            f"error: cannot write the prepared data under {args.out}: {err}; --out must be a writable folder",
+            file=sys.stderr,
+        )
         return 2
     print("\n".join(summary.lines()))
     print(f"wrote {args.out / PROMPT_FILE}, {args.out / VAL_PROMPT_FILE}, quarantine list {args.out / QUARANTINE_FILE}")

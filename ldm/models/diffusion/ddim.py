@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,8 +38,8 @@ def ddim_sample(
     log_every_t: int = 100,
 ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
     """Run DDIM from x_T; returns (x_0, {'x_inter': [...], 'pred_x0': [...]})."""
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if not 0.0 <= eta <= 1.0:  # also refuses NaN; above 1 the variance term takes the square root of a negative
+        raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta}")
     timesteps = ddim_timesteps(steps, alphas_cumprod.shape[0]).to(alphas_cumprod.device)
     acp = alphas_cumprod.float()
     alphas = acp[timesteps]  # S
@@ -72,6 +73,8 @@ def guided_denoiser(
     apply_model: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], cond: Any, uncond: Any | None, scale: float
 ) -> Denoiser:
     """ε for classifier-free guidance: ε_u + s(ε_c − ε_u); scale 1 (or no uncond) is the conditional ε."""
+    if not math.isfinite(scale):
+        raise ValueError(f"the guidance scale must be a finite number, got {scale}")
     if uncond is None or scale == 1.0:
         return lambda x, t: apply_model(x, t, cond)
 

@@ -23,6 +23,26 @@ logger = logging.getLogger(__name__)
 Cond = Mapping[str, Any]
 
 
+# The buffers `register_schedule` derives from the config (timesteps, linear_start, linear_end). Checkpoints
+# carry them too, but loading keeps the config's fp32 values: a file saved in bf16 rounds alphas_cumprod[1]
+# to 1.0, and DDIM then divides 0 by 0.
+SCHEDULE_BUFFERS = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+    "logvar",
+)
+
+
 def make_beta_schedule(timesteps: int, linear_start: float, linear_end: float) -> torch.Tensor:
     """SD's "linear" schedule: linear in √β, in float64."""
     return torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64) ** 2
@@ -121,6 +141,7 @@ class LatentDiffusion(nn.Module):
             "posterior_mean_coef1": betas * acp_prev.sqrt() / (1.0 - acp),
             "posterior_mean_coef2": (1.0 - acp_prev) * alphas.sqrt() / (1.0 - acp),
         }
+        assert set(buffers) | {"logvar"} == set(SCHEDULE_BUFFERS)
         device = next(self.parameters()).device
         for name, value in buffers.items():
             self.register_buffer(name, value.to(device=device, dtype=torch.float32))

@@ -1,0 +1,70 @@
+"""Weight files that would break a run or make black images are refused with the file and the keys named."""
+
+import pytest
+import torch
+from repo_paths import TINY_CONFIG
+
+from cldm.model import load_model
+from cldm.weights import (
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    NonFiniteWeightsError,
+    load_state_dict,
+    load_weights_from_file,
+    save_state,
+)
+from tool_add_control import main as add_control
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_a_file_cut_short_is_named_as_damaged(tiny_model, tmp_path, suffix):
+    path = tmp_path / f"model{suffix}"
+    save_state(tiny_model.state_dict(), path)
+    path.write_bytes(path.read_bytes()[:-5000])
+    for read in (
+        lambda: load_state_dict(path),
+        lambda: load_state_dict(path, shapes_only=True),
+        lambda: load_weights_from_file(tiny_model, path),
+    ):
+        with pytest.raises(CorruptCheckpointError, match=f"{path.name} cannot be read: the file is damaged"):
+            read()
+
+
+def test_garbage_is_named_as_damaged_and_every_tool_says_so_in_one_line(tmp_path, capsys):
+    path = tmp_path / "v1-5-pruned.ckpt"
+    path.write_bytes(b"not a checkpoint" * 100)
+    with pytest.raises(CorruptCheckpointError, match="v1-5-pruned.ckpt"):
+        load_state_dict(path)
+    assert add_control([str(path), str(tmp_path / "out.ckpt"), "--config", str(TINY_CONFIG)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "damaged" in err and err.count("\n") == 0
+    assert not (tmp_path / "out.ckpt").exists()
+
+
+def test_integer_weights_are_refused(tiny_model, tmp_path):
+    state = tiny_model.state_dict()
+    key = "control_model.zero_convs.0.0.weight"
+    state[key] = state[key].to(torch.int8)
+    save_state(state, tmp_path / "int8.safetensors")
+    with pytest.raises(CheckpointMismatchError, match=f"not floating point.*{key}: torch.int8"):
+        load_weights_from_file(tiny_model, tmp_path / "int8.safetensors")
+
+
+def test_nan_weights_are_refused_with_their_keys_unless_allowed(tiny_model, tmp_path):
+    state = tiny_model.state_dict()
+    state["control_model.input_hint_block.0.weight"][0, 0, 0, 0] = float("nan")
+    state["model.diffusion_model.out.2.bias"][0] = float("inf")
+    save_state(state, tmp_path / "nan.safetensors")
+    with pytest.raises(NonFiniteWeightsError, match="2 tensors.*input_hint_block.0.weight.*--allow-nonfinite"):
+        load_model(TINY_CONFIG, ckpt=tmp_path / "nan.safetensors")
+    model, _ = load_model(TINY_CONFIG, ckpt=tmp_path / "nan.safetensors", allow_nonfinite=True)
+    assert torch.isnan(model.control_model.input_hint_block[0].weight).any()
+
+
+def test_a_bf16_file_keeps_the_fp32_schedule_of_the_config(tiny_model, tmp_path):
+    expected = tiny_model.alphas_cumprod.clone()
+    save_state({k: v.to(torch.bfloat16) for k, v in tiny_model.state_dict().items()}, tmp_path / "bf16.safetensors")
+    assert load_state_dict(tmp_path / "bf16.safetensors")["alphas_cumprod"].dtype == torch.bfloat16
+    model, _ = load_model(TINY_CONFIG, ckpt=tmp_path / "bf16.safetensors")
+    assert model.alphas_cumprod.dtype == torch.float32 and torch.equal(model.alphas_cumprod, expected)
+    assert model.alphas_cumprod[1] < 1.0  # bf16 rounds it to 1.0, and DDIM then divides 0 by 0
