@@ -1,0 +1,131 @@
+"""cldm/convert.py against diffusers and transformers: the same weights give the same outputs, both ways."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from cldm import convert
+
+
+def _randomised(model, seed=0):
+    """Random weights everywhere (no zero convolutions left), so every tensor's mapping matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def _diffusers(cls, config):
+    return cls(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
+
+
+def _close(ours, theirs, scale):
+    assert (ours - theirs).abs().max() <= 1e-4 * scale, ((ours - theirs).abs().max(), scale)
+
+
+def _check_controlled_eps(model, config, steps=(3, 801)):
+    state = model.state_dict()
+    controlnet = _diffusers(ControlNetModel, convert.diffusers_controlnet_config(config))
+    controlnet.load_state_dict(convert.controlnet_to_diffusers(state, config), strict=True)
+    unet = _diffusers(UNet2DConditionModel, convert.diffusers_unet_config(config))
+    unet.load_state_dict(convert.unet_to_diffusers(state, config), strict=True)
+    g = torch.Generator().manual_seed(1)
+    h = 8
+    x = torch.randn(2, 4, h, h, generator=g)  # B×C×H×W
+    hint = torch.rand(2, 3, 8 * h, 8 * h, generator=g)  # B×3×8H×8W
+    context = torch.randn(2, 77, config["params"]["unet_config"]["params"]["context_dim"], generator=g)  # B×L×D
+    for step in steps:
+        t = torch.full((2,), step)
+        with torch.no_grad():
+            ours = model.control_model(x, hint, t, context)
+            down, mid = controlnet(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
+            assert len(ours) == len(down) + 1
+            scale = max(float(r.abs().max()) for r in ours)
+            for a, b in zip(ours, [*down, mid]):
+                _close(a, b, scale)
+            eps = model.apply_model(x, t, {"c_concat": [hint], "c_crossattn": [context]})
+            theirs = unet(
+                x,
+                t,
+                encoder_hidden_states=context,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+            ).sample
+            _close(eps, theirs, float(eps.abs().max()))
+
+
+def test_controlnet_and_unet_exports_match_diffusers(tiny_model, tiny_config):
+    _check_controlled_eps(_randomised(tiny_model), tiny_config)
+
+
+def test_vae_and_text_encoder_exports_match_diffusers_and_transformers(tiny_model, tiny_config, tmp_path):
+    model = _randomised(tiny_model)
+    state = model.state_dict()
+    vae = _diffusers(AutoencoderKL, convert.diffusers_vae_config(tiny_config))
+    vae.load_state_dict(convert.vae_to_diffusers(state, tiny_config), strict=True)
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1  # B×3×H×W
+    with torch.no_grad():
+        ours = model.first_stage_model.encode(image).mean
+        _close(ours, vae.encode(image).latent_dist.mean, float(ours.abs().max()))
+        decoded = model.first_stage_model.decode(ours)
+        _close(decoded, vae.decode(ours).sample, float(decoded.abs().max()))
+    for hub_layout in (True, False):  # the hub's `text_model.*` files, and transformers 5's own layout
+        folder = tmp_path / f"text_encoder_{hub_layout}"
+        CLIPTextConfig(**convert.clip_text_config(tiny_config)).save_pretrained(folder)
+        save_file(
+            convert.text_encoder_to_transformers(state, tiny_config, hub_layout=hub_layout),
+            str(folder / "model.safetensors"),
+        )
+        text, info = CLIPTextModel.from_pretrained(folder, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+        ids = model.cond_stage_model.tokenize(["a red circle on a blue background"])
+        with torch.no_grad():
+            ours = model.cond_stage_model.transformer(ids)
+            _close(ours, text(ids).last_hidden_state, float(ours.abs().max()))
+
+
+def test_ldm_to_diffusers_and_back_is_bit_exact(tiny_model, tiny_config):
+    state = _randomised(tiny_model).state_dict()
+    back = {}
+    for to, back_from in (
+        (convert.unet_to_diffusers, convert.unet_from_diffusers),
+        (convert.controlnet_to_diffusers, convert.controlnet_from_diffusers),
+        (convert.vae_to_diffusers, convert.vae_from_diffusers),
+        (convert.text_encoder_to_transformers, convert.text_encoder_from_transformers),
+    ):
+        back |= back_from(to(state, tiny_config), tiny_config)
+    from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
+
+    assert set(back) == set(state) - set(SCHEDULE_BUFFERS)  # everything but the schedule, which is the config's
+    assert all(torch.equal(back[k], state[k]) for k in back)
+
+
+def test_weights_for_another_architecture_are_named(tiny_config, tiny_model):
+    dstate = convert.controlnet_to_diffusers(tiny_model.state_dict(), tiny_config)
+    dstate["controlnet_down_blocks.99.weight"] = torch.zeros(1)
+    del dstate["controlnet_mid_block.weight"]
+    with pytest.raises(convert.ConversionError, match=r"missing \['controlnet_mid_block.weight'\].*99"):
+        convert.controlnet_from_diffusers(dstate, tiny_config)
+
+
+def test_the_sd21_text_encoder_is_refused_with_a_reason(repo_root):
+    from cldm.model import load_config
+
+    config = load_config(repo_root / "models/cldm_v21.yaml")["model"]
+    with pytest.raises(convert.ConversionError, match="OpenCLIP"):
+        convert.clip_text_config(config)
+    assert convert.diffusers_unet_config(config)["attention_head_dim"] == [5, 10, 20, 20]
+    assert convert.diffusers_unet_config(config)["use_linear_projection"] is True
+
+
+@pytest.mark.slow
+def test_the_sd15_architecture_matches_diffusers(repo_root):
+    from cldm.model import create_model, load_config
+
+    config = load_config(repo_root / "models/cldm_v15.yaml")["model"]
+    torch.manual_seed(0)
+    model = _randomised(create_model(repo_root / "models/cldm_v15.yaml"))
+    _check_controlled_eps(model, config, steps=(500,))
