@@ -1,10 +1,14 @@
 """Turn a Stable Diffusion checkpoint into the initial ControlLDM checkpoint for training.
 
     python tool_add_control.py models/v1-5-pruned.ckpt models/control_sd15_ini.ckpt
+    python tool_add_control.py models/stable-diffusion-v1-5 models/control_sd15_ini.safetensors   # diffusers folder
+    python tool_add_control.py models/v1-5-pruned.ckpt models/canny_ini.safetensors \
+        --control-from models/control_v11p_sd15_canny   # fine-tune a public ControlNet instead
 
-Every `control_model.X` that has a twin `model.diffusion_model.X` is copied from it; the hint encoder
-and the zero convolutions keep their fresh initialisation. The output format follows OUTPUT's
-extension (.ckpt/.pth: a torch pickle with 'state_dict'; .safetensors).
+INPUT is an ldm checkpoint file or a diffusers pipeline folder. Every `control_model.X` that has a twin
+`model.diffusion_model.X` is copied from it; the hint encoder and the zero convolutions keep their fresh
+initialisation. With --control-from the whole ControlNet comes from an existing one instead. The output format
+follows OUTPUT's extension (.ckpt/.pth: a torch pickle with 'state_dict'; .safetensors).
 """
 
 from __future__ import annotations
@@ -14,22 +18,23 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from cldm.model import load_config, load_state_dict
-from cldm.weights import CheckpointMismatchError, ControlInit, build_control_init, save_state
+import torch
+
+from cldm.diffusers_io import is_pipeline_folder
+from cldm.model import load_base, load_config, load_control, load_state_dict
+from cldm.weights import CheckpointMismatchError, ControlInit, LoadReport, build_control_init, save_state
 
 OUTPUT_SUFFIXES = (".ckpt", ".pth", ".safetensors")
 
 
 def check_paths(src: Path, dst: Path) -> None:
     """Refuse before any heavy work: a missing or wrong input, an existing output, a missing folder."""
-    if src.is_dir():
-        if (src / "model_index.json").exists() or (src / "unet").is_dir():
-            raise ValueError(
-                f"{src} is a diffusers folder, not an ldm checkpoint; use the single-file "
-                "checkpoint (e.g. v1-5-pruned.ckpt or .safetensors)"
-            )
-        raise ValueError(f"{src} is a folder; give the checkpoint file (.ckpt, .pth or .safetensors)")
-    if not src.is_file():
+    if src.is_dir() and not is_pipeline_folder(src):
+        raise ValueError(
+            f"{src} is a folder but not a diffusers pipeline (no model_index.json or unet/); give a "
+            "pipeline folder or the checkpoint file (.ckpt, .pth or .safetensors)"
+        )
+    if not src.exists():
         raise ValueError(f"input checkpoint {src} does not exist; download v1-5-pruned.ckpt (see docs/training.md)")
     if dst.exists():
         raise ValueError(f"output {dst} already exists; remove it or choose another name")
@@ -39,17 +44,19 @@ def check_paths(src: Path, dst: Path) -> None:
         raise ValueError(f"output {dst} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
 
 
-def check_family(sd_state: dict, config: Path) -> None:
-    """Point SD2 files at the SD2 config and vice versa, before a long list of key mismatches."""
+def check_family(src: Path, sd_state: dict, config: Path) -> None:  # the keys of an ldm file, from its header
+    """Point SD2 files at the SD2 config and vice versa, and name LoRA files, before a long list of key mismatches."""
+    if any("lora" in k for k in sd_state):
+        raise ValueError(f"{src} holds LoRA adapter weights, not a Stable Diffusion checkpoint; give the base model")
     is_sd2_file = any(k.startswith("cond_stage_model.model.") for k in sd_state)
     is_sd2_config = "v21" in config.name
     if is_sd2_file and not is_sd2_config:
-        raise ValueError("this is an SD2.x checkpoint (OpenCLIP text encoder); add --config models/cldm_v21.yaml")
+        raise ValueError(f"{src} is an SD2.x checkpoint (OpenCLIP text encoder); add --config models/cldm_v21.yaml")
     if not is_sd2_file and is_sd2_config and any(k.startswith("cond_stage_model.transformer.") for k in sd_state):
-        raise ValueError("this is an SD1.x checkpoint (CLIP text encoder); use --config models/cldm_v15.yaml")
+        raise ValueError(f"{src} is an SD1.x checkpoint (CLIP text encoder); use --config models/cldm_v15.yaml")
     if not any(k.startswith("model.diffusion_model.") for k in sd_state):
         raise ValueError(
-            f"no 'model.diffusion_model.*' keys: not a Stable Diffusion ldm checkpoint "
+            f"{src} has no 'model.diffusion_model.*' keys: not a Stable Diffusion ldm checkpoint "
             f"(first keys: {', '.join(list(sd_state)[:3])})"
         )
 
@@ -57,15 +64,19 @@ def check_family(sd_state: dict, config: Path) -> None:
 def make_init(args: argparse.Namespace) -> ControlInit:
     """Check the paths, read INPUT and build the initial state; ValueError (one line) when anything is wrong."""
     check_paths(args.input, args.output)
-    sd_state = load_state_dict(args.input)
-    check_family(sd_state, args.config)
+    if args.input.is_file():
+        check_family(args.input, load_state_dict(args.input, shapes_only=True), args.config)
+    config = load_config(args.config)["model"]
+
+    def control(model: torch.nn.Module) -> LoadReport:
+        return load_control(model, args.control_from, config, allow_nonfinite=args.allow_nonfinite)
+
     try:
         return build_control_init(
-            load_config(args.config)["model"],
-            sd_state,
+            config,
+            lambda model: load_base(model, args.input, config, allow_nonfinite=args.allow_nonfinite),
             seed=args.seed,
-            source=args.input,
-            allow_nonfinite=args.allow_nonfinite,
+            load_control=control if args.control_from else None,
         )
     except CheckpointMismatchError as err:
         raise ValueError(f"{args.input} is not an SD checkpoint for {args.config}: {err}") from None
@@ -73,10 +84,17 @@ def make_init(args: argparse.Namespace) -> ControlInit:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", type=Path, help="SD checkpoint (.ckpt, .pth or .safetensors)")
+    parser.add_argument(
+        "input", type=Path, help="SD checkpoint (.ckpt, .pth or .safetensors) or diffusers pipeline folder"
+    )
     parser.add_argument("output", type=Path, help="ControlLDM checkpoint to write (.ckpt, .pth or .safetensors)")
     parser.add_argument("--config", type=Path, default=Path("models/cldm_v15.yaml"), help="model config")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fresh hint encoder (same input, same file)")
+    parser.add_argument(
+        "--control-from",
+        type=Path,
+        help="start the ControlNet from this one (control_model.* file or diffusers ControlNet) instead of the UNet encoder",
+    )
     parser.add_argument(
         "--allow-nonfinite", action="store_true", help="accept NaN or inf in INPUT (refused by default)"
     )
@@ -87,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     save_state(init.state, args.output)
+    if args.control_from:
+        print(f"the ControlNet comes from {args.control_from}")
     blocks = Counter(".".join(k.split(".")[:2]) for k in init.fresh)
     print(f"copied {len(init.copied)} ControlNet tensors from their UNet twins (model.diffusion_model.*)")
     print(f"newly initialised {len(init.fresh)} ControlNet tensors (no twin in the UNet):")

@@ -92,7 +92,7 @@ def _encoder_key(key: str, unet_params: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _unet_key(key: str, unet_params: Mapping[str, Any]) -> str:
+def unet_key(key: str, unet_params: Mapping[str, Any]) -> str:
     if (name := _encoder_key(key, unet_params)) is not None:
         return name
     levels, blocks, attention = _architecture(unet_params)
@@ -111,7 +111,7 @@ def _unet_key(key: str, unet_params: Mapping[str, Any]) -> str:
     raise ConversionError(f"no diffusers name for the UNet key {key!r}")
 
 
-def _control_key(key: str, unet_params: Mapping[str, Any]) -> str:
+def control_key(key: str, unet_params: Mapping[str, Any]) -> str:
     if (name := _encoder_key(key, unet_params)) is not None:
         return name
     if m := re.fullmatch(r"input_hint_block\.(\d+)\.(.+)", key):
@@ -126,7 +126,7 @@ def _control_key(key: str, unet_params: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------------------- VAE
 
 
-def _vae_key(key: str, ch_mult_len: int) -> str:
+def vae_key(key: str, ch_mult_len: int) -> str:
     key = key.replace("nin_shortcut", "conv_shortcut").replace("norm_out.", "conv_norm_out.")
     if m := re.fullmatch(r"encoder\.down\.(\d+)\.block\.(\d+)\.(.+)", key):
         return f"encoder.down_blocks.{m[1]}.resnets.{m[2]}.{m[3]}"
@@ -143,7 +143,7 @@ def _vae_key(key: str, ch_mult_len: int) -> str:
     return key  # conv_in, conv_out, quant_conv, post_quant_conv: the same names
 
 
-def _is_vae_attention_weight(key: str) -> bool:
+def is_vae_attention_weight(key: str) -> bool:
     return bool(re.fullmatch(r"(encoder|decoder)\.mid\.attn_1\.(q|k|v|proj_out)\.weight", key))
 
 
@@ -184,13 +184,13 @@ def our_keys(model_config: Mapping[str, Any], prefix: str) -> list[str]:
 def unet_to_diffusers(state: Mapping[str, torch.Tensor], model_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """`model.diffusion_model.*` → `UNet2DConditionModel` state dict."""
     unet = model_config["params"]["unet_config"]["params"]
-    return _rename(state, UNET_PREFIX, lambda k: _unet_key(k, unet))
+    return _rename(state, UNET_PREFIX, lambda k: unet_key(k, unet))
 
 
 def unet_from_diffusers(dstate: Mapping[str, torch.Tensor], model_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """`UNet2DConditionModel` state dict → `model.diffusion_model.*`."""
     unet = model_config["params"]["unet_config"]["params"]
-    names = _inverse(our_keys(model_config, UNET_PREFIX), lambda k: _unet_key(k, unet), UNET_PREFIX)
+    names = _inverse(our_keys(model_config, UNET_PREFIX), lambda k: unet_key(k, unet), UNET_PREFIX)
     return _from(dstate, names, "UNet")
 
 
@@ -199,7 +199,7 @@ def controlnet_to_diffusers(
 ) -> dict[str, torch.Tensor]:
     """`control_model.*` → `ControlNetModel` state dict."""
     unet = model_config["params"]["unet_config"]["params"]
-    return _rename(state, CONTROL_PREFIX, lambda k: _control_key(k, unet))
+    return _rename(state, CONTROL_PREFIX, lambda k: control_key(k, unet))
 
 
 def controlnet_from_diffusers(
@@ -207,7 +207,7 @@ def controlnet_from_diffusers(
 ) -> dict[str, torch.Tensor]:
     """`ControlNetModel` state dict → `control_model.*`."""
     unet = model_config["params"]["unet_config"]["params"]
-    names = _inverse(our_keys(model_config, CONTROL_PREFIX), lambda k: _control_key(k, unet), CONTROL_PREFIX)
+    names = _inverse(our_keys(model_config, CONTROL_PREFIX), lambda k: control_key(k, unet), CONTROL_PREFIX)
     return _from(dstate, names, "ControlNet")
 
 
@@ -215,7 +215,7 @@ def vae_to_diffusers(state: Mapping[str, torch.Tensor], model_config: Mapping[st
     """`first_stage_model.*` → `AutoencoderKL` state dict (attention 1×1 convs become linear weights)."""
     n = len(model_config["params"]["first_stage_config"]["params"]["ddconfig"]["ch_mult"])
     return {
-        _vae_key(k, n): v[:, :, 0, 0] if _is_vae_attention_weight(k) else v
+        vae_key(k, n): v[:, :, 0, 0] if is_vae_attention_weight(k) else v
         for k, v in ((k[len(VAE_PREFIX) :], v) for k, v in state.items() if k.startswith(VAE_PREFIX))
     }
 
@@ -224,15 +224,15 @@ def vae_from_diffusers(dstate: Mapping[str, torch.Tensor], model_config: Mapping
     """`AutoencoderKL` state dict → `first_stage_model.*` (linear attention weights become 1×1 convs)."""
     n = len(model_config["params"]["first_stage_config"]["params"]["ddconfig"]["ch_mult"])
     keys = our_keys(model_config, VAE_PREFIX)
-    names = _inverse(keys, lambda k: _vae_key(k, n), VAE_PREFIX)
+    names = _inverse(keys, lambda k: vae_key(k, n), VAE_PREFIX)
     state = _from(dstate, names, "VAE")
     return {
-        k: v[:, :, None, None] if _is_vae_attention_weight(k[len(VAE_PREFIX) :]) and v.ndim == 2 else v
+        k: v[:, :, None, None] if is_vae_attention_weight(k[len(VAE_PREFIX) :]) and v.ndim == 2 else v
         for k, v in state.items()
     }
 
 
-def _check_clip_text(model_config: Mapping[str, Any]) -> None:
+def check_clip_text(model_config: Mapping[str, Any]) -> None:
     target = model_config["params"]["cond_stage_config"]["target"]
     if target != CLIP_EMBEDDER:
         raise ConversionError(
@@ -246,7 +246,7 @@ def text_encoder_to_transformers(
 ) -> dict[str, torch.Tensor]:
     """`cond_stage_model.transformer.text_model.*` → `CLIPTextModel` state dict: with the `text_model.` prefix
     the hub's files carry (`hub_layout`), or without it, as transformers 5 `save_pretrained` writes it."""
-    _check_clip_text(model_config)
+    check_clip_text(model_config)
     prefix = "text_model." if hub_layout else ""
     return {prefix + k: v for k, v in _rename(state, TEXT_PREFIX, lambda k: k).items()}
 
@@ -256,7 +256,7 @@ def text_encoder_from_transformers(
 ) -> dict[str, torch.Tensor]:
     """`CLIPTextModel` state dict, with or without the `text_model.` prefix → our keys. `position_ids` (a
     buffer older files carry) is dropped."""
-    _check_clip_text(model_config)
+    check_clip_text(model_config)
     state = {k.removeprefix("text_model."): v for k, v in dstate.items() if not k.endswith("embeddings.position_ids")}
     names = {k: TEXT_PREFIX + k for k in our_keys(model_config, TEXT_PREFIX)}
     return _from(state, names, "text encoder")
@@ -339,7 +339,7 @@ def diffusers_vae_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def clip_text_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
     """The transformers `CLIPTextConfig` of our SD1.x text encoder."""
-    _check_clip_text(model_config)
+    check_clip_text(model_config)
     params = model_config["params"]["cond_stage_config"].get("params") or {}
     width = params.get("width", 768)
     return {

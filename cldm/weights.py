@@ -285,6 +285,7 @@ def load_weights_from_file(
     prefixes: Sequence[str] | None = None,
     exclude: Sequence[str] = (),
     ignore: Sequence[str] = (),
+    keep_only: Sequence[str] | None = None,
     trusted: bool = False,
     allow_nonfinite: bool = False,
     chunk_bytes: int = 256 << 20,
@@ -292,14 +293,22 @@ def load_weights_from_file(
     """`load_weights` from a file, checked from its header first and then copied a chunk at a time: the
     model is untouched if the file does not fit, and loading needs the model plus one chunk of memory,
     not the model plus the whole file. File keys under `ignore` are skipped (e.g. the ControlNet of a
-    full ControlLDM file used only as an SD base). NaN or inf values are found as the chunks are copied
+    full ControlLDM file used only as an SD base), and so are those not under `keep_only` when it is given (e.g.
+    the ControlNet alone out of a full file). NaN or inf values are found as the chunks are copied
     and refused at the end (NonFiniteWeightsError: discard the model) unless `allow_nonfinite`."""
+    in_file = load_state_dict(path, trusted=trusted, shapes_only=True)
     shapes = {
         k: v
-        for k, v in load_state_dict(path, trusted=trusted, shapes_only=True).items()
-        if not k.startswith(tuple(ignore))
+        for k, v in in_file.items()
+        if not k.startswith(tuple(ignore)) and (keep_only is None or k.startswith(tuple(keep_only)))
     }
-    kept, report = check_state_dict(model.state_dict(), shapes, prefixes=prefixes, exclude=exclude)
+    try:
+        kept, report = check_state_dict(model.state_dict(), shapes, prefixes=prefixes, exclude=exclude)
+    except CheckpointMismatchError as err:
+        lora = (
+            " It holds LoRA adapter weights, which CuteNet does not load." if any("lora" in k for k in in_file) else ""
+        )
+        raise CheckpointMismatchError(f"{path}: {err}.{lora}") from None
     nonfinite: list[str] = []
     for chunk in iter_tensor_chunks(path, list(kept), trusted=trusted, chunk_bytes=chunk_bytes):
         nonfinite += nonfinite_keys(chunk)
@@ -334,47 +343,46 @@ class ControlInit:
     dropped_extras: list[str]
 
 
-def init_control_from_sd(model_state: Mapping[str, torch.Tensor], sd_state: Mapping[str, torch.Tensor]) -> ControlInit:
-    """Build the full ControlLDM state: SD tensors as they are, ControlNet tensors copied from their UNet twins.
-
-    `model_state` is a freshly initialised ControlLDM state_dict; ControlNet tensors without a twin of the
-    same shape (hint encoder, zero convolutions) keep their fresh values and are listed in `fresh`.
-    Everything else must come from `sd_state` (checked strictly: see `check_state_dict`).
-    """
-    sd_part = {k: v for k, v in model_state.items() if not k.startswith(CONTROL_PREFIX)}
-    sd_only = {k: v for k, v in sd_state.items() if not k.startswith(CONTROL_PREFIX)}
-    kept, report = check_state_dict(sd_part, sd_only)
-    state = {k: kept.get(k, v) for k, v in sd_part.items()}
+def copy_encoder_into_control(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """Copy each UNet encoder tensor into its ControlNet twin, in place (paper §3.2: the trainable copy starts as the
+    locked encoder). Returns (copied, fresh): the ControlNet keys with a twin of the same shape, and the rest (hint
+    encoder, zero convolutions), which keep their initial values."""
+    state = model.state_dict()  # views of the parameters: copying into them sets the model
     copied, fresh = [], []
-    for key, value in model_state.items():
-        if not key.startswith(CONTROL_PREFIX):
-            continue
-        twin = sd_state.get(unet_twin(key))
-        if twin is not None and twin.shape == value.shape:
-            state[key] = twin.clone()
-            copied.append(key)
-        else:
-            state[key] = value
-            fresh.append(key)
-    return ControlInit(state, copied, fresh, report.kept_fresh, report.dropped_extras)
+    with torch.no_grad():
+        for key, value in state.items():
+            if not key.startswith(CONTROL_PREFIX):
+                continue
+            twin = state.get(unet_twin(key))
+            if twin is not None and twin.shape == value.shape:
+                value.copy_(twin)
+                copied.append(key)
+            else:
+                fresh.append(key)
+    return copied, fresh
 
 
 def build_control_init(
     model_config: Mapping[str, Any],
-    sd_state: Mapping[str, torch.Tensor],
+    load_sd: Callable[[torch.nn.Module], LoadReport],
     *,
     seed: int,
-    source: str | Path = "the SD checkpoint",
-    allow_nonfinite: bool = False,
+    load_control: Callable[[torch.nn.Module], LoadReport] | None = None,
 ) -> ControlInit:
-    """The initial ControlLDM state for the `model` node of a config: a model built with its fresh parts
-    (hint encoder, zero convolutions) drawn under `seed`, filled by `init_control_from_sd`. The same
-    input and seed give the same state, whichever process makes it (tool_add_control.py, or training's
-    `sd_base` on every DDP rank). NaN or inf in `source` are refused unless `allow_nonfinite`."""
-    refuse_nonfinite(nonfinite_keys(sd_state), source, allow_nonfinite=allow_nonfinite)
+    """The initial ControlLDM state for the `model` node of a config: a model built with its fresh parts (hint
+    encoder, zero convolutions) drawn under `seed`, its SD part filled by `load_sd` (which must fill every SD tensor,
+    strictly, e.g. `load_weights_from_file` with `exclude=(CONTROL_PREFIX,)`), then the encoder copied into the
+    ControlNet, or, with `load_control`, the whole ControlNet taken from an existing one (to fine-tune it). The
+    weights stream into the model, so the peak is the model plus one chunk. The same input and seed give the same
+    state, whichever process makes it (tool_add_control.py, or training's `sd_base` on every rank)."""
     torch.manual_seed(seed)
     model = instantiate_from_config(model_config)
-    return init_control_from_sd(model.state_dict(), sd_state)
+    report = load_sd(model)
+    copied, fresh = copy_encoder_into_control(model)
+    if load_control is not None:
+        load_control(model)
+        copied, fresh = [], []
+    return ControlInit(model.state_dict(), copied, fresh, report.kept_fresh, report.dropped_extras)
 
 
 def save_state(state: Mapping[str, torch.Tensor], dst: str | Path, metadata: Mapping[str, str] | None = None) -> None:

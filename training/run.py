@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from cldm.logger import ImageLogger
+from cldm.model import load_base, load_control
 from cldm.weights import (
     CheckpointMismatchError,
     CorruptCheckpointError,
@@ -128,6 +129,8 @@ def plan_run(
     except (FileNotFoundError, ValueError) as err:
         raise RunInputError(f"data: {err}") from None
     dataset, skipped = _check_data(dataset, model_config, skip_bad=settings.skip_bad)
+    if settings.control_from and not Path(settings.control_from).exists():
+        raise RunInputError(f"--control-from {settings.control_from} does not exist")
     model_state, trainable = _meta_state(model_config)
     resumed = _resolve_resume_from(resume_from, output)
     ckpt_path = resumed[0] if resumed else None
@@ -185,14 +188,17 @@ def write_skipped(plan: RunPlan) -> None:
 def make_control_init(
     model_config: dict[str, Any], sd_base: Path, dst: Path, *, seed: int, allow_nonfinite: bool = False
 ) -> None:
-    """What tool_add_control.py does: SD weights + a ControlNet copied from the UNet encoder, written to dst."""
-    if not sd_base.is_file():
+    """What tool_add_control.py does: SD weights (a checkpoint file or a diffusers pipeline folder) + a ControlNet
+    copied from the UNet encoder, written to dst."""
+    if not sd_base.exists():
         raise RunInputError(
             f"training.sd_base {sd_base} does not exist; it is needed to make the initial checkpoint {dst} (see docs/training.md)"
         )
     try:
         init = build_control_init(
-            model_config, load_state_dict(sd_base), seed=seed, source=sd_base, allow_nonfinite=allow_nonfinite
+            model_config,
+            lambda model: load_base(model, sd_base, model_config, allow_nonfinite=allow_nonfinite),
+            seed=seed,
         )
     except CheckpointMismatchError as err:
         raise RunInputError(f"training.sd_base {sd_base} does not fit the config: {err}") from None
@@ -240,8 +246,14 @@ def instantiate_model(
 
 
 def build_model(plan: RunPlan) -> pl.LightningModule:
-    """The ControlLDM with its starting weights; a fresh start saves them so resumes reload the same frozen parts."""
+    """The ControlLDM with its starting weights; a fresh start saves them so resumes reload the same frozen parts.
+    `control_from` replaces the initial ControlNet at a fresh start (a resume takes it from the checkpoint)."""
     model = instantiate_model(plan.model_config, plan.base, allow_nonfinite=plan.settings.allow_nonfinite)
+    if plan.settings.control_from and plan.resume_from is None:
+        load_control(
+            model, plan.settings.control_from, plan.model_config, allow_nonfinite=plan.settings.allow_nonfinite
+        )
+        logger.info("the ControlNet starts from %s", plan.settings.control_from)
     if plan.base is None:
         plan.output.mkdir(parents=True, exist_ok=True)
         init = plan.output / INIT_FILE

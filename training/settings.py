@@ -61,6 +61,10 @@ class TrainSettings:
     precision: str = knob("32, 16-mixed or bf16-mixed", choices=PRECISIONS)
     empty_prompt_p: float = knob("probability of training with an empty prompt")
     hflip: bool = knob("random horizontal flips")
+    control_from: str | None = knob(
+        "start the ControlNet from this one (control_model.* file or diffusers ControlNet) instead of the UNet encoder",
+        parse=_optional_text,
+    )
     allow_nonfinite: bool = knob("load initial weights even if they hold NaN or inf (refused by default)")
     skip_bad: bool = knob(
         "train on the usable pairs when some fail the pre-flight check (listed in OUTPUT/skipped_pairs.tsv)"

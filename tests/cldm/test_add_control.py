@@ -4,8 +4,8 @@ import pytest
 import torch
 from repo_paths import TINY_CONFIG
 
-from cldm.model import load_config, load_state_dict
-from cldm.weights import init_control_from_sd, save_state, unet_twin
+from cldm.model import load_base, load_config, load_state_dict
+from cldm.weights import build_control_init, save_state, unet_twin
 from tool_add_control import main
 from training.run import make_control_init
 
@@ -37,9 +37,9 @@ def test_twin_mapping():
         unet_twin("model.diffusion_model.out.0.weight")
 
 
-def test_every_encoder_weight_is_copied_and_the_rest_kept_fresh(tiny_model, sd_file):
-    _, sd_state = sd_file
-    init = init_control_from_sd(tiny_model.state_dict(), sd_state)
+def test_every_encoder_weight_is_copied_and_the_rest_kept_fresh(tiny_model, tiny_config, sd_file):
+    path, sd_state = sd_file
+    init = build_control_init(tiny_config, lambda m: load_base(m, path, tiny_config), seed=0)
     for key in init.copied:
         assert torch.equal(init.state[key], sd_state[unet_twin(key)])
     encoder = {
@@ -79,7 +79,10 @@ def test_tool_refusals(sd_file, tmp_path, capsys):
         _refused([*args, "--config", TINY], match, capsys)
     diffusers = tmp_path / "sd-diffusers"
     (diffusers / "unet").mkdir(parents=True)
-    _refused([str(diffusers), str(tmp_path / "o.ckpt"), "--config", TINY], "diffusers folder", capsys)
+    _refused([str(diffusers), str(tmp_path / "o.ckpt"), "--config", TINY], "has no vae/ folder", capsys)
+    (tmp_path / "photos").mkdir()
+    _refused([str(tmp_path / "photos"), str(tmp_path / "o.ckpt"), "--config", TINY], "not a diffusers pipeline", capsys)
+    assert not (tmp_path / "o.ckpt").exists()
 
 
 def _refused(args, match, capsys):

@@ -8,8 +8,8 @@ from repo_paths import ROOT
 from repo_paths import TINY_CONFIG as TINY
 from repo_paths import TOY_CONFIG as TOY
 
-from cldm.model import create_model, load_config, load_state_dict
-from cldm.weights import check_state_dict, init_control_from_sd
+from cldm.model import create_model, load_base, load_config, load_state_dict
+from cldm.weights import build_control_init, check_state_dict
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from tool_train_toy_base import base_state
 from tool_train_toy_base import main as train_base_main
@@ -109,7 +109,8 @@ def test_saved_base_is_an_sd_style_checkpoint_for_tool_add_control(toy_data, tmp
     assert train_base_main(args + [str(out)]) == 0
     state = load_state_dict(out)
     model = create_model(TINY)
-    init = init_control_from_sd(model.state_dict(), state)  # what tool_add_control.py runs
+    config = load_config(TINY)["model"]
+    init = build_control_init(config, lambda m: load_base(m, out, config), seed=0)  # what tool_add_control.py runs
     assert init.copied and not any(k.startswith("control_model.") for k in state)
     assert state["model.diffusion_model.out.2.weight"].dtype == torch.float16
     assert state["alphas_cumprod"].dtype == torch.float32  # the schedule stays exact
