@@ -107,17 +107,34 @@ def iter_tensor_chunks(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """The tensors `keys` of a checkpoint file, about `chunk_bytes` at a time, so that copying a file into
     a model needs the model plus one chunk rather than the model plus the whole file. A safetensors file
-    is read tensor by tensor; a pickle is memory-mapped (file-backed pages instead of anonymous memory)."""
+    is opened afresh for each chunk, so the pages of the file it has read do not stay mapped (resident) beside
+    the model; a pickle is memory-mapped (file-backed pages instead of anonymous memory)."""
     path = Path(path)
     with reading_weights(path):
         if path.suffix.lower() == ".safetensors":
             from safetensors import safe_open
 
-            with safe_open(str(path), framework="pt", device=str(location)) as f:
-                yield from _chunks(keys, f.get_tensor, chunk_bytes)
+            sizes = {k: v.nbytes for k, v in load_state_dict(path, shapes_only=True).items()}
+            for group in _groups(keys, sizes, chunk_bytes):
+                with safe_open(str(path), framework="pt", device=str(location)) as f:
+                    yield {k: f.get_tensor(k) for k in group}
             return
         state = _pickle_state(path, location, trusted=trusted, mmap=True)
         yield from _chunks(keys, state.__getitem__, chunk_bytes)
+
+
+def _groups(keys: Sequence[str], sizes: Mapping[str, int], chunk_bytes: int) -> Iterator[list[str]]:
+    """`keys` in consecutive groups of about `chunk_bytes`."""
+    group: list[str] = []
+    size = 0
+    for key in keys:
+        group.append(key)
+        size += sizes[key]
+        if size >= chunk_bytes:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 def _chunks(

@@ -355,3 +355,23 @@ def test_a_second_run_on_a_held_output_exits_2_naming_the_first(toy_data, tmp_pa
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {out} is in use by another run (pid {other.pid}") and err.count("\n") == 0
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing of the first run was touched
+
+
+def test_a_run_ends_with_a_diffusers_controlnet_and_the_export_tool_makes_the_same(toy_data, tmp_path, _args):
+    from diffusers import ControlNetModel
+
+    from tool_export_control import main as export
+
+    out = tmp_path / "run"
+    assert main(_args(toy_data, out, "--max-steps", "2")) == 0
+    diffusers, info = ControlNetModel.from_pretrained(out / "control_diffusers", output_loading_info=True)
+    assert not any(info.values()), info
+    assert export([str(out), str(tmp_path / "again"), "--format", "diffusers"]) == 0
+    assert (
+        export([str(tmp_path / "again"), str(tmp_path / "ldm.safetensors"), "--format", "ldm", "--config", str(TINY)])
+        == 0
+    )
+    ours, back = load_state_dict(out / "control.safetensors"), load_state_dict(tmp_path / "ldm.safetensors")
+    assert ours.keys() == back.keys() and all(torch.equal(ours[k], back[k]) for k in ours)
+    again = ControlNetModel.from_pretrained(tmp_path / "again")
+    assert all(torch.equal(a, b) for a, b in zip(diffusers.state_dict().values(), again.state_dict().values()))

@@ -12,13 +12,15 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
-from cldm.weights import CorruptCheckpointError, export_control, reading_weights
+from cldm.diffusers_io import save_diffusers_controlnet
+from cldm.weights import CONTROL_PREFIX, CorruptCheckpointError, export_control, reading_weights
 from ldm.util import atomic_write
 
 logger = logging.getLogger(__name__)
 
 STEP_FILE = re.compile(r"^step-(\d+)\.ckpt$")
 CONTROL_FILE = "control.safetensors"
+DIFFUSERS_FOLDER = "control_diffusers"
 
 
 REQUIRED_KEYS = ("global_step", "state_dict")
@@ -96,6 +98,14 @@ class PeriodicCheckpoint(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save_once(trainer, pl_module)
+        self._export_diffusers(pl_module)
+
+    @rank_zero_only
+    def _export_diffusers(self, pl_module: pl.LightningModule) -> None:
+        """The final ControlNet as a diffusers folder beside control.safetensors."""
+        state = {k: v for k, v in pl_module.state_dict().items() if k.startswith(CONTROL_PREFIX)}
+        folder = save_diffusers_controlnet(state, self.config["model"], self.folder.parent / DIFFUSERS_FOLDER)
+        logger.info("saved the diffusers ControlNet %s", folder)
 
     def save_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Save unless this step is already saved."""

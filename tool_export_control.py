@@ -1,0 +1,68 @@
+"""Export a trained ControlNet for other tools: a diffusers ControlNet folder, or the ldm release file.
+
+    python tool_export_control.py runs/sd15_canny_dogs runs/sd15_canny_dogs/control_diffusers --format diffusers
+    python tool_export_control.py control.safetensors out/ --format diffusers --config models/cldm_v15.yaml
+    python tool_export_control.py models/control_sd15_canny.pth control_sd15_canny.safetensors --format ldm
+    python tool_export_control.py lllyasviel-control_v11p_sd15_canny/ control_canny.safetensors --format ldm
+
+SRC is a run folder (its control.safetensors and config.yaml), a ControlNet file (control_model.* keys), a full
+ControlLDM file, or a diffusers ControlNet folder. `--format diffusers` writes config.json +
+diffusion_pytorch_model.safetensors, which `diffusers.ControlNetModel.from_pretrained(OUT)` loads; `--format ldm`
+writes the control_model.* safetensors that ComfyUI and the A1111 extension load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cldm.diffusers_io import save_diffusers_controlnet
+from cldm.model import load_config, load_control
+from cldm.weights import CONTROL_PREFIX, export_control
+from ldm.util import instantiate_from_config
+from training.checkpoint import CONTROL_FILE
+
+RUN_CONFIG = "config.yaml"
+
+
+def resolve_source(src: Path, config: Path | None) -> tuple[Path, Path]:
+    """(the ControlNet weights, the config they belong to); a run folder names both."""
+    if src.is_dir() and (src / CONTROL_FILE).is_file():
+        return src / CONTROL_FILE, config or src / RUN_CONFIG
+    if not src.exists():
+        raise FileNotFoundError(f"{src} does not exist")
+    if config is None:
+        raise ValueError(f"{src} is not a run folder: give the model config with --config (e.g. models/cldm_v15.yaml)")
+    return src, config
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", type=Path, help="run folder, ControlNet file, full ControlLDM file or diffusers ControlNet")
+    p.add_argument("out", type=Path, help="folder (--format diffusers) or .safetensors file (--format ldm)")
+    p.add_argument("--format", choices=("diffusers", "ldm"), required=True, help="what to write")
+    p.add_argument("--config", type=Path, help="model config (default: the run folder's config.yaml)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="export weights holding NaN or inf")
+    args = p.parse_args(argv)
+    try:
+        weights, config_path = resolve_source(args.src, args.config)
+        if args.format == "ldm" and args.out.suffix.lower() != ".safetensors":
+            raise ValueError(f"--format ldm writes a .safetensors file, got {args.out}")
+        config = load_config(config_path)["model"]
+        model = instantiate_from_config(config)
+        load_control(model, weights, config, allow_nonfinite=args.allow_nonfinite)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.format == "ldm":
+        export_control(model, args.out)
+    else:
+        state = {k: v for k, v in model.state_dict().items() if k.startswith(CONTROL_PREFIX)}
+        save_diffusers_controlnet(state, config, args.out)
+    print(f"wrote {args.out} ({args.format}) from {weights}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
