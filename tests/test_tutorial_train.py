@@ -375,3 +375,24 @@ def test_a_run_ends_with_a_diffusers_controlnet_and_the_export_tool_makes_the_sa
     assert ours.keys() == back.keys() and all(torch.equal(ours[k], back[k]) for k in ours)
     again = ControlNetModel.from_pretrained(tmp_path / "again")
     assert all(torch.equal(a, b) for a, b in zip(diffusers.state_dict().values(), again.state_dict().values()))
+
+
+def test_control_from_starts_training_from_an_existing_diffusers_controlnet(toy_data, tmp_path, _args, tiny_model):
+    from cldm.diffusers_io import save_diffusers_controlnet
+    from cldm.model import load_config
+
+    with torch.no_grad():
+        for p in tiny_model.control_model.parameters():
+            p.normal_(std=0.05)
+    source = {k: v for k, v in tiny_model.state_dict().items() if k.startswith("control_model.")}
+    save_diffusers_controlnet(source, load_config(TINY)["model"], tmp_path / "public_canny")
+    out = tmp_path / "run"
+    # A learning rate too small to move anything: the trained ControlNet is the one it started from.
+    assert (
+        main(
+            _args(toy_data, out, "--max-steps", "1", "--lr", "1e-12", "--control-from", str(tmp_path / "public_canny"))
+        )
+        == 0
+    )
+    trained = load_state_dict(out / "control.safetensors")
+    assert all(torch.allclose(trained[k], v, atol=1e-6) for k, v in source.items())

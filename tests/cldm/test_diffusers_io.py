@@ -167,3 +167,16 @@ def test_a_lora_or_a_controlnet_for_another_base_is_refused_by_name(tiny_config,
     ).save_pretrained(sd2)
     with pytest.raises(ValueError, match="controlnet_sd21 holds a ControlNet with cross_attention_dim=1024"):
         load_model(TINY, control=sd2)
+
+
+def test_a_scheduler_that_disagrees_with_the_config_is_reported(pipeline, caplog):
+    folder, _ = pipeline
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler/scheduler_config.json").write_text(
+        json.dumps(
+            {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+        )
+    )
+    with caplog.at_level("WARNING"):
+        load_model(TINY, base=folder)
+    assert "disagrees with the config's diffusion schedule" in caplog.text and "beta_start: 0.0001" in caplog.text
