@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -43,6 +44,33 @@ def reset_peak_memory(device: str) -> bool:
     except OSError:
         return False
     return True
+
+
+class StageTimer:
+    """Seconds each part of the model spends in its forward during the forward pass, from forward hooks. Calls
+    during backward (gradient checkpointing recomputes blocks there) are not counted."""
+
+    def __init__(self, parts: dict[str, torch.nn.Module], clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.counting = False
+        self.seconds = dict.fromkeys(parts, 0.0)
+        self._started: dict[str, float] = {}
+        for name, module in parts.items():
+            module.register_forward_pre_hook(lambda *_, name=name: self._start(name))
+            module.register_forward_hook(lambda *_, name=name: self._stop(name))
+
+    def _start(self, name: str) -> None:
+        if self.counting:
+            self._started[name] = self.clock()
+
+    def _stop(self, name: str) -> None:
+        if self.counting and name in self._started:
+            self.seconds[name] += self.clock() - self._started.pop(name)
+
+    def take(self) -> dict[str, float]:
+        """The seconds counted since the last take."""
+        seconds, self.seconds = self.seconds, dict.fromkeys(self.seconds, 0.0)
+        return seconds
 
 
 def make_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -133,10 +161,22 @@ def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.opti
             torch.cuda.synchronize()
         return time.perf_counter()
 
+    stages = StageTimer(
+        {
+            "VAE encode": model.first_stage_model.encoder,
+            "text encode": model.cond_stage_model,
+            "ControlNet": model.control_model,
+            "UNet": model.model.diffusion_model,
+        },
+        clock,
+    )
+
     def step() -> tuple[float, float, float]:
         start = clock()
+        stages.counting = True
         with autocast:
             loss, _ = model.training_loss(batch, 0)  # what training_step computes
+        stages.counting = False
         forward = clock()
         loss.backward()
         backward = clock()
@@ -145,7 +185,11 @@ def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.opti
         return forward - start, backward - forward, clock() - backward
 
     step()  # warm-up: allocator, optimizer state
-    parts = [step() for _ in range(args.steps)]
+    stages.take()
+    parts, stage_times = [], []
+    for _ in range(args.steps):
+        parts.append(step())
+        stage_times.append(stages.take())
     times = [sum(p) for p in parts]
     median = statistics.median(times)
     fwd, bwd, opt = (statistics.median(p[i] for p in parts) for i in range(3))
@@ -159,8 +203,10 @@ def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.opti
         f"optimizer_states={args.optimizer_states} gradient_release={args.gradient_release} "
         f"cached_latents={args.cached_latents} device={args.device} threads={torch.get_num_threads()}"
     )
+    per_stage = ", ".join(f"{name} {statistics.median(t[name] for t in stage_times):.3f}" for name in stage_times[0])
     print(
-        f"step {median:.2f} s (median of {len(times)}: forward {fwd:.2f}, backward {bwd:.2f}, optimizer {opt:.2f}), "
+        f"step {median:.2f} s (median of {len(times)}: forward {fwd:.2f} [{per_stage}], backward {bwd:.2f}, "
+        f"optimizer {opt:.2f}), "
         f"{b / median:.2f} samples/s, {kind} {memory:.1f} GB{detail}"
     )
     return model, optimizer

@@ -144,8 +144,10 @@ class SpatialTransformer(nn.Module):
             x = rearrange(self.proj_in(x), "b c h w -> b (h w) c")  # B×L×D
         for block in self.transformer_blocks:
             x = block(x, context)  # B×L×D
+        # Tokens back to a feature map: a permuted view with channels-last strides. Made contiguous here, or every
+        # convolution downstream would be handed channels-last activations and re-lay its weights on each call.
         if self.use_linear:
-            x = rearrange(self.proj_out(x), "b (h w) c -> b c h w", h=h, w=w)  # B×C×H×W
+            x = rearrange(self.proj_out(x), "b (h w) c -> b c h w", h=h, w=w).contiguous()  # B×C×H×W
         else:
-            x = self.proj_out(rearrange(x, "b (h w) c -> b c h w", h=h, w=w))  # B×C×H×W
+            x = self.proj_out(rearrange(x, "b (h w) c -> b c h w", h=h, w=w).contiguous())  # B×C×H×W
         return x + x_in

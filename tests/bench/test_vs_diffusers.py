@@ -1,0 +1,30 @@
+"""bench/vs_diffusers.py on the tiny config: it builds both sides from one set of weights and they agree."""
+
+import re
+
+from repo_paths import TINY_CONFIG
+
+from bench.vs_diffusers import main
+
+
+def test_every_figure_is_printed_and_both_sides_compute_the_same(capsys):
+    main(
+        [
+            "--config",
+            str(TINY_CONFIG),
+            "--sizes",
+            "64",
+            "--ddim-steps",
+            "3",
+            "--ddim-size",
+            "64",
+            "--train-size",
+            "64",
+            "--repeats",
+            "1",
+        ]
+    )
+    out = capsys.readouterr().out
+    errors = [float(e) for e in re.findall(r"  (\d\.\de[-+]\d+)", out)]
+    assert len(errors) == 2 and max(errors) < 1e-4, out  # the denoiser call and the DDIM latents
+    assert re.search(r"training step, batch 1, 64² +[\d.]+ +[\d.]+ +[\d.]+", out), out
