@@ -128,4 +128,4 @@ def test_the_sd15_architecture_matches_diffusers(repo_root):
     config = load_config(repo_root / "models/cldm_v15.yaml")["model"]
     torch.manual_seed(0)
     model = _randomised(create_model(repo_root / "models/cldm_v15.yaml"))
-    _check_controlled_eps(model, config, steps=(500,))
+    _check_controlled_eps(model, config, steps=(3, 801))

@@ -89,3 +89,23 @@ def test_eta_outside_zero_to_one_is_refused(eta):
 def test_a_non_finite_guidance_scale_is_refused():
     with pytest.raises(ValueError, match="guidance scale"):
         guided_denoiser(lambda x, t, c: x, {}, {}, float("nan"))
+
+
+def test_guidance_runs_both_branches_as_one_batch_with_the_same_result():
+    calls = []
+
+    def apply_model(x, t, cond):
+        calls.append(x.shape[0])
+        return torch.tanh(x * cond["c_crossattn"][0].mean(dim=(1, 2)).view(-1, 1, 1, 1) + t.view(-1, 1, 1, 1) / 1000)
+
+    cond, uncond = {"c_crossattn": [torch.full((2, 3, 4), 2.0)]}, {"c_crossattn": [torch.zeros(2, 3, 4)]}
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    batched = guided_denoiser(apply_model, cond, uncond, 3.0)(x, t)
+    assert calls == [4]  # one call over the CFG batch
+    separate = apply_model(x, t, uncond) + 3.0 * (apply_model(x, t, cond) - apply_model(x, t, uncond))
+    torch.testing.assert_close(batched, separate)
+    calls.clear()
+    guided_denoiser(apply_model, {**cond, "c_concat": [torch.ones(2, 3, 64, 64)]}, {**uncond, "c_concat": None}, 3.0)(
+        x, t
+    )
+    assert calls == [2, 2]  # guess mode: the hint in one branch only, so two calls

@@ -72,18 +72,45 @@ def ddim_sample(
 def guided_denoiser(
     apply_model: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], cond: Any, uncond: Any | None, scale: float
 ) -> Denoiser:
-    """ε for classifier-free guidance: ε_u + s(ε_c − ε_u); scale 1 (or no uncond) is the conditional ε."""
+    """ε for classifier-free guidance: ε_u + s(ε_c − ε_u); scale 1 (or no uncond) is the conditional ε.
+
+    The two branches run as one batch (what diffusers calls the CFG batch) when their conditionings stack; a
+    hint present in one branch only (guess mode) runs them one after the other.
+    """
     if not math.isfinite(scale):
         raise ValueError(f"the guidance scale must be a finite number, got {scale}")
     if uncond is None or scale == 1.0:
         return lambda x, t: apply_model(x, t, cond)
+    both = _stacked(cond, uncond)
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps_cond = apply_model(x, t, cond)
-        eps_uncond = apply_model(x, t, uncond)
+        if both is not None:
+            eps_cond, eps_uncond = apply_model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)  # B×C×H×W each
+        else:
+            eps_cond, eps_uncond = apply_model(x, t, cond), apply_model(x, t, uncond)
         return eps_uncond + scale * (eps_cond - eps_uncond)
 
     return denoise
+
+
+def _stacked(cond: Any, uncond: Any) -> dict[str, list[torch.Tensor] | None] | None:
+    """The conditional and unconditional conditioning as one batch (conditional first), or None where their
+    entries differ in kind or shape."""
+    if not isinstance(cond, Mapping) or not isinstance(uncond, Mapping) or cond.keys() != uncond.keys():
+        return None
+    both: dict[str, list[torch.Tensor] | None] = {}
+    for key, c in cond.items():
+        u = uncond[key]
+        if c is None and u is None:
+            both[key] = None
+        elif not (isinstance(c, list | tuple) and isinstance(u, list | tuple) and len(c) == len(u)) or any(
+            not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape
+            for a, b in zip(c, u)
+        ):
+            return None
+        else:
+            both[key] = [torch.cat([a, b]) for a, b in zip(c, u)]  # 2B×…
+    return both
 
 
 class DDIMSampler:
