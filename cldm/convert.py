@@ -147,6 +147,14 @@ def is_vae_attention_weight(key: str) -> bool:
     return bool(re.fullmatch(r"(encoder|decoder)\.mid\.attn_1\.(q|k|v|proj_out)\.weight", key))
 
 
+def vae_tensor_from_diffusers(key: str, value: torch.Tensor) -> torch.Tensor:
+    """A diffusers VAE tensor as our `key` (under `first_stage_model.`) holds it: the linear attention weights
+    [C, C] become 1×1 convolutions [C, C, 1, 1] (a view, no copy)."""
+    if is_vae_attention_weight(key.removeprefix(VAE_PREFIX)) and value.ndim == 2:
+        return value[:, :, None, None]
+    return value
+
+
 # --------------------------------------------------------------------------------------------------- both ways
 
 
@@ -225,11 +233,7 @@ def vae_from_diffusers(dstate: Mapping[str, torch.Tensor], model_config: Mapping
     n = len(model_config["params"]["first_stage_config"]["params"]["ddconfig"]["ch_mult"])
     keys = our_keys(model_config, VAE_PREFIX)
     names = _inverse(keys, lambda k: vae_key(k, n), VAE_PREFIX)
-    state = _from(dstate, names, "VAE")
-    return {
-        k: v[:, :, None, None] if is_vae_attention_weight(k[len(VAE_PREFIX) :]) and v.ndim == 2 else v
-        for k, v in state.items()
-    }
+    return {k: vae_tensor_from_diffusers(k, v) for k, v in _from(dstate, names, "VAE").items()}
 
 
 def check_clip_text(model_config: Mapping[str, Any]) -> None:

@@ -18,10 +18,8 @@ from cldm.weights import (
     CheckpointMismatchError,
     LoadReport,
     check_state_dict,
-    iter_tensor_chunks,
+    copy_in_chunks,
     load_state_dict,
-    nonfinite_keys,
-    refuse_nonfinite,
     save_state,
 )
 from ldm.util import atomic_write
@@ -120,25 +118,23 @@ def _stream_into(
         kept, report = check_state_dict(model.state_dict(), renamed, prefixes=(prefix,))
     except CheckpointMismatchError as err:
         raise DiffusersLayoutError(f"{path}: {err}") from None
-    ours_to_theirs = {v: k for k, v in names.items() if v in kept}
-    nonfinite: list[str] = []
-    for chunk in iter_tensor_chunks(path, list(ours_to_theirs.values())):
-        ours = {names[k]: fix(names[k], v) for k, v in chunk.items()}
-        nonfinite += nonfinite_keys(ours)
-        model.load_state_dict(ours, strict=False)
-    refuse_nonfinite(nonfinite, path, allow_nonfinite=allow_nonfinite)
+    copy_in_chunks(
+        model,
+        path,
+        [k for k, ours in names.items() if ours in kept],
+        rename=lambda k, v: (names[k], fix(names[k], v)),
+        allow_nonfinite=allow_nonfinite,
+    )
     return report
-
-
-def _reshape_vae_attention(key: str, value: torch.Tensor) -> torch.Tensor:
-    """diffusers' linear attention weights [C, C] → our 1×1 convolutions [C, C, 1, 1] (a view, no copy)."""
-    if convert.is_vae_attention_weight(key[len(convert.VAE_PREFIX) :]) and value.ndim == 2:
-        return value[:, :, None, None]
-    return value
 
 
 def _unchanged(key: str, value: torch.Tensor) -> torch.Tensor:
     return value
+
+
+def _keys(model: torch.nn.Module, prefix: str) -> list[str]:
+    """The model's state_dict keys under `prefix`, without it (the model in hand: no meta build needed)."""
+    return [k[len(prefix) :] for k in model.state_dict() if k.startswith(prefix)]
 
 
 def load_pipeline(
@@ -167,11 +163,17 @@ def load_pipeline(
     vae_levels = len(model_config["params"]["first_stage_config"]["params"]["ddconfig"]["ch_mult"])
     parts = [
         (unet, DIFFUSERS_WEIGHTS, convert.UNET_PREFIX, lambda k: convert.unet_key(k, unet_params), _unchanged),
-        (vae, DIFFUSERS_WEIGHTS, convert.VAE_PREFIX, lambda k: convert.vae_key(k, vae_levels), _reshape_vae_attention),
+        (
+            vae,
+            DIFFUSERS_WEIGHTS,
+            convert.VAE_PREFIX,
+            lambda k: convert.vae_key(k, vae_levels),
+            convert.vae_tensor_from_diffusers,
+        ),
     ]
     report = LoadReport()
     for part_folder, files, prefix, name, fix in parts:
-        names = {name(k): prefix + k for k in convert.our_keys(model_config, prefix)}
+        names = {name(k): prefix + k for k in _keys(model, prefix)}
         part = _stream_into(
             model, _weights_file(part_folder, files), names, fix, prefix=prefix, allow_nonfinite=allow_nonfinite
         )
@@ -181,8 +183,7 @@ def load_pipeline(
     text_file = _weights_file(text, TRANSFORMERS_WEIGHTS)
     hub_layout = any(k.startswith("text_model.") for k in load_state_dict(text_file, shapes_only=True))
     names = {
-        ("text_model." if hub_layout else "") + k: convert.TEXT_PREFIX + k
-        for k in convert.our_keys(model_config, convert.TEXT_PREFIX)
+        ("text_model." if hub_layout else "") + k: convert.TEXT_PREFIX + k for k in _keys(model, convert.TEXT_PREFIX)
     }
     report.loaded += _stream_into(
         model, text_file, names, _unchanged, prefix=convert.TEXT_PREFIX, allow_nonfinite=allow_nonfinite
@@ -228,8 +229,7 @@ def load_diffusers_controlnet(
         path = _weights_file(path, DIFFUSERS_WEIGHTS)
     unet_params = model_config["params"]["unet_config"]["params"]
     names = {
-        convert.control_key(k, unet_params): convert.CONTROL_PREFIX + k
-        for k in convert.our_keys(model_config, convert.CONTROL_PREFIX)
+        convert.control_key(k, unet_params): convert.CONTROL_PREFIX + k for k in _keys(model, convert.CONTROL_PREFIX)
     }
     return _stream_into(model, path, names, _unchanged, prefix=convert.CONTROL_PREFIX, allow_nonfinite=allow_nonfinite)
 

@@ -120,7 +120,8 @@ def iter_tensor_chunks(
                     yield {k: f.get_tensor(k) for k in group}
             return
         state = _pickle_state(path, location, trusted=trusted, mmap=True)
-        yield from _chunks(keys, state.__getitem__, chunk_bytes)
+        for group in _groups(keys, {k: state[k].nbytes for k in keys}, chunk_bytes):
+            yield {k: state[k] for k in group}
 
 
 def _groups(keys: Sequence[str], sizes: Mapping[str, int], chunk_bytes: int) -> Iterator[list[str]]:
@@ -135,21 +136,6 @@ def _groups(keys: Sequence[str], sizes: Mapping[str, int], chunk_bytes: int) -> 
             group, size = [], 0
     if group:
         yield group
-
-
-def _chunks(
-    keys: Sequence[str], get: Callable[[str], torch.Tensor], chunk_bytes: int
-) -> Iterator[dict[str, torch.Tensor]]:
-    chunk: dict[str, torch.Tensor] = {}
-    size = 0
-    for key in keys:
-        chunk[key] = get(key)
-        size += chunk[key].nbytes
-        if size >= chunk_bytes:
-            yield chunk
-            chunk, size = {}, 0
-    if chunk:
-        yield chunk
 
 
 def _pickle_state(path: Path, location: str | torch.device, *, trusted: bool, mmap: bool) -> dict[str, torch.Tensor]:
@@ -326,13 +312,30 @@ def load_weights_from_file(
             " It holds LoRA adapter weights, which CuteNet does not load." if any("lora" in k for k in in_file) else ""
         )
         raise CheckpointMismatchError(f"{path}: {err}.{lora}") from None
-    nonfinite: list[str] = []
-    for chunk in iter_tensor_chunks(path, list(kept), trusted=trusted, chunk_bytes=chunk_bytes):
-        nonfinite += nonfinite_keys(chunk)
-        model.load_state_dict(chunk, strict=False)
-    refuse_nonfinite(nonfinite, path, allow_nonfinite=allow_nonfinite)
+    copy_in_chunks(model, path, list(kept), trusted=trusted, allow_nonfinite=allow_nonfinite, chunk_bytes=chunk_bytes)
     _log_report(report)
     return report
+
+
+def copy_in_chunks(
+    model: torch.nn.Module,
+    path: str | Path,
+    keys: Sequence[str],
+    *,
+    rename: Callable[[str, torch.Tensor], tuple[str, torch.Tensor]] | None = None,
+    trusted: bool = False,
+    allow_nonfinite: bool = False,
+    chunk_bytes: int = 256 << 20,
+) -> None:
+    """Copy the file's tensors `keys` into `model` a chunk at a time, each named (and shaped) by `rename` when the
+    file uses another layout; NaN or inf are refused at the end (NonFiniteWeightsError) unless `allow_nonfinite`.
+    The keys must have been checked against the model first (`check_state_dict`)."""
+    nonfinite: list[str] = []
+    for chunk in iter_tensor_chunks(path, keys, trusted=trusted, chunk_bytes=chunk_bytes):
+        ours = dict(rename(k, v) for k, v in chunk.items()) if rename is not None else chunk
+        nonfinite += nonfinite_keys(ours)
+        model.load_state_dict(ours, strict=False)
+    refuse_nonfinite(nonfinite, path, allow_nonfinite=allow_nonfinite)
 
 
 def _log_report(report: LoadReport) -> None:
