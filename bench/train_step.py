@@ -19,6 +19,7 @@ import torch
 
 from bench.run_memory import GB, status_kb
 from cldm.model import load_config
+from cldm.optimizer import OPTIMIZERS
 from training.run import instantiate_model
 from training.settings import ModelOptions
 
@@ -75,16 +76,10 @@ class StageTimer:
 
 def make_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = model.trainable_parameters()
-    if name == "adamw":
-        return model.configure_optimizers()  # what training uses
+    if name in OPTIMIZERS:
+        return model.configure_optimizers()  # what training uses (the model was built with this optimizer)
     if name == "adamw-foreach":
         return torch.optim.AdamW(params, lr=model.learning_rate, foreach=True)
-    if name == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError as err:
-            raise SystemExit(f"adamw8bit needs bitsandbytes (pip install bitsandbytes; GPU builds): {err}") from None
-        return bnb.optim.AdamW8bit(params, lr=model.learning_rate)
     raise SystemExit(f"unknown optimizer {name!r}")
 
 
@@ -98,9 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument(
         "--optimizer",
-        choices=("adamw", "adamw-foreach", "adamw8bit"),
+        choices=(*OPTIMIZERS, "adamw-foreach"),
         default="adamw",
-        help="adamw: ControlLDM.configure_optimizers (fused); adamw-foreach: torch's default kernel",
+        help="adamw (fused) or adamw8bit (torchao): what training builds; adamw-foreach: torch's default kernel",
     )
     p.add_argument(
         "--optimizer-states",
@@ -128,6 +123,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.opti
         optimizer_state_dtype=args.optimizer_states,
         gradient_release=args.gradient_release,
         checkpointing=args.checkpointing,
+        optimizer="adamw8bit" if args.optimizer == "adamw8bit" else "adamw",
     )
     torch.manual_seed(0)
     model = instantiate_model(options.applied_to(config, seed=0)).to(args.device).train()

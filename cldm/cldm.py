@@ -17,7 +17,7 @@ import torch
 
 from cldm.control_net import ControlNet
 from cldm.controlled_unet import ControlledUnetModel
-from cldm.optimizer import STATE_DTYPES, AdamW, GradientRelease
+from cldm.optimizer import OPTIMIZERS, STATE_DTYPES, AdamW, GradientRelease, adamw_8bit
 from cldm.text_image import text_as_images
 from cldm.weights import CheckpointMismatchError, check_state_dict
 from ldm.models.diffusion.ddim import DDIMSampler
@@ -66,6 +66,7 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         frozen_dtype: str = "float32",
         optimizer_state_dtype: str = "float32",
         gradient_release: bool = False,
+        optimizer: str = "adamw",
         **ldm_params: Any,
     ) -> None:
         # **ldm_params are LatentDiffusion's keyword-only parameters; it rejects unknown names.
@@ -75,6 +76,13 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         if optimizer_state_dtype not in STATE_DTYPES:
             raise ValueError(
                 f"optimizer_state_dtype must be one of {sorted(STATE_DTYPES)}, got {optimizer_state_dtype!r}"
+            )
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if optimizer == "adamw8bit" and (optimizer_state_dtype != "float32" or gradient_release):
+            raise ValueError(
+                "optimizer adamw8bit keeps its own 8-bit moments and steps after backward: "
+                "leave optimizer_state_dtype at float32 and gradient_release off"
             )
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -107,9 +115,16 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         # Memory savers of the optimizer (cldm/optimizer.py): bf16 moments, and the step inside backward.
         self.optimizer_state_dtype = STATE_DTYPES[optimizer_state_dtype]
         self.gradient_release = bool(gradient_release)
+        self.optimizer_name = optimizer
         self.automatic_optimization = not self.gradient_release
         # Checkpoints hold only the trainable tensors; `on_load_checkpoint` checks them strictly.
         self.strict_loading = False
+
+    def compile_networks(self, **options: Any) -> None:
+        """torch.compile the ControlNet and the UNet in place (`nn.Module.compile`): their state-dict keys, and
+        so every checkpoint, stay exactly as without it. `options` go to `torch.compile` (e.g. mode=...)."""
+        self.control_model.compile(**options)
+        self.model.diffusion_model.compile(**options)
 
     @property
     def sd_locked(self) -> bool:
@@ -232,6 +247,9 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
             sum(p.numel() for p in params) / 1e6,
             self.sd_locked,
         )
+        if self.optimizer_name == "adamw8bit":
+            logger.info("AdamW with 8-bit moments (torchao)")
+            return adamw_8bit(params, self.learning_rate)
         if self.optimizer_state_dtype == torch.float32 and not self.gradient_release:
             # The fused kernel updates in one pass without per-step temporaries: faster and lighter than foreach.
             return torch.optim.AdamW(params, lr=self.learning_rate, fused=True)

@@ -1,11 +1,13 @@
 """AdamW (Loshchilov & Hutter 2019) with low-precision moments and an optional step inside the backward pass.
 
-Two memory savers for the ControlNet's optimizer, both off by default:
+Memory savers for the ControlNet's optimizer, all off by default:
 
 - `state_dtype=torch.bfloat16` stores the two moment estimates in bf16 (half of fp32 AdamW's state);
   each update is computed in fp32 from them, so only the stored moments are rounded.
 - `GradientRelease` updates each parameter as soon as its gradient is complete during backward and
   frees that gradient at once ("gradient release"), so the whole-model gradient never exists.
+- `adamw_8bit` is torchao's 8-bit AdamW (block-wise quantised moments, a quarter of fp32's state), which
+  runs on CUDA and on CPU alike.
 """
 
 from __future__ import annotations
@@ -16,8 +18,16 @@ from collections.abc import Iterable
 import torch
 
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+OPTIMIZERS = ("adamw", "adamw8bit")
 CHUNK = 1 << 16  # elements per slice of the update
 MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def adamw_8bit(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """torchao's AdamW8bit with torch AdamW's defaults (betas 0.9/0.999, weight decay 1e-2)."""
+    from torchao.optim import AdamW8bit  # imported on use: torchao loads its kernels at import
+
+    return AdamW8bit(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
 
 
 class AdamW(torch.optim.Optimizer):

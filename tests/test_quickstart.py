@@ -23,6 +23,8 @@ def test_controlnet_learns_to_follow_the_edges(tmp_path):
     assert train_main([*args, "--max-steps", "600", "--logger-freq", "10000", "--ckpt-every", "10000"]) == 0
     model, _ = load_model(TOY, base=BASE, control=run / "control.safetensors")
     scores = evaluate(model.eval(), data, (1.0, 0.0), settings=EvalSettings(n=12, steps=10, seed=0))
+    on, off = scores["1"], scores["0"]
     # Strength 0 is the same model with the control switched off: the circles land anywhere.
-    assert scores["1"]["f1"] > 2.0 * scores["0"]["f1"], scores
-    assert scores["1"]["f1"] - scores["0"]["f1"] > 0.03, scores
+    assert on["edge_f1"] > 2.0 * off["edge_f1"] and on["edge_f1"] - off["edge_f1"] > 0.03, scores
+    assert on["edge_f1_tolerant"] > 2.0 * off["edge_f1_tolerant"], scores
+    assert on["position_error_median"] < off["position_error_median"], scores

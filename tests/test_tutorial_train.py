@@ -396,3 +396,39 @@ def test_control_from_starts_training_from_an_existing_diffusers_controlnet(toy_
     )
     trained = load_state_dict(out / "control.safetensors")
     assert all(torch.allclose(trained[k], v, atol=1e-6) for k, v in source.items())
+
+
+def _resume_matches_a_straight_run(toy_data, tmp_path, _args, *lever: str) -> dict[str, torch.Tensor]:
+    """Six steps straight against three steps, then a resume to six: the same weights, bit for bit."""
+    common = ["--ckpt-every", "3", "--seed", "3", *lever]
+    assert main(_args(toy_data, tmp_path / "straight", *common, "--max-steps", "6")) == 0
+    assert main(_args(toy_data, tmp_path / "parts", *common, "--max-steps", "3")) == 0
+    assert main(_args(toy_data, tmp_path / "parts", *common, "--max-steps", "6", "--resume-from", "last")) == 0
+    straight, parts = (load_file(str(tmp_path / run / "control.safetensors")) for run in ("straight", "parts"))
+    assert straight.keys() == parts.keys()
+    for key, value in straight.items():
+        assert torch.equal(parts[key], value), key
+    return straight
+
+
+@pytest.mark.slow
+def test_adamw8bit_trains_near_adamw_and_resumes_exactly(toy_data, tmp_path, _args):
+    eight_bit = _resume_matches_a_straight_run(toy_data, tmp_path / "8bit", _args, "--optimizer", "adamw8bit")
+    ckpt = torch.load(tmp_path / "8bit/parts/checkpoints/step-0000006.ckpt", weights_only=True)
+    moments = [s["exp_avg"] for s in ckpt["optimizer_states"][0]["state"].values()]
+    # torchao quantises the moments of tensors of 4096 elements and more; the small ones stay fp32.
+    large = [m for m in moments if m.numel() >= 4096]
+    assert large and all(type(m).__name__ == "OptimState8bit" for m in large)
+    assert main(_args(toy_data, tmp_path / "fp32", "--ckpt-every", "3", "--seed", "3", "--max-steps", "6")) == 0
+    fp32 = load_file(str(tmp_path / "fp32/control.safetensors"))
+    moved = [k for k in fp32 if "zero_convs" in k and fp32[k].abs().sum() > 0]
+    assert moved  # both stepped; after six steps from the same start they stay close
+    for key in moved:
+        torch.testing.assert_close(eight_bit[key], fp32[key], rtol=0.1, atol=2e-4)
+
+
+@pytest.mark.slow
+def test_compiled_training_resumes_exactly_and_writes_the_same_keys(toy_data, tmp_path, _args):
+    compiled = _resume_matches_a_straight_run(toy_data, tmp_path, _args, "--compile")
+    assert compiled.keys() == load_file(str(tmp_path / "straight/control.safetensors")).keys()
+    assert all(k.startswith("control_model.") and "_orig_mod" not in k for k in compiled)

@@ -261,6 +261,9 @@ def build_model(plan: RunPlan) -> pl.LightningModule:
             save_state(model.state_dict(), init)
         plan.base = init
         logger.info("no initial checkpoint: fresh weights, saved to %s", init)
+    if plan.settings.compile:
+        model.compile_networks()
+        logger.info("torch.compile: the ControlNet and the UNet compile on their first steps")
     return model
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cldm.cldm import FROZEN_DTYPES
-from cldm.optimizer import STATE_DTYPES
+from cldm.optimizer import OPTIMIZERS, STATE_DTYPES
 
 PRECISIONS = ("32", "16-mixed", "bf16-mixed")
 
@@ -78,6 +78,7 @@ class TrainSettings:
     seed: int = knob("random seed (also the model's noise seed)")
     slurm_requeue: bool = knob("after a stop signal's checkpoint, requeue this SLURM job (scontrol requeue)")
     workers: int = knob("DataLoader worker processes")
+    compile: bool = knob("torch.compile the ControlNet and the UNet (the first steps wait for the compiler)")
 
     @classmethod
     def from_config(cls, node: dict[str, Any] | None, source: str) -> TrainSettings:
@@ -151,6 +152,10 @@ class ModelOptions:
     )
     gradient_release: bool = knob(
         "update each tensor inside backward and free its gradient (one device, --accumulate 1)"
+    )
+    optimizer: str = knob(
+        "adamw (torch's fused AdamW) or adamw8bit (torchao's 8-bit AdamW: a quarter of the optimizer state)",
+        choices=OPTIMIZERS,
     )
 
     PATHS: typing.ClassVar[dict[str, tuple[tuple[str, ...], ...]]] = {

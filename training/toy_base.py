@@ -2,7 +2,8 @@
 
 Two phases, as SD was made (Rombach et al. 2022, §3): a KL autoencoder learns to compress the images
 (§3.1), then the UNet and text encoder learn ε-prediction in its latent space from the prompts alone
-(§3.2). The result has SD's checkpoint layout, ready for `tool_add_control.py`.
+(§3.2). Both draw fresh circles from a seeded stream (`ToyStream`), so neither memorises a fixed set.
+The result has SD's checkpoint layout, ready for `tool_add_control.py`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.util import instantiate_from_config
 from training.prompt_file import PROMPT_FILE, read_prompt_file
+from training.toy_data import toy_example
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,20 @@ def load_toy_images(folder: str | Path, prompt_file: str = PROMPT_FILE) -> tuple
         images.append(read_rgb(folder / row["target"]))  # H×W×3
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # N×3×H×W
     return x.contiguous(), [row["prompt"] for row in rows]
+
+
+class ToyStream:
+    """An endless, seeded stream of fresh toy circles: the same seed gives the same batches."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, n: int) -> tuple[torch.Tensor, list[str]]:
+        """n circles as N×3×H×W float32 in [−1, 1], with their prompts."""
+        examples = [toy_example(self.rng, self.size) for _ in range(n)]
+        x = torch.from_numpy(np.stack([target for target, _, _ in examples])).permute(0, 3, 1, 2)  # N×3×H×W
+        return x.float().div(127.5).sub(1.0).contiguous(), [prompt for _, _, prompt in examples]
 
 
 def _image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,21 +117,17 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sc
 def _run_phase(
     name: str,
     params: list[torch.nn.Parameter],
-    loss_fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    n_items: int,
+    loss_fn: Callable[[torch.Generator], torch.Tensor],
     s: PhaseSettings,
     log: Log,
 ) -> list[float]:
-    """Shuffled batches of item indices → loss_fn(indices, generator); returns the loss per step."""
+    """`s.steps` AdamW steps on loss_fn(generator), which draws its own batch; returns the loss per step."""
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
     schedule = _schedule(optimizer, s.steps)
     generator = torch.Generator().manual_seed(s.seed)
-    order, cursor, losses, start = torch.randperm(n_items, generator=generator), 0, [], time.time()
+    losses, start = [], time.time()
     for step in range(1, s.steps + 1):
-        if cursor + s.batch_size > n_items:
-            order, cursor = torch.randperm(n_items, generator=generator), 0
-        loss = loss_fn(order[cursor : cursor + s.batch_size], generator)
-        cursor += s.batch_size
+        loss = loss_fn(generator)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: non-finite loss at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
@@ -129,22 +141,51 @@ def _run_phase(
     return losses
 
 
+class _Shuffled:
+    """Batches of indices into a fixed set: a fresh permutation each pass."""
+
+    def __init__(self, n_items: int, batch_size: int) -> None:
+        if batch_size > n_items:
+            raise ValueError(f"batch size {batch_size} exceeds the {n_items} items to draw from")
+        self.n_items, self.batch_size, self.order, self.cursor = n_items, batch_size, None, n_items
+
+    def __call__(self, generator: torch.Generator) -> torch.Tensor:
+        if self.cursor + self.batch_size > self.n_items:
+            self.order, self.cursor = torch.randperm(self.n_items, generator=generator), 0
+        idx = self.order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return idx
+
+
+def start_with_small_posterior_variance(ae: AutoencoderKL, logvar: float = -12.0) -> None:
+    """Set the bias of the log-variance half of `quant_conv` so a fresh encoder's posterior is nearly a point.
+
+    At the default init the posterior std is about 1, and with SD's tiny KL weight the encoder takes
+    thousands of steps to shrink it; until then the sampled latents blur every reconstruction.
+    """
+    with torch.no_grad():
+        ae.quant_conv.bias[ae.quant_conv.out_channels // 2 :] = logvar
+
+
 def train_autoencoder(
     ae: AutoencoderKL,
-    images: torch.Tensor,
+    images: torch.Tensor | ToyStream,
     s: PhaseSettings,
     *,
     kl_weight: float = 1e-6,
     edge_weight: float = 1.0,
     log: Log = logger.info,
 ) -> list[float]:
-    """Fit the autoencoder to N×3×H×W images in [−1, 1]; leaves it frozen and in eval mode."""
+    """Fit the autoencoder to N×3×H×W images in [−1, 1], or to fresh batches of a `ToyStream`; leaves it
+    frozen and in eval mode."""
     ae.requires_grad_(True).train()
+    indices = None if isinstance(images, ToyStream) else _Shuffled(len(images), s.batch_size)
 
-    def loss_fn(idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return autoencoder_loss(ae, images[idx], kl_weight=kl_weight, edge_weight=edge_weight, generator=generator)
+    def loss_fn(generator: torch.Generator) -> torch.Tensor:
+        x = images.batch(s.batch_size)[0] if indices is None else images[indices(generator)]  # B×3×H×W
+        return autoencoder_loss(ae, x, kl_weight=kl_weight, edge_weight=edge_weight, generator=generator)
 
-    losses = _run_phase("autoencoder", list(ae.parameters()), loss_fn, len(images), s, log)
+    losses = _run_phase("autoencoder", list(ae.parameters()), loss_fn, s, log)
     ae.requires_grad_(False).eval()
     return losses
 
@@ -178,7 +219,10 @@ def train_denoiser(
     unet.requires_grad_(True).train()
     text.requires_grad_(True)
 
-    def loss_fn(idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    indices = _Shuffled(len(posteriors), s.batch_size)
+
+    def loss_fn(generator: torch.Generator) -> torch.Tensor:
+        idx = indices(generator)
         z = model.get_first_stage_encoding(DiagonalGaussianDistribution(posteriors[idx]), generator)  # B×C×H×W
         drop = torch.rand(len(idx), generator=generator) < empty_prompt_p
         batch_prompts = ["" if d else prompts[int(i)] for i, d in zip(idx, drop)]
@@ -187,7 +231,7 @@ def train_denoiser(
         loss, _ = model.p_losses(z, {"c_crossattn": [text(batch_prompts)]}, t, noise)
         return loss
 
-    losses = _run_phase("denoiser", list(unet.parameters()) + list(text.parameters()), loss_fn, len(posteriors), s, log)
+    losses = _run_phase("denoiser", list(unet.parameters()) + list(text.parameters()), loss_fn, s, log)
     unet.requires_grad_(False).eval()
     text.requires_grad_(False)
     return losses

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from evaluation.controllability import edge_f1, ssim
+from evaluation.controllability import ExactEdgeScore, edge_f1, ssim
 
 
 def _square_outline(size: int = 32, lo: int = 8, hi: int = 24) -> np.ndarray:
@@ -57,3 +57,28 @@ def test_ssim_matches_scikit_image() -> None:
 def test_ssim_rejects_float_images() -> None:
     with pytest.raises(TypeError, match="uint8"):
         ssim(np.zeros((8, 8)), np.zeros((8, 8)))
+
+
+def test_exact_score_is_torchmetrics_binary_f1_over_all_pixels_of_all_pairs() -> None:
+    ref = _square_outline()
+    shifted = np.roll(ref, 1, axis=1)  # a one-pixel shift: only the two vertical sides miss
+    score = ExactEdgeScore()
+    score.update(ref, ref)
+    score.update(shifted, ref)
+    tp = int(ref.astype(bool).sum() + (shifted.astype(bool) & ref.astype(bool)).sum())
+    n_pred = n_ref = 2 * int(ref.astype(bool).sum())
+    result = score.compute()
+    assert result.precision == pytest.approx(tp / n_pred) and result.recall == pytest.approx(tp / n_ref)
+    assert result.f1 == pytest.approx(2 * tp / (n_pred + n_ref))
+    # Pooled, not averaged per pair: the same counts in one update give the same figure.
+    pooled = ExactEdgeScore()
+    pooled.update(np.concatenate([ref, shifted]), np.concatenate([ref, ref]))
+    assert pooled.compute() == result
+
+
+def test_exact_score_gives_no_credit_for_a_near_miss_that_the_tolerant_one_forgives() -> None:
+    ref = _square_outline()
+    shifted = np.roll(ref, 1, axis=0)
+    score = ExactEdgeScore()
+    score.update(shifted, ref)
+    assert score.compute().f1 < 0.6 < edge_f1(shifted, ref, tolerance=1).f1

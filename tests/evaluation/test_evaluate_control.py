@@ -21,8 +21,22 @@ def test_a_model_that_follows_its_control_scores_far_above_one_that_ignores_it(t
 
     monkeypatch.setattr(evaluate_control, "sample", oracle)
     results = evaluate(tiny_model, toy_data, (1.0, 0.0), settings=EvalSettings(n=2))
-    assert results["1"]["f1"] == pytest.approx(1.0) and results["1"]["ssim"] == pytest.approx(1.0)
-    assert results["0"]["f1"] == 0.0 and results["0"]["n"] == 2
+    on, off = results["1"], results["0"]
+    assert on["edge_f1"] == pytest.approx(1.0) and on["edge_f1_tolerant"] == pytest.approx(1.0)
+    assert on["ssim"] == pytest.approx(1.0)
+    assert on["colour_accuracy"] == 1.0 and on["position_error_median"] < 1.0 and on["n_toy"] == 2
+    # A plain grey image has no edges, and its "circle" (the whole image or nothing) is not the target's.
+    assert off["edge_f1"] == 0.0 and off["edge_f1_tolerant"] == 0.0 and off["n"] == 2
+    assert off["position_error_median"] > 3.0
+
+
+def test_prompts_that_are_not_toy_prompts_get_no_toy_scores(toy_data, tiny_model, monkeypatch):
+    def grey(model, hint, prompts, negative_prompts, **kwargs):
+        return torch.zeros(1, 3, 64, 64)
+
+    monkeypatch.setattr(evaluate_control, "sample", grey)
+    results = evaluate(tiny_model, toy_data, (1.0,), settings=EvalSettings(n=2), palette={"mauve": (200, 150, 200)})
+    assert results["1"]["colour_accuracy"] is None and results["1"]["position_error_median"] is None
 
 
 def test_cli_prints_a_table_and_writes_json(toy_data, repo_root, tmp_path, capsys):
@@ -53,7 +67,7 @@ def test_cli_prints_a_table_and_writes_json(toy_data, repo_root, tmp_path, capsy
 
     assert Image.open(grid).size == (4 * 64, 2 * 64)  # control | strength 1 | strength 0 | target, 2 rows
     printed = capsys.readouterr().out
-    assert "edge F1" in printed and "UNTRAINED" in printed
+    assert "edge F1" in printed and "F1 ±1px" in printed and "colour" in printed and "UNTRAINED" in printed
     data = json.loads(out.read_text())
     # Untrained: the zero convolutions add nothing, so control on and off must score exactly the same.
     assert set(data["results"]) == {"1", "0"} and data["results"]["1"] == data["results"]["0"]

@@ -15,12 +15,14 @@ from tool_train_toy_base import base_state
 from tool_train_toy_base import main as train_base_main
 from training.toy_base import (
     PhaseSettings,
+    ToyStream,
     autoencoder_loss,
     base_model_config,
     build_base,
     encode_posteriors,
     latent_std,
     load_toy_images,
+    start_with_small_posterior_variance,
     train_autoencoder,
     train_denoiser,
 )
@@ -53,6 +55,34 @@ def test_autoencoder_phase_lowers_its_loss_and_leaves_it_frozen(toy_data):
     train_autoencoder(ae, images, PhaseSettings(steps=30, batch_size=8, lr=2e-3), log=lambda _: None)
     assert loss() < 0.8 * before
     assert not any(p.requires_grad for p in ae.parameters()) and not ae.training
+
+
+def test_autoencoder_phase_on_a_fresh_stream_is_seeded(toy_data):
+    def trained() -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        ae = build_base(load_config(TINY)["model"]).first_stage_model
+        start_with_small_posterior_variance(ae)
+        train_autoencoder(ae, ToyStream(64, seed=3), PhaseSettings(steps=3, batch_size=2, lr=1e-3), log=lambda _: None)
+        return ae.state_dict()
+
+    first, second = trained(), trained()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_fresh_encoder_starts_with_a_nearly_deterministic_posterior(toy_data):
+    torch.manual_seed(0)
+    ae = build_base(load_config(TINY)["model"]).first_stage_model
+    images, _ = load_toy_images(toy_data)
+    assert ae.encode(images[:2]).std.mean() > 0.3  # SD's init: the samples are mostly noise
+    start_with_small_posterior_variance(ae)
+    assert ae.encode(images[:2]).std.max() < 0.05
+
+
+def test_toy_stream_gives_new_circles_each_batch_and_the_same_ones_for_the_same_seed():
+    a, prompts = ToyStream(64, seed=1).batch(3)
+    assert a.shape == (3, 3, 64, 64) and a.min() >= -1 and a.max() <= 1 and len(prompts) == 3
+    stream = ToyStream(64, seed=1)
+    assert torch.equal(stream.batch(3)[0], a) and not torch.equal(stream.batch(3)[0], a)
 
 
 def test_latent_std_is_the_spread_of_the_posterior_means_not_the_log_variances():
@@ -102,6 +132,9 @@ def test_saved_base_is_an_sd_style_checkpoint_for_tool_add_control(toy_data, tmp
         "4",
         "--unet-batch-size",
         "4",
+        "--unet-images",
+        "8",
+        "--any-scale-factor",
         "--work-dir",
         str(tmp_path / "work"),
         "--out",
