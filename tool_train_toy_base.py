@@ -65,7 +65,9 @@ def reconstruction_scores(ae: AutoencoderKL, images: torch.Tensor, prompts: list
         toy = parse_toy_prompt(prompt, COLOURS)
         if toy is not None and want_edges.any():
             colour_hits.append(fill_colour(got, want_edges, COLOURS) == toy.fill)
+    error = (recon.clamp(-1, 1) - images).abs().mean(dim=(0, 2, 3))  # 3: per RGB channel
     return {
+        "channel_error": [round(float(e), 3) for e in error],
         "edge_f1": exact.compute().f1,
         "edge_f1_tolerant": float(np.mean(tolerant)),
         "colour_accuracy": float(np.mean(colour_hits)) if colour_hits else float("nan"),
@@ -77,7 +79,8 @@ def print_reconstruction_scores(ae: AutoencoderKL, data: Path) -> None:
     r = reconstruction_scores(ae, images, prompts)
     print(
         f"autoencoder round trip on {len(images)} held-out targets: edge F1 {r['edge_f1']:.3f} (pixel-exact), "
-        f"{r['edge_f1_tolerant']:.3f} (1-pixel tolerance), fill colour kept {r['colour_accuracy']:.0%}"
+        f"{r['edge_f1_tolerant']:.3f} (1-pixel tolerance), fill colour kept {r['colour_accuracy']:.0%}, "
+        f"mean |error| per RGB channel {r['channel_error']} (images in [-1, 1])"
     )
 
 
@@ -86,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="models/cldm_toy.yaml", help="ControlLDM config whose base to train")
     p.add_argument("--data", default="training/toy", help="toy folder (generated from the config when missing)")
     p.add_argument("--score", type=Path, help="only print the autoencoder round trip of this base file")
-    p.add_argument("--ae-steps", type=int, default=4000, help="autoencoder steps")
+    p.add_argument("--ae-steps", type=int, default=4500, help="autoencoder steps")
     p.add_argument("--ae-batch-size", type=int, default=8)
     p.add_argument("--ae-lr", type=float, default=2e-3)
-    p.add_argument("--unet-steps", type=int, default=5000, help="UNet + text encoder steps")
+    p.add_argument("--unet-steps", type=int, default=3000, help="UNet + text encoder steps")
     p.add_argument("--unet-images", type=int, default=10000, help="fresh circles the UNet phase trains on")
     p.add_argument("--unet-batch-size", type=int, default=32)
     p.add_argument("--unet-lr", type=float, default=1e-3)

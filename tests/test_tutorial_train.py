@@ -432,3 +432,13 @@ def test_compiled_training_resumes_exactly_and_writes_the_same_keys(toy_data, tm
     compiled = _resume_matches_a_straight_run(toy_data, tmp_path, _args, "--compile")
     assert compiled.keys() == load_file(str(tmp_path / "straight/control.safetensors")).keys()
     assert all(k.startswith("control_model.") and "_orig_mod" not in k for k in compiled)
+
+
+@pytest.mark.gpu
+def test_gpu_training_with_every_lever_on(toy_data, tmp_path, _args):
+    levers = ["--accelerator", "gpu", "--devices", "1", "--precision", "bf16-mixed", "--frozen-dtype", "bfloat16"]
+    levers += ["--checkpointing", "--compile", "--optimizer", "adamw8bit", "--max-steps", "3", "--ckpt-every", "3"]
+    assert main(_args(toy_data, tmp_path / "run", *levers)) == 0
+    control = load_file(str(tmp_path / "run/control.safetensors"))
+    assert control and all(torch.isfinite(v).all() for v in control.values())
+    assert any(v.abs().sum() > 0 for k, v in control.items() if "zero_convs" in k)

@@ -168,7 +168,7 @@ def test_base_state_keeps_buffers_in_fp32(tiny_model):
 
 def test_committed_toy_base_fits_the_toy_config():
     path = ROOT / "models/toy_base.safetensors"
-    assert path.stat().st_size < 20e6, "the committed base must stay small"
+    assert path.stat().st_size <= 25e6, "the committed base must stay small (25 MB at most)"
     with torch.device("meta"):
         model = create_model(TOY)
     check_state_dict(model.state_dict(), load_state_dict(path), exclude=("control_model.",))
