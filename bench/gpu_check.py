@@ -178,12 +178,17 @@ def wake_zero_inits(module: torch.nn.Module, seed: int = 1) -> None:
             layer.reset_parameters()
 
 
+def random_hint(n: int, side: int, generator: torch.Generator) -> torch.Tensor:
+    """A sparse random edge map in [0, 1], B×3×H×W."""
+    return (torch.rand(n, 3, side, side, generator=generator) > 0.9).float()
+
+
 def toy_batch(n: int, side: int) -> dict[str, Any]:
     """A training batch in the dataset's format: images in [−1, 1] and hints in [0, 1], B×H×W×3, and prompts."""
     generator = torch.Generator().manual_seed(0)
     return {
         "jpg": torch.rand(n, side, side, 3, generator=generator) * 2 - 1,
-        "hint": (torch.rand(n, side, side, 3, generator=generator) > 0.9).float(),
+        "hint": random_hint(n, side, generator).permute(0, 2, 3, 1),
         "txt": [PROMPT] * n,
     }
 
@@ -193,7 +198,7 @@ def denoiser_inputs(model: torch.nn.Module, n: int, side: int, device: str) -> t
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(n, model.channels, side // 8, side // 8, generator=generator)
     t = torch.linspace(50, 950, n).long()
-    hint = (torch.rand(n, 3, side, side, generator=generator) > 0.9).float()
+    hint = random_hint(n, side, generator)
     with torch.no_grad():
         context = model.get_learned_conditioning([PROMPT] * n)
     return tuple(v.to(device) for v in (x, t, hint, context))
@@ -227,22 +232,22 @@ def correctness(plan: Plan) -> list[Row]:
     wake_zero_inits(model.model.diffusion_model)
     n, side = 2, plan.resolution
     # The zero-conv identity: a fresh ControlNet adds exactly nothing to the locked UNet.
-    device_model = model.to(plan.device)
-    inputs = denoiser_inputs(device_model, n, side, plan.device)
+    model.to(plan.device)
+    inputs = denoiser_inputs(model, n, side, plan.device)
     x, t, _, context = inputs
     with tf32(False):
-        controlled = eps(device_model, inputs)
+        controlled = eps(model, inputs)
         with torch.no_grad():
-            plain = device_model.model.diffusion_model(x, t, context).float()  # B×4×h×w
+            plain = model.model.diffusion_model(x, t, context).float()  # B×4×h×w
     gap = float((controlled - plain).abs().max())
     rows.append(Row(section, "zero-conv identity: max|eps - plain UNet eps|", f"{gap:.1e}", gap == 0.0, {"gap": gap}))
     # The device against the CPU, fp32 with TF32 off, with the control path awake.
-    wake_zero_inits(device_model.control_model)
+    wake_zero_inits(model.control_model)
     with tf32(False):
-        on_device = eps(device_model, inputs)
-    cpu_model = device_model.to("cpu") if plan.device != "cpu" else device_model
-    reference = eps(cpu_model, tuple(v.cpu() for v in inputs))
-    err = relative_error(on_device, reference)
+        full = eps(model, inputs)
+    reference = eps(model.to("cpu"), tuple(v.cpu() for v in inputs))
+    model.to(plan.device)
+    err = relative_error(full, reference)
     rows.append(
         Row(
             section,
@@ -253,9 +258,6 @@ def correctness(plan: Plan) -> list[Row]:
             {"relative_error": err},
         )
     )
-    model = cpu_model.to(plan.device)
-    with tf32(False):
-        full = eps(model, inputs)
     low = eps(model, inputs, autocast=torch.bfloat16)
     err = relative_error(low, full)
     rows.append(
@@ -349,19 +351,18 @@ def training(plan: Plan) -> list[Row]:
     section = "training"
     rows = []
     peak = plan.peak_tflops or (known_peak(torch.cuda.get_device_name(0)) if plan.device == "cuda" else None)
-    variants = [(True, False), (False, False)] + ([(True, True), (False, True)] if plan.compile else [])
+    # Checkpointing off first: its model also gives the FLOPs of a step, without checkpointing's recomputation.
+    variants = [(False, False), (True, False)] + ([(False, True), (True, True)] if plan.compile else [])
     flops_per_sample: int | None = None
     for checkpointing, compiled in variants:
         model = build(plan, frozen_dtype="bfloat16", checkpointing=checkpointing).to(plan.device).train()
+        if flops_per_sample is None:
+            flops_per_sample = step_flops(
+                model, toy_batch(1, plan.resolution), lambda: torch.autocast(plan.device, dtype=torch.bfloat16)
+            )
         if compiled:
             model.compile_networks()
         optimizer = model.configure_optimizers()
-        if flops_per_sample is None:  # the model's FLOPs, without checkpointing's recomputation
-            probe = build(plan, frozen_dtype="bfloat16", checkpointing=False).to(plan.device).train()
-            flops_per_sample = step_flops(
-                probe, toy_batch(1, plan.resolution), lambda: torch.autocast(plan.device, dtype=torch.bfloat16)
-            )
-            del probe
         label = f"bf16-mixed, frozen bf16, checkpointing {'on' if checkpointing else 'off'}" + (
             ", compiled" if compiled else ""
         )
@@ -444,7 +445,7 @@ def sampling(plan: Plan) -> list[Row]:
     wake_zero_inits(model)
     model.to(plan.device)
     n, side = plan.sample_batch, plan.resolution
-    hint = (torch.rand(n, 3, side, side, generator=torch.Generator().manual_seed(0)) > 0.9).float().to(plan.device)
+    hint = random_hint(n, side, torch.Generator().manual_seed(0)).to(plan.device)
     rows = []
     for low_vram in (False, True) if plan.device == "cuda" else (False,):
 

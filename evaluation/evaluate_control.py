@@ -34,15 +34,30 @@ class EvalSettings:
     seed: int = 0
 
 
-class _StrengthScores:
-    """What one control strength accumulates over the pairs."""
+class ControlScores:
+    """The scores of generated images against the edge maps they were made from, added pair by pair: what
+    one control strength accumulates (and the toy base's round trip, with the target's canny as edges)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tolerance: int, palette: Palette) -> None:
+        self.tolerance = tolerance
+        self.palette = palette
         self.exact = ExactEdgeScore()
         self.tolerant_f1: list[float] = []
         self.ssim: list[float] = []
         self.colour_hits: list[bool] = []
         self.position_errors: list[float] = []
+
+    def add(
+        self, detected: np.ndarray, edge_map: np.ndarray, image: np.ndarray, target: np.ndarray, prompt: str
+    ) -> None:
+        """One pair: canny of the image and the input edge map (H×W), the image and target (H×W×3 uint8)."""
+        self.exact.update(detected, edge_map)
+        self.tolerant_f1.append(edge_f1(detected, edge_map, tolerance=self.tolerance).f1)
+        self.ssim.append(ssim(image, target))
+        toy = parse_toy_prompt(prompt, self.palette) if edge_map.any() else None
+        if toy is not None:
+            self.colour_hits.append(fill_colour(image, edge_map, self.palette) == toy.fill)
+            self.position_errors.append(position_error(image, edge_map, toy, self.palette))
 
     def summary(self) -> dict[str, float | int | None]:
         exact = self.exact.compute()
@@ -89,14 +104,13 @@ def evaluate(
         raise ValueError(f"{folder / prompt_file} lists no pairs")
     device = model.betas.device
     n_scales = model.control_model.num_outputs
-    scores = {f"{s:g}": _StrengthScores() for s in strengths}
+    scores = {f"{s:g}": ControlScores(tolerance=settings.tolerance, palette=palette) for s in strengths}
     canny = CannyDetector()
     for i, row in enumerate(tqdm(rows, desc="evaluate", unit="pair")):
         edges, target = read_rgb(folder / row["source"]), read_rgb(folder / row["target"])
         if edges.shape[0] % 64 or edges.shape[1] % 64:
             raise ValueError(f"{row['source']}: sides must be multiples of 64, got {edges.shape[:2]}")
         edge_map = edges[:, :, 0]  # H×W
-        toy = parse_toy_prompt(row["prompt"], palette) if edge_map.any() else None
         row_images = [edges]
         hint = hint_from_edges(edges, 1, device)  # 1×3×H×W
         for strength in strengths:
@@ -114,13 +128,7 @@ def evaluate(
             )
             sample_image = images_to_uint8(images)[0]  # H×W×3
             detected = canny(sample_image, settings.low_threshold, settings.high_threshold)  # H×W
-            entry = scores[f"{strength:g}"]
-            entry.exact.update(detected, edge_map)
-            entry.tolerant_f1.append(edge_f1(detected, edge_map, tolerance=settings.tolerance).f1)
-            entry.ssim.append(ssim(sample_image, target))
-            if toy is not None:
-                entry.colour_hits.append(fill_colour(sample_image, edge_map, palette) == toy.fill)
-                entry.position_errors.append(position_error(sample_image, edge_map, toy, palette))
+            scores[f"{strength:g}"].add(detected, edge_map, sample_image, target, row["prompt"])
             row_images.append(sample_image)
         if grid_rows is not None:
             grid_rows.append(row_images + [target])

@@ -56,11 +56,14 @@ def load_toy_images(folder: str | Path, prompt_file: str = PROMPT_FILE) -> tuple
     """All targets of a prepared folder as N×3×H×W float32 in [−1, 1], and their prompts."""
     folder = Path(folder)
     rows = read_prompt_file(folder / prompt_file)
-    images = []
-    for row in rows:
-        images.append(read_rgb(folder / row["target"]))  # H×W×3
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # N×3×H×W
-    return x.contiguous(), [row["prompt"] for row in rows]
+    images = [read_rgb(folder / row["target"]) for row in rows]  # H×W×3 each
+    return _model_range(images), [row["prompt"] for row in rows]
+
+
+def _model_range(images: list[np.ndarray]) -> torch.Tensor:
+    """H×W×3 uint8 images → N×3×H×W float32 in [−1, 1], contiguous."""
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # N×3×H×W
+    return (x.float() / 127.5 - 1.0).contiguous()
 
 
 class ToyStream:
@@ -73,8 +76,7 @@ class ToyStream:
     def batch(self, n: int) -> tuple[torch.Tensor, list[str]]:
         """n circles as N×3×H×W float32 in [−1, 1], with their prompts."""
         examples = [toy_example(self.rng, self.size) for _ in range(n)]
-        x = torch.from_numpy(np.stack([target for target, _, _ in examples])).permute(0, 3, 1, 2)  # N×3×H×W
-        return x.float().div(127.5).sub(1.0).contiguous(), [prompt for _, _, prompt in examples]
+        return _model_range([target for target, _, _ in examples]), [prompt for _, _, prompt in examples]
 
 
 def _image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
