@@ -61,7 +61,11 @@ def reconstruction_scores(ae: AutoencoderKL, images: torch.Tensor, prompts: list
     for got, want, prompt in zip(images_to_uint8(recon), images_to_uint8(images), prompts):
         scores.add(canny(got, 100, 200), canny(want, 100, 200), got, want, prompt)
     error = (recon.clamp(-1, 1) - images).abs().mean(dim=(0, 2, 3))  # 3: per RGB channel
-    return scores.summary() | {"channel_error": [round(float(e), 3) for e in error]}
+    return scores.summary() | {
+        "channel_error": [round(float(e), 3) for e in error],
+        "colour_by_fill": scores.colour_hits_by("fill"),
+        "colour_by_background": scores.colour_hits_by("background"),
+    }
 
 
 def print_reconstruction_scores(ae: AutoencoderKL, data: Path) -> None:
@@ -73,6 +77,9 @@ def print_reconstruction_scores(ae: AutoencoderKL, data: Path) -> None:
         f"{r['edge_f1_tolerant']:.3f} (1-pixel tolerance), fill colour kept {colour}, "
         f"mean |error| per RGB channel {r['channel_error']} (images in [-1, 1])"
     )
+    for part in ("fill", "background"):
+        counts = ", ".join(f"{name} {hits}/{n}" for name, (hits, n) in r[f"colour_by_{part}"].items())
+        print(f"  fill colour kept, by {part}: {counts}")
 
 
 def main(argv: list[str] | None = None) -> int:

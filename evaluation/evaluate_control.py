@@ -14,7 +14,7 @@ from annotator.canny import CannyDetector
 from annotator.util import read_rgb
 from cldm.sampling import hint_from_edges, images_to_uint8, sample
 from evaluation.controllability import ExactEdgeScore, edge_f1, ssim
-from evaluation.toy_scores import Palette, fill_colour, parse_toy_prompt, position_error
+from evaluation.toy_scores import Palette, ToyPrompt, fill_colour, parse_toy_prompt, position_error
 from training.prompt_file import VAL_PROMPT_FILE, read_prompt_file
 from training.toy_data import COLOURS
 
@@ -44,7 +44,7 @@ class ControlScores:
         self.exact = ExactEdgeScore()
         self.tolerant_f1: list[float] = []
         self.ssim: list[float] = []
-        self.colour_hits: list[bool] = []
+        self.colour_reads: list[tuple[ToyPrompt, str]] = []  # the prompt, and the fill colour read from the image
         self.position_errors: list[float] = []
 
     def add(
@@ -56,22 +56,32 @@ class ControlScores:
         self.ssim.append(ssim(image, target))
         toy = parse_toy_prompt(prompt, self.palette) if edge_map.any() else None
         if toy is not None:
-            self.colour_hits.append(fill_colour(image, edge_map, self.palette) == toy.fill)
+            self.colour_reads.append((toy, fill_colour(image, edge_map, self.palette)))
             self.position_errors.append(position_error(image, edge_map, toy, self.palette))
+
+    def colour_hits_by(self, part: str) -> dict[str, tuple[int, int]]:
+        """Fills read as the named colour, as (hits, samples), per colour name of the prompt's `part`
+        ("fill" or "background"): where the colour score is lost."""
+        counts: dict[str, tuple[int, int]] = {}
+        for toy, read in self.colour_reads:
+            hits, n = counts.get(getattr(toy, part), (0, 0))
+            counts[getattr(toy, part)] = (hits + (read == toy.fill), n + 1)
+        return dict(sorted(counts.items()))
 
     def summary(self) -> dict[str, float | int | None]:
         exact = self.exact.compute()
-        toy = bool(self.colour_hits)
+        hits = [read == toy.fill for toy, read in self.colour_reads]
+        toy = bool(hits)
         return {
             "edge_f1": exact.f1,
             "edge_precision": exact.precision,
             "edge_recall": exact.recall,
             "edge_f1_tolerant": float(np.mean(self.tolerant_f1)),
             "ssim": float(np.mean(self.ssim)),
-            "colour_accuracy": float(np.mean(self.colour_hits)) if toy else None,
+            "colour_accuracy": float(np.mean(hits)) if toy else None,
             "position_error_median": float(np.median(self.position_errors)) if toy else None,
             "n": len(self.ssim),
-            "n_toy": len(self.colour_hits),
+            "n_toy": len(hits),
         }
 
 

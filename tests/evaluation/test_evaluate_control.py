@@ -1,13 +1,17 @@
 import json
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
 import evaluation.evaluate_control as evaluate_control
+from annotator.canny import CannyDetector
 from annotator.util import read_rgb
-from evaluation.evaluate_control import EvalSettings, evaluate
+from evaluation.evaluate_control import ControlScores, EvalSettings, evaluate
 from tool_eval_control import main
 from training.prompt_file import read_prompt_file
+from training.toy_data import COLOURS
 
 
 def test_a_model_that_follows_its_control_scores_far_above_one_that_ignores_it(toy_data, tiny_model, monkeypatch):
@@ -76,3 +80,26 @@ def test_cli_prints_a_table_and_writes_json(toy_data, repo_root, tmp_path, capsy
 def test_missing_held_out_file_is_one_clear_line(repo_root, tmp_path, capsys):
     assert main(["--config", str(repo_root / "models/cldm_tiny.yaml"), "--data", str(tmp_path), "--n", "1"]) == 2
     assert "prompt_val.json" in capsys.readouterr().err
+
+
+def test_colour_hits_are_counted_per_fill_and_per_background():
+    def circle(fill: str, background: str) -> np.ndarray:
+        image = np.empty((64, 64, 3), np.uint8)
+        image[:] = COLOURS[background]
+        cv2.circle(image, (32, 32), 12, COLOURS[fill], thickness=-1)
+        return image
+
+    scores = ControlScores(tolerance=1, palette=COLOURS)
+    # (image, prompt): right on black, wrong (blue painted) on black, right on white.
+    for image_fill, named_fill, background in (
+        ("red", "red", "black"),
+        ("blue", "green", "black"),
+        ("red", "red", "white"),
+    ):
+        target = circle(named_fill, background)
+        edges = CannyDetector()(target, 100, 200)
+        image = circle(image_fill, background)
+        scores.add(edges, edges, image, target, f"a {named_fill} circle on a {background} background")
+    assert scores.colour_hits_by("background") == {"black": (1, 2), "white": (1, 1)}
+    assert scores.colour_hits_by("fill") == {"green": (0, 1), "red": (2, 2)}
+    assert scores.summary()["colour_accuracy"] == pytest.approx(2 / 3)

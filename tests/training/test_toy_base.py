@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from repo_paths import ROOT
@@ -172,3 +174,13 @@ def test_committed_toy_base_fits_the_toy_config():
     with torch.device("meta"):
         model = create_model(TOY)
     check_state_dict(model.state_dict(), load_state_dict(path), exclude=("control_model.",))
+
+
+def test_score_prints_the_round_trip_and_where_the_colour_is_lost(toy_data, capsys):
+    assert train_base_main(["--score", str(ROOT / "models/toy_base.safetensors"), "--data", str(toy_data)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"round trip on 2 held-out targets: edge F1 [\d.]+ \(pixel-exact\)", out), out
+    for part in ("fill", "background"):
+        counts = re.search(rf"fill colour kept, by {part}: (.*)", out)
+        assert counts is not None, out
+        assert sum(int(n) for n in re.findall(r"\d+/(\d+)", counts[1])) == 2, out  # every held-out target, once
