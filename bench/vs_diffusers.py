@@ -189,14 +189,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--channels-last", action="store_true", help="our UNet and ControlNet in channels-last memory format"
     )
+    p.add_argument(
+        "--compile",
+        choices=["none", "ours", "both"],
+        default="none",
+        help="torch.compile our ControlNet and UNet (ControlLDM.compile_networks), or both sides'; each figure's "
+        "warm-up call compiles, and only the timed calls are compared",
+    )
+    p.add_argument(
+        "--freeze",
+        action="store_true",
+        help="with --compile: inductor's freezing (weights as constants, convolution and linear weights prepacked "
+        "for the CPU; inference only)",
+    )
     args = p.parse_args(argv)
     model, controlnet, unet, _ = build(args.config)
     if args.channels_last:
         model.model.to(memory_format=torch.channels_last)
         model.control_model.to(memory_format=torch.channels_last)
+    options = {"options": {"freezing": True}} if args.freeze else {}
+    if args.compile != "none":
+        model.compile_networks(**options)
+    if args.compile == "both":
+        controlnet.compile(**options)
+        unet.compile(**options)
     print(
-        f"config={args.config} fp32 threads={torch.get_num_threads()} channels_last={args.channels_last}, "
-        f"median of {args.repeats}, interleaved"
+        f"config={args.config} fp32 threads={torch.get_num_threads()} channels_last={args.channels_last} "
+        f"compile={args.compile} freeze={args.freeze}, median of {args.repeats}, interleaved"
     )
     print(f"{'what':<40s} {'ours s':>8s} {'diffusers s':>11s} {'ratio':>6s}  max |Δ|/max|ε|")
     for side in args.sizes:

@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 from repo_paths import TINY_CONFIG
 
 from bench.vs_diffusers import main
@@ -28,3 +29,15 @@ def test_every_figure_is_printed_and_both_sides_compute_the_same(capsys):
     errors = [float(e) for e in re.findall(r"  (\d\.\de[-+]\d+)", out)]
     assert len(errors) == 2 and max(errors) < 1e-4, out  # the denoiser call and the DDIM latents
     assert re.search(r"training step, batch 1, 64² +[\d.]+ +[\d.]+ +[\d.]+", out), out
+
+
+@pytest.mark.slow
+def test_compiled_sides_still_agree(capsys):
+    main(
+        ["--config", str(TINY_CONFIG), "--sizes", "64", "--ddim-steps", "0", "--train-size", "0", "--repeats", "1"]
+        + ["--compile", "both", "--freeze"]
+    )
+    out = capsys.readouterr().out
+    assert "compile=both freeze=True" in out, out
+    errors = [float(e) for e in re.findall(r"  (\d\.\de[-+]\d+)", out)]
+    assert len(errors) == 1 and errors[0] < 1e-4, out
