@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
         "for the CPU; inference only)",
     )
     args = p.parse_args(argv)
+    if args.freeze and args.compile == "none":
+        p.error("--freeze applies to compiled models: add --compile ours or --compile both")
     model, controlnet, unet, _ = build(args.config)
     if args.channels_last:
         model.model.to(memory_format=torch.channels_last)

@@ -64,8 +64,9 @@ class ControlScores:
         ("fill" or "background"): where the colour score is lost."""
         counts: dict[str, tuple[int, int]] = {}
         for toy, read in self.colour_reads:
-            hits, n = counts.get(getattr(toy, part), (0, 0))
-            counts[getattr(toy, part)] = (hits + (read == toy.fill), n + 1)
+            name = getattr(toy, part)
+            hits, n = counts.get(name, (0, 0))
+            counts[name] = (hits + (read == toy.fill), n + 1)
         return dict(sorted(counts.items()))
 
     def summary(self) -> dict[str, float | int | None]:

@@ -41,3 +41,9 @@ def test_compiled_sides_still_agree(capsys):
     assert "compile=both freeze=True" in out, out
     errors = [float(e) for e in re.findall(r"  (\d\.\de[-+]\d+)", out)]
     assert len(errors) == 1 and errors[0] < 1e-4, out
+
+
+def test_freeze_without_compile_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(TINY_CONFIG), "--freeze"])
+    assert exit_info.value.code == 2 and "--compile" in capsys.readouterr().err
