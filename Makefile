@@ -49,7 +49,7 @@ test: setup-dev browser lint
 test-fast: setup-dev
 	$(PY) -m pytest -m "not slow and not browser and not distributed"
 
-# The CPU quickstart (about 8 minutes on 2 CPU cores): ControlNet on the committed toy base, trained on generated
+# The CPU quickstart (about 9 minutes on 2 CPU cores): ControlNet on the committed toy base, trained on generated
 # circles, then scored with control against the same model at control strength 0.
 TOY_RUN := runs/toy
 demo: setup

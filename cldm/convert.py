@@ -335,7 +335,7 @@ def diffusers_vae_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
         "block_out_channels": [dd["ch"] * m for m in dd["ch_mult"]],
         "layers_per_block": dd["num_res_blocks"],
         "latent_channels": first["embed_dim"],
-        "norm_num_groups": 32,
+        "norm_num_groups": dd.get("norm_groups", 32),
         "sample_size": dd["resolution"],
         "scaling_factor": model_config["params"]["scale_factor"],
     }

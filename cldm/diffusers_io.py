@@ -158,7 +158,12 @@ def load_pipeline(
         ("cross_attention_dim", "block_out_channels", "layers_per_block", "in_channels"),
         "UNet",
     )
-    _check_config(vae, convert.diffusers_vae_config(model_config), ("block_out_channels", "latent_channels"), "VAE")
+    _check_config(
+        vae,
+        convert.diffusers_vae_config(model_config),
+        ("block_out_channels", "latent_channels", "norm_num_groups"),
+        "VAE",
+    )
     unet_params = model_config["params"]["unet_config"]["params"]
     vae_levels = len(model_config["params"]["first_stage_config"]["params"]["ddconfig"]["ch_mult"])
     parts = [

@@ -89,11 +89,13 @@ def autoencoder_loss(
     *,
     kl_weight: float,
     edge_weight: float,
+    mse_weight: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """L1 reconstruction + L1 on image gradients (keeps edges sharp for canny) + a weak KL (SD uses 1e-6)."""
+    """L1 reconstruction + L1 on image gradients (keeps edges sharp for canny) + MSE (pulls flat colours in:
+    L1's gradient does not grow with the error) + a weak KL (SD uses 1e-6)."""
     recon, posterior = ae(x, generator=generator)  # B×3×H×W
-    loss = F.l1_loss(recon, x)
+    loss = F.l1_loss(recon, x) + mse_weight * F.mse_loss(recon, x)
     if edge_weight:
         loss = loss + edge_weight * sum(F.l1_loss(r, t) for r, t in zip(_image_gradients(recon), _image_gradients(x)))
     return loss + kl_weight * posterior.kl().mean() / x[0].numel()
@@ -176,6 +178,7 @@ def train_autoencoder(
     *,
     kl_weight: float = 1e-6,
     edge_weight: float = 1.0,
+    mse_weight: float = 1.0,
     log: Log = logger.info,
 ) -> list[float]:
     """Fit the autoencoder to N×3×H×W images in [−1, 1], or to fresh batches of a `ToyStream`; leaves it
@@ -185,7 +188,9 @@ def train_autoencoder(
 
     def loss_fn(generator: torch.Generator) -> torch.Tensor:
         x = images.batch(s.batch_size)[0] if indices is None else images[indices(generator)]  # B×3×H×W
-        return autoencoder_loss(ae, x, kl_weight=kl_weight, edge_weight=edge_weight, generator=generator)
+        return autoencoder_loss(
+            ae, x, kl_weight=kl_weight, edge_weight=edge_weight, mse_weight=mse_weight, generator=generator
+        )
 
     losses = _run_phase("autoencoder", list(ae.parameters()), loss_fn, s, log)
     ae.requires_grad_(False).eval()

@@ -22,12 +22,16 @@ _DDCONFIG_KEYS = {
     "num_res_blocks",
     "attn_resolutions",
     "dropout",
+    "norm_groups",
 }
 
 
 def _check_ddconfig(ddconfig: Mapping[str, Any]) -> dict[str, Any]:
     cfg = dict(ddconfig)
-    unknown, missing = set(cfg) - _DDCONFIG_KEYS, _DDCONFIG_KEYS - set(cfg) - {"dropout", "attn_resolutions"}
+    unknown, missing = (
+        set(cfg) - _DDCONFIG_KEYS,
+        _DDCONFIG_KEYS - set(cfg) - {"dropout", "attn_resolutions", "norm_groups"},
+    )
     if unknown or missing:
         raise ValueError(
             f"ddconfig: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; "
@@ -35,8 +39,11 @@ def _check_ddconfig(ddconfig: Mapping[str, Any]) -> dict[str, Any]:
         )
     if not cfg["double_z"]:
         raise ValueError("ddconfig.double_z must be true for the KL autoencoder (mean and log-variance)")
-    if cfg["ch"] % 32:
-        raise ValueError(f"ddconfig.ch must be a multiple of 32 (GroupNorm groups), got {cfg['ch']}")
+    cfg.setdefault("norm_groups", 32)  # SD's; a narrow toy autoencoder wants fewer (several channels per group)
+    if cfg["ch"] % cfg["norm_groups"]:
+        raise ValueError(
+            f"ddconfig.ch must be a multiple of norm_groups ({cfg['norm_groups']} GroupNorm groups), got {cfg['ch']}"
+        )
     cfg.setdefault("dropout", 0.0)
     cfg.setdefault("attn_resolutions", [])
     return cfg
@@ -70,6 +77,7 @@ class AutoencoderKL(nn.Module):
             dropout=cfg["dropout"],
             resolution=cfg["resolution"],
             z_channels=cfg["z_channels"],
+            norm_groups=cfg["norm_groups"],
         )
         self.encoder = Encoder(in_channels=cfg["in_channels"], double_z=cfg["double_z"], **common)
         self.decoder = Decoder(out_ch=cfg["out_ch"], **common)

@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from cldm import convert
+from ldm.util import instantiate_from_config
 
 
 def _randomised(model, seed=0):
@@ -59,6 +60,19 @@ def _check_controlled_eps(model, config, steps=(3, 801)):
 
 def test_controlnet_and_unet_exports_match_diffusers(tiny_model, tiny_config):
     _check_controlled_eps(_randomised(tiny_model), tiny_config)
+
+
+def test_vae_with_fewer_norm_groups_matches_diffusers(tiny_config):
+    tiny_config["params"]["first_stage_config"]["params"]["ddconfig"]["norm_groups"] = 8  # as cldm_toy.yaml
+    torch.manual_seed(0)
+    model = _randomised(instantiate_from_config(tiny_config))
+    vae = _diffusers(AutoencoderKL, convert.diffusers_vae_config(tiny_config))
+    assert vae.config.norm_num_groups == 8
+    vae.load_state_dict(convert.vae_to_diffusers(model.state_dict(), tiny_config), strict=True)
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))  # B×4×h×w
+    with torch.no_grad():
+        decoded = model.first_stage_model.decode(z)
+        _close(decoded, vae.decode(z).sample, float(decoded.abs().max()))
 
 
 def test_vae_and_text_encoder_exports_match_diffusers_and_transformers(tiny_model, tiny_config, tmp_path):

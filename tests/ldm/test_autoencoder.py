@@ -30,6 +30,14 @@ def test_sd15_vae_matches_public_keys(repo_root):
     assert {k: list(v.shape) for k, v in vae.state_dict().items()} == expected
 
 
+@pytest.mark.parametrize("groups", [None, 8])
+def test_norm_groups_reach_every_groupnorm(groups):
+    dd = TINY_DD if groups is None else dict(TINY_DD, norm_groups=groups)
+    vae = AutoencoderKL(ddconfig=dd, embed_dim=4)
+    norms = [m for m in vae.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) > 10 and {m.num_groups for m in norms} == {groups or 32}  # SD's 32 unless set
+
+
 def test_encode_decode_shapes_and_posterior():
     torch.manual_seed(0)
     vae = AutoencoderKL(ddconfig=TINY_DD, embed_dim=4)
@@ -62,7 +70,12 @@ def test_attn_block_equals_explicit_softmax():
 
 
 @pytest.mark.parametrize(
-    "bad, match", [(dict(TINY_DD, chanels=3), "unknown keys"), (dict(TINY_DD, double_z=False), "double_z")]
+    "bad, match",
+    [
+        (dict(TINY_DD, chanels=3), "unknown keys"),
+        (dict(TINY_DD, double_z=False), "double_z"),
+        (dict(TINY_DD, norm_groups=24), "multiple of norm_groups"),
+    ],
 )
 def test_bad_ddconfig_raises(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -59,6 +59,23 @@ def test_autoencoder_phase_lowers_its_loss_and_leaves_it_frozen(toy_data):
     assert not any(p.requires_grad for p in ae.parameters()) and not ae.training
 
 
+def test_autoencoder_loss_adds_the_weighted_mse_of_the_same_reconstruction(toy_data):
+    torch.manual_seed(0)
+    ae = build_base(load_config(TINY)["model"]).first_stage_model
+    x = load_toy_images(toy_data)[0][:4]  # 4×3×64×64
+
+    def loss(mse_weight: float) -> torch.Tensor:
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(0)
+            return autoencoder_loss(ae, x, kl_weight=1e-6, edge_weight=1.0, mse_weight=mse_weight, generator=generator)
+
+    with torch.no_grad():
+        recon = ae(x, generator=torch.Generator().manual_seed(0))[0]
+    mse = torch.nn.functional.mse_loss(recon, x)
+    assert mse > 0.01
+    torch.testing.assert_close(loss(2.0) - loss(0.0), 2.0 * mse)
+
+
 def test_autoencoder_phase_on_a_fresh_stream_is_seeded(toy_data):
     def trained() -> dict[str, torch.Tensor]:
         torch.manual_seed(0)

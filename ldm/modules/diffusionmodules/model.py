@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 
-def Normalize(channels: int) -> nn.GroupNorm:
-    """The autoencoder's normalisation: 32 groups, eps 1e-6."""
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def Normalize(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """The autoencoder's normalisation: GroupNorm with eps 1e-6; SD uses 32 groups."""
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
@@ -22,11 +22,11 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 class ResnetBlock(nn.Module):
     """Two 3×3 convolutions with a residual connection (1×1 shortcut when the width changes)."""
 
-    def __init__(self, in_channels: int, out_channels: int, *, dropout: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, dropout: float, groups: int = 32) -> None:
         super().__init__()
-        self.norm1 = Normalize(in_channels)
+        self.norm1 = Normalize(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = Normalize(out_channels)
+        self.norm2 = Normalize(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
@@ -41,9 +41,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H×W positions."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, groups: int = 32) -> None:
         super().__init__()
-        self.norm = Normalize(channels)
+        self.norm = Normalize(channels, groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -98,11 +98,11 @@ class _Level(nn.Module):
 class _Mid(nn.Module):
     """ResnetBlock, attention, ResnetBlock at the lowest resolution."""
 
-    def __init__(self, channels: int, dropout: float) -> None:
+    def __init__(self, channels: int, dropout: float, groups: int) -> None:
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, dropout=dropout)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels, dropout=dropout)
+        self.block_1 = ResnetBlock(channels, channels, dropout=dropout, groups=groups)
+        self.attn_1 = AttnBlock(channels, groups)
+        self.block_2 = ResnetBlock(channels, channels, dropout=dropout, groups=groups)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(h)))
@@ -123,6 +123,7 @@ class Encoder(nn.Module):
         resolution: int,
         z_channels: int,
         double_z: bool,
+        norm_groups: int = 32,
     ) -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
@@ -133,17 +134,17 @@ class Encoder(nn.Module):
             block_in, block_out = ch * in_mult[level], ch * mult
             blocks, attns = [], []
             for _ in range(num_res_blocks):
-                blocks.append(ResnetBlock(block_in, block_out, dropout=dropout))
+                blocks.append(ResnetBlock(block_in, block_out, dropout=dropout, groups=norm_groups))
                 block_in = block_out
                 if res in attn_resolutions:
-                    attns.append(AttnBlock(block_in))
+                    attns.append(AttnBlock(block_in, norm_groups))
             stage = _Level(blocks, attns)
             if level != len(ch_mult) - 1:
                 stage.downsample = Downsample(block_in)
                 res //= 2
             self.down.append(stage)
-        self.mid = _Mid(block_in, dropout)
-        self.norm_out = Normalize(block_in)
+        self.mid = _Mid(block_in, dropout, norm_groups)
+        self.norm_out = Normalize(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,28 +171,29 @@ class Decoder(nn.Module):
         dropout: float,
         resolution: int,
         z_channels: int,
+        norm_groups: int = 32,
     ) -> None:
         super().__init__()
         block_in = ch * ch_mult[-1]
         res = resolution // 2 ** (len(ch_mult) - 1)
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
-        self.mid = _Mid(block_in, dropout)
+        self.mid = _Mid(block_in, dropout, norm_groups)
         up: list[_Level] = []
         for level in reversed(range(len(ch_mult))):
             block_out = ch * ch_mult[level]
             blocks, attns = [], []
             for _ in range(num_res_blocks + 1):
-                blocks.append(ResnetBlock(block_in, block_out, dropout=dropout))
+                blocks.append(ResnetBlock(block_in, block_out, dropout=dropout, groups=norm_groups))
                 block_in = block_out
                 if res in attn_resolutions:
-                    attns.append(AttnBlock(block_in))
+                    attns.append(AttnBlock(block_in, norm_groups))
             stage = _Level(blocks, attns)
             if level != 0:
                 stage.upsample = Upsample(block_in)
                 res *= 2
             up.insert(0, stage)  # stored lowest level first, as in the checkpoint keys
         self.up = nn.ModuleList(up)
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
