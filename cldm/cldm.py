@@ -17,7 +17,7 @@ import torch
 
 from cldm.control_net import ControlNet
 from cldm.controlled_unet import ControlledUnetModel
-from cldm.optimizer import OPTIMIZERS, STATE_DTYPES, AdamW, GradientRelease, adamw_8bit
+from cldm.optimizer import LR_SCHEDULES, OPTIMIZERS, STATE_DTYPES, AdamW, GradientRelease, adamw_8bit
 from cldm.text_image import text_as_images
 from cldm.weights import CheckpointMismatchError, check_state_dict
 from ldm.models.diffusion.ddim import DDIMSampler
@@ -67,6 +67,7 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         optimizer_state_dtype: str = "float32",
         gradient_release: bool = False,
         optimizer: str = "adamw",
+        lr_schedule: str = "constant",
         **ldm_params: Any,
     ) -> None:
         # **ldm_params are LatentDiffusion's keyword-only parameters; it rejects unknown names.
@@ -84,6 +85,8 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
                 "optimizer adamw8bit keeps its own 8-bit moments and steps after backward: "
                 "leave optimizer_state_dtype at float32 and gradient_release off"
             )
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if learning_rate <= 0:
@@ -110,6 +113,7 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         self.control_key = control_key
         self.only_mid_control = only_mid_control
         self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
         self.seed = seed
         self.control_scales = scales
         # Memory savers of the optimizer (cldm/optimizer.py): bf16 moments, and the step inside backward.
@@ -209,6 +213,9 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
             optimizer = self.optimizers()
             self.manual_backward(loss)  # each parameter is updated, and its gradient freed, as it completes
             optimizer.step()  # no gradients are left: this only advances Lightning's step count
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:  # manual optimisation steps its own schedule
+                scheduler.step()
         return loss
 
     def trainable_state_keys(self) -> list[str]:
@@ -239,8 +246,24 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
             params += list(unet.output_blocks.parameters()) + list(unet.out.parameters())
         return params
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = self.trainable_parameters()
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = self._make_optimizer(self.trainable_parameters())
+        if self.lr_schedule == "constant":
+            return optimizer
+        # Cosine from learning_rate down to 0 at the run's last step: a high rate crosses the zero-convolution
+        # start quickly, and the decay then settles the edges instead of leaving them at the rate's noise.
+        # The factor is a function of the step alone, so a resumed run (its step restored) goes on along the
+        # curve of its own max_steps.
+        steps = self.trainer.max_steps
+        if steps < 1:
+            raise ValueError(f"lr_schedule {self.lr_schedule!r} needs the run's max_steps, got {steps}")
+        logger.info("learning rate: cosine from %g to 0 over %d steps", self.learning_rate, steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         logger.info(
             "optimising %d tensors, %.1fM parameters (sd_locked=%s)",
             len(params),

@@ -19,6 +19,7 @@ import torch
 
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 OPTIMIZERS = ("adamw", "adamw8bit")
+LR_SCHEDULES = ("constant", "cosine")
 CHUNK = 1 << 16  # elements per slice of the update
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -73,6 +74,8 @@ class AdamW(torch.optim.Optimizer):
         saved = state_dict["state"]
         rest = {i: {k: v for k, v in s.items() if k not in MOMENTS} for i, s in saved.items()}
         super().load_state_dict({**state_dict, "state": rest})
+        # torch loads into new group dicts: step_param must read those (a schedule writes its lr there).
+        self._group_of = {p: g for g in self.param_groups for p in g["params"]}
         param_of = {
             i: p
             for saved_group, group in zip(state_dict["param_groups"], self.param_groups)

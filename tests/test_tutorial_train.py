@@ -337,6 +337,30 @@ def test_gradient_release_trains_like_plain_adamw(toy_data, tmp_path, _args):
     assert ckpt["global_step"] == 3 and ckpt["optimizer_states"][0]["state"]
 
 
+@pytest.mark.parametrize(
+    "lever", [[], ["--gradient-release", "--optimizer-states", "float32"]], ids=["adamw", "gradient-release"]
+)
+def test_cosine_schedule_ends_at_zero_and_a_preempted_run_resumes_on_its_curve(toy_data, tmp_path, _args, lever):
+    common = ["--max-steps", "6", "--ckpt-every", "3", "--seed", "3", "--lr", "1e-3", "--lr-schedule", "cosine"]
+    straight = tmp_path / "straight"
+    assert main(_args(toy_data, straight, *common, *lever)) == 0
+    lr = {
+        step: torch.load(straight / f"checkpoints/step-{step:07d}.ckpt", weights_only=True)["optimizer_states"][0][
+            "param_groups"
+        ][0]["lr"]
+        for step in (3, 6)
+    }
+    assert lr[3] == pytest.approx(0.5e-3) and lr[6] == pytest.approx(0.0, abs=1e-12), lr  # half-way: cos(π/2)
+    # The folder a run preempted after its step-3 checkpoint would leave.
+    preempted = tmp_path / "preempted"
+    shutil.copytree(straight, preempted)
+    (preempted / "checkpoints/step-0000006.ckpt").unlink()
+    (preempted / "control.safetensors").unlink()
+    assert main(_args(toy_data, preempted, *common, *lever, "--resume-from", "last")) == 0
+    ends = [load_file(str(run / "control.safetensors")) for run in (straight, preempted)]
+    assert ends[0].keys() == ends[1].keys() and all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
+
+
 def test_gradient_release_refuses_accumulation(toy_data, tmp_path, _args, capsys):
     assert main(_args(toy_data, tmp_path / "run", "--max-steps", "1", "--gradient-release", "--accumulate", "2")) == 2
     assert "--gradient-release" in capsys.readouterr().err

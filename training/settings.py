@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cldm.cldm import FROZEN_DTYPES
-from cldm.optimizer import OPTIMIZERS, STATE_DTYPES
+from cldm.optimizer import LR_SCHEDULES, OPTIMIZERS, STATE_DTYPES
 
 PRECISIONS = ("32", "16-mixed", "bf16-mixed")
 
@@ -138,6 +138,9 @@ class ModelOptions:
     """The knobs of the `model:` node a run may override; `PATHS` says where each lives under `params`."""
 
     learning_rate: float = knob("learning rate", flag="--lr")
+    lr_schedule: str = knob(
+        "constant, or cosine: from the learning rate down to 0 at the run's last step", choices=LR_SCHEDULES
+    )
     sd_locked: bool = knob("lock the whole SD UNet (--no-sd-locked also trains its decoder)")
     only_mid_control: bool = knob("feed the ControlNet into the middle block only")
     checkpointing: bool = knob("gradient checkpointing in the UNet and ControlNet (use_checkpoint)")

@@ -157,6 +157,7 @@ def test_low_vram_shift_keeps_only_the_running_parts_on_the_gpu(tiny_model):
         (dict(use_ema=True), "use_ema"),
         (dict(conditioning_key="concat"), "crossattn"),
         (dict(learning_rate=0.0), "learning_rate"),
+        (dict(lr_schedule="linear"), "lr_schedule"),
         (dict(control_scales=[1.0]), "control_scales"),
     ],
 )

@@ -101,6 +101,24 @@ def test_gradient_release_gives_the_same_weights_and_keeps_no_gradients():
     assert all(p.grad is not None for p in ours.parameters())  # hooks gone: gradients accumulate again
 
 
+def test_gradient_release_after_a_resume_follows_the_learning_rate_of_the_live_groups():
+    """A schedule writes its rate into `param_groups`; after `load_state_dict` those are new dicts."""
+    first = _model()
+    optimizer = AdamW(first.parameters(), lr=1e-2)
+    _train(first, optimizer, 2)
+    ours, ref = copy.deepcopy(first), copy.deepcopy(first)
+    release = GradientRelease(AdamW(ours.parameters(), lr=1e-2))
+    release.optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # loading keeps the moments' storage
+    reference = AdamW(ref.parameters(), lr=1e-2)
+    reference.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    for opt in (release.optimizer, reference):
+        opt.param_groups[0]["lr"] = 1e-3  # what a scheduler's step does
+    _train(ours, release.optimizer, 3, release=True)
+    _train(ref, reference, 3)
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_bad_hyperparameters_are_refused():
     with pytest.raises(ValueError, match="lr"):
         AdamW(_model().parameters(), lr=0)
