@@ -12,6 +12,7 @@ Binds 127.0.0.1 unless --listen; --share (a public link) is opt-in.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def run_batch(demo: DemoModel, args: argparse.Namespace) -> int:
     if args.out is None:
         print("error: --input needs --out DIR", file=sys.stderr)
         return 2
-    request = GenerationRequest(
+    request = dataclasses.replace(
+        demo.defaults,
         prompt=args.prompt,
         num_samples=args.num_samples,
         ddim_steps=args.steps,
@@ -107,7 +109,7 @@ def build_ui(demo: DemoModel):
     import gradio as gr
 
     native = demo.native_resolution
-    defaults = GenerationRequest()
+    defaults = demo.defaults
 
     def slider(name: str, value: float, step: float) -> gr.Slider:
         low, high, label = BOUNDS[name]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from annotator.canny import CannyDetector
 from annotator.util import HWC3, resize_image, resized_size
-from cldm.model import load_model
+from cldm.model import load_config, load_model
 from cldm.sampling import guess_mode_scales, hint_from_edges, images_to_uint8, sample
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class DemoModel:
     description: str
     low_vram: bool = False
     autocast_dtype: torch.dtype | None = None
+    defaults: GenerationRequest = field(default_factory=GenerationRequest)  # what the page and batch mode start from
 
     @property
     def native_resolution(self) -> int:
@@ -100,8 +102,30 @@ def load_demo_model(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if precision == "fp16" and device == "cpu":
         raise ValueError("fp16 inference needs a GPU; use --precision fp32 or bf16 on CPU")
+    defaults = request_defaults(load_config(config).get("demo"), config)
     model, description = load_model(config, ckpt=ckpt, base=base, control=control, allow_nonfinite=allow_nonfinite)
-    return DemoModel(model.to(device).eval(), description, low_vram=low_vram, autocast_dtype=PRECISIONS[precision])
+    return DemoModel(
+        model.to(device).eval(),
+        description,
+        low_vram=low_vram,
+        autocast_dtype=PRECISIONS[precision],
+        defaults=defaults,
+    )
+
+
+def request_defaults(node: dict[str, Any] | None, source: str | Path) -> GenerationRequest:
+    """The original's request defaults, with a config's optional `demo:` node over them (a model whose text
+    encoder never saw SD's added and negative prompts sets them empty)."""
+    node = node or {}
+    known = {f.name for f in fields(GenerationRequest)} - {"prompt"}
+    unknown = sorted(set(node) - known)
+    if unknown:
+        raise ValueError(f"{source}: demo section has unknown keys {unknown}; known: {sorted(known)}")
+    defaults = GenerationRequest()
+    for name, value in node.items():
+        if type(value) is not type(getattr(defaults, name)):
+            raise ValueError(f"{source}: demo.{name} must be a {type(getattr(defaults, name)).__name__}, got {value!r}")
+    return replace(defaults, **node)
 
 
 def prepare_input(

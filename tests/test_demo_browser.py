@@ -81,6 +81,8 @@ def test_upload_prompt_run_shows_edges_and_images(server, tmp_path):
         gallery_images = page.locator(".gallery img, [data-testid='gallery'] img, .grid-wrap img")
         gallery_images.first.wait_for(timeout=30_000)
         assert gallery_images.count() >= 2  # the edge map and one generated image
+        # Gradio fades outputs (class "pending") until the event has ended: the screenshot waits for full colour.
+        page.wait_for_function("() => document.querySelectorAll('.pending').length === 0", timeout=30_000)
         shot = tmp_path / "demo.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 from PIL import Image
-from repo_paths import TINY_CONFIG
+from repo_paths import TINY_CONFIG, TOY_CONFIG
 from skimage import data
 
+from cldm.model import load_config
 from demo.canny2image import (
     DemoModel,
     GenerationInputError,
@@ -11,6 +12,7 @@ from demo.canny2image import (
     generate,
     load_demo_model,
     read_upload,
+    request_defaults,
 )
 from gradio_canny2image import main
 
@@ -83,6 +85,23 @@ def test_progress_is_reported_per_step(demo):
         progress=lambda i, n: seen.append((i, n)),
     )
     assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_a_config_demo_section_sets_the_defaults_of_page_and_batch_mode(demo):
+    assert demo.defaults == GenerationRequest()  # no demo section: the original demo's defaults
+    toy = request_defaults(load_config(TOY_CONFIG)["demo"], TOY_CONFIG)
+    assert (toy.a_prompt, toy.n_prompt) == ("", "")  # words the toy's text encoder never saw
+    assert toy.ddim_steps == GenerationRequest().ddim_steps and toy.scale == GenerationRequest().scale
+
+
+@pytest.mark.parametrize(
+    "node, match",
+    [({"negative_prompt": ""}, "unknown keys"), ({"prompt": "a dog"}, "unknown keys"), ({"ddim_steps": "20"}, "int")],
+)
+def test_a_bad_demo_section_names_the_file_and_key(node, match):
+    with pytest.raises(ValueError, match=match) as err:
+        request_defaults(node, "models/mine.yaml")
+    assert str(err.value).startswith("models/mine.yaml: demo")
 
 
 def test_fp16_on_cpu_is_refused():
