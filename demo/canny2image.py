@@ -116,15 +116,19 @@ def load_demo_model(
 def request_defaults(node: dict[str, Any] | None, source: str | Path) -> GenerationRequest:
     """The original's request defaults, with a config's optional `demo:` node over them (a model whose text
     encoder never saw SD's added and negative prompts sets them empty)."""
-    node = node or {}
+    node = {} if node is None else node
+    if not isinstance(node, dict):
+        raise ValueError(f"{source}: demo must be a mapping of request fields, got {node!r}")
     known = {f.name for f in fields(GenerationRequest)} - {"prompt"}
     unknown = sorted(set(node) - known)
     if unknown:
         raise ValueError(f"{source}: demo section has unknown keys {unknown}; known: {sorted(known)}")
     defaults = GenerationRequest()
     for name, value in node.items():
-        if type(value) is not type(getattr(defaults, name)):
-            raise ValueError(f"{source}: demo.{name} must be a {type(getattr(defaults, name)).__name__}, got {value!r}")
+        expected = type(getattr(defaults, name))
+        if not (type(value) is expected or (expected is float and type(value) is int)):  # `scale: 9` is a float
+            raise ValueError(f"{source}: demo.{name} must be a {expected.__name__}, got {value!r}")
+    node = {name: type(getattr(defaults, name))(value) for name, value in node.items()}
     return replace(defaults, **node)
 
 

@@ -92,11 +92,18 @@ def test_a_config_demo_section_sets_the_defaults_of_page_and_batch_mode(demo):
     toy = request_defaults(load_config(TOY_CONFIG)["demo"], TOY_CONFIG)
     assert (toy.a_prompt, toy.n_prompt) == ("", "")  # words the toy's text encoder never saw
     assert toy.ddim_steps == GenerationRequest().ddim_steps and toy.scale == GenerationRequest().scale
+    assert request_defaults({"scale": 7}, "x.yaml").scale == 7.0  # a whole number where a float is expected
 
 
 @pytest.mark.parametrize(
     "node, match",
-    [({"negative_prompt": ""}, "unknown keys"), ({"prompt": "a dog"}, "unknown keys"), ({"ddim_steps": "20"}, "int")],
+    [
+        ({"negative_prompt": ""}, "unknown keys"),
+        ({"prompt": "a dog"}, "unknown keys"),
+        ({"ddim_steps": "20"}, "int"),
+        ({"ddim_steps": 2.5}, "int"),
+        ("empty prompts", "mapping"),
+    ],
 )
 def test_a_bad_demo_section_names_the_file_and_key(node, match):
     with pytest.raises(ValueError, match=match) as err:
