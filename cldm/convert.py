@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from ldm.models.autoencoder import DDCONFIG_DEFAULTS
+
 UNET_PREFIX = "model.diffusion_model."
 CONTROL_PREFIX = "control_model."
 VAE_PREFIX = "first_stage_model."
@@ -335,7 +337,7 @@ def diffusers_vae_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
         "block_out_channels": [dd["ch"] * m for m in dd["ch_mult"]],
         "layers_per_block": dd["num_res_blocks"],
         "latent_channels": first["embed_dim"],
-        "norm_num_groups": dd.get("norm_groups", 32),
+        "norm_num_groups": dd.get("norm_groups", DDCONFIG_DEFAULTS["norm_groups"]),
         "sample_size": dd["resolution"],
         "scaling_factor": model_config["params"]["scale_factor"],
     }

@@ -124,12 +124,13 @@ def request_defaults(node: dict[str, Any] | None, source: str | Path) -> Generat
     if unknown:
         raise ValueError(f"{source}: demo section has unknown keys {unknown}; known: {sorted(known)}")
     defaults = GenerationRequest()
+    values = {}
     for name, value in node.items():
         expected = type(getattr(defaults, name))
         if not (type(value) is expected or (expected is float and type(value) is int)):  # `scale: 9` is a float
             raise ValueError(f"{source}: demo.{name} must be a {expected.__name__}, got {value!r}")
-    node = {name: type(getattr(defaults, name))(value) for name, value in node.items()}
-    return replace(defaults, **node)
+        values[name] = expected(value)
+    return replace(defaults, **values)
 
 
 def prepare_input(

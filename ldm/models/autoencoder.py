@@ -24,14 +24,13 @@ _DDCONFIG_KEYS = {
     "dropout",
     "norm_groups",
 }
+# The optional keys, as SD has them; a narrow toy autoencoder wants fewer norm groups (several channels per group).
+DDCONFIG_DEFAULTS: dict[str, Any] = {"dropout": 0.0, "attn_resolutions": (), "norm_groups": 32}
 
 
 def _check_ddconfig(ddconfig: Mapping[str, Any]) -> dict[str, Any]:
-    cfg = dict(ddconfig)
-    unknown, missing = (
-        set(cfg) - _DDCONFIG_KEYS,
-        _DDCONFIG_KEYS - set(cfg) - {"dropout", "attn_resolutions", "norm_groups"},
-    )
+    cfg = {**DDCONFIG_DEFAULTS, **ddconfig}
+    unknown, missing = set(cfg) - _DDCONFIG_KEYS, _DDCONFIG_KEYS - set(cfg)
     if unknown or missing:
         raise ValueError(
             f"ddconfig: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}; "
@@ -39,13 +38,10 @@ def _check_ddconfig(ddconfig: Mapping[str, Any]) -> dict[str, Any]:
         )
     if not cfg["double_z"]:
         raise ValueError("ddconfig.double_z must be true for the KL autoencoder (mean and log-variance)")
-    cfg.setdefault("norm_groups", 32)  # SD's; a narrow toy autoencoder wants fewer (several channels per group)
     if cfg["ch"] % cfg["norm_groups"]:
         raise ValueError(
             f"ddconfig.ch must be a multiple of norm_groups ({cfg['norm_groups']} GroupNorm groups), got {cfg['ch']}"
         )
-    cfg.setdefault("dropout", 0.0)
-    cfg.setdefault("attn_resolutions", [])
     return cfg
 
 
