@@ -50,12 +50,13 @@ test-fast: setup-dev
 	$(PY) -m pytest -m "not slow and not browser and not distributed"
 
 # The CPU quickstart (about 9 minutes on 2 CPU cores): ControlNet on the committed toy base, trained on generated
-# circles, then scored with control against the same model at control strength 0.
+# circles, then scored with control against the same model at control strength 0. Run again, it goes on with the
+# run in runs/toy (a finished one is only scored again); delete runs/toy to train from the start.
 TOY_RUN := runs/toy
 demo: setup
 	@test -f $(TOY_RUN)/control_init.safetensors || { mkdir -p $(TOY_RUN) && \
 	  $(PY) tool_add_control.py models/toy_base.safetensors $(TOY_RUN)/control_init.safetensors --config models/cldm_toy.yaml; }
-	$(PY) tutorial_train.py
+	$(PY) tutorial_train.py --resume-from auto
 	$(PY) tool_eval_control.py --config models/cldm_toy.yaml --base models/toy_base.safetensors \
 	  --control $(TOY_RUN)/control.safetensors --grid $(TOY_RUN)/eval_grid.png --out $(TOY_RUN)/eval.json
 	@echo "open the demo on the trained weights:"

@@ -25,7 +25,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cldm.model import load_config
 from cldm.weights import CheckpointMismatchError
-from training.preemption import Preemption
+from ldm.util import remove_stale_temp_files
+from training.preemption import Preemption, StopSignal, StopSignalsRaise, requeue_slurm_job
 from training.run import (
     RunInputError,
     RunPlan,
@@ -36,10 +37,12 @@ from training.run import (
     plan_run,
     prepare_latent_cache,
     resolved_config,
+    start_record,
     write_config,
     write_skipped,
 )
 from training.run_lock import RunFolderLocked, run_lock
+from training.run_record import FileRecord
 from training.settings import ModelOptions, TrainSettings, add_flags, given_flags
 
 
@@ -65,6 +68,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with StopSignalsRaise() as signals:  # preemption holds from the first second, not only inside the loop
+        try:
+            return plan_and_train(args, signals)
+        except StopSignal as stop:
+            return stopped_outside_training(stop, signals.phase, requeue=bool(getattr(args, "slurm_requeue", False)))
+
+
+def plan_and_train(args: argparse.Namespace, signals: StopSignalsRaise) -> int:
+    signals.phase = "checking the inputs"
     try:
         config, plan = plan_from_args(args)
     except (RunInputError, FileNotFoundError, ValueError) as err:
@@ -77,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             except RunFolderLocked as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
-        return train(args, config, plan)
+        try:
+            return train(args, config, plan, signals)
+        except StopSignal as stop:
+            return stopped_outside_training(stop, signals.phase, requeue=plan.settings.slurm_requeue)
 
 
 def plan_from_args(args: argparse.Namespace) -> tuple[dict, RunPlan]:
@@ -103,7 +118,20 @@ def launches_global_rank_zero() -> bool:
     return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0))) == 0
 
 
-def train(args: argparse.Namespace, config: dict, plan: RunPlan) -> int:
+def stopped_outside_training(stop: StopSignal, phase: str, *, requeue: bool) -> int:
+    """A stop signal before the first step (or after the last): say what was saved, requeue if asked, exit 128+N."""
+    print(
+        f"stopped by {stop.signal.name} while {phase}: no training step was taken, so no new checkpoint was "
+        "saved (those already in the folder are kept); run the same command again, with --resume-from auto to "
+        "go on from the newest",
+        file=sys.stderr,
+    )
+    if requeue and launches_global_rank_zero():
+        requeue_slurm_job()
+    return 128 + stop.signal.value
+
+
+def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSignalsRaise) -> int:
     settings = plan.settings
     if plan.base is None:
         print(
@@ -112,15 +140,27 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan) -> int:
             "This run only exercises the pipeline; pass --resume with a tool_add_control.py checkpoint."
         )
     pl.seed_everything(settings.seed, workers=True)
+    rank_zero = launches_global_rank_zero()
+    resolved = resolved_config(plan, config)
+    if rank_zero:
+        remove_stale_temp_files(plan.output)  # left by a run killed while it wrote (we hold the folder's lock)
+    signals.phase = "checking the run record"
     try:
+        record = start_record(plan, resolved) if rank_zero else None
+        signals.phase = "loading the weights"
         model = build_model(plan)
-    except ValueError as err:  # a damaged file, or NaN/inf weights
+    except ValueError as err:  # a resume that does not match its run, a damaged file, or NaN/inf weights
         print(f"error: {err}", file=sys.stderr)
         return 2
+    resolved = resolved_config(plan, config)  # with the base a fresh init was just saved to
+    if record is not None and record.init is None and plan.base is not None:
+        record.init, record.settings = FileRecord.of(plan.base), resolved
+        record.write(plan.output)
     cuda = torch.cuda.is_available() and settings.accelerator != "cpu"
+    signals.phase = "building the latent cache"
     prepare_latent_cache(plan, model, "cuda" if cuda else "cpu")
-    resolved = resolved_config(plan, config)
-    trainer = make_trainer(plan, resolved, log_samples=args.log_samples)
+    signals.phase = "starting the trainer"
+    trainer = make_trainer(plan, resolved, record=record, log_samples=args.log_samples)
     if trainer.is_global_zero:
         write_config(plan.output / "config.yaml", resolved)
         write_skipped(plan)
@@ -138,6 +178,7 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan) -> int:
                 file=sys.stderr,
             )
         return 128 + preemption.stopped_by.value
+    signals.phase = "finishing (training is done and saved)"
     # Every rank prints its own checksum: equal lines show the DDP replicas stayed in sync.
     checksum = sum(float(v.double().sum()) for v in model.control_model.state_dict().values())
     print(f"control checksum rank {trainer.global_rank}: {checksum:.12e}")

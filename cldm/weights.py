@@ -3,6 +3,7 @@ load them, save them atomically, and make the initial ControlNet from an SD chec
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import zipfile
@@ -416,6 +417,16 @@ def save_state(state: Mapping[str, torch.Tensor], dst: str | Path, metadata: Map
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=dict(metadata or {}) or None)
         else:
             torch.save({"state_dict": dict(state), **({"metadata": dict(metadata)} if metadata else {})}, tmp)
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's tensors (names, dtypes, shapes and bytes): equal digests mean the same weights."""
+    digest = hashlib.sha256()
+    for key, value in module.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
 
 
 def export_control(model: torch.nn.Module, path: str | Path) -> None:

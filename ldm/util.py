@@ -4,11 +4,19 @@ atomically."""
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")  # what `atomic_write` names its temporary files
 
 
 def get_obj_from_str(path: str) -> Any:
@@ -55,3 +63,18 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files under `folder` that `atomic_write` left when its process was killed (SIGKILL,
+    a crash, a lost node): a checkpoint's is as large as the checkpoint. Files of a process still alive on this
+    host are kept. Call it while holding the folder (e.g. under the run lock)."""
+    removed = []
+    for path in Path(folder).rglob(".*.tmp"):
+        match = TEMP_NAME.match(path.name)
+        if match and path.is_file() and not psutil.pid_exists(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.warning("removed %d temporary files left by an interrupted write, first: %s", len(removed), removed[0])
+    return removed

@@ -70,3 +70,18 @@ def toy_data(tmp_path_factory) -> Path:
     from training.toy_data import write_toy_dataset
 
     return write_toy_dataset(tmp_path_factory.mktemp("toy"), n=48, size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory) -> Path:
+    """A stand-in for a pretrained SD: the tiny model with a random (not zero-initialised) UNet."""
+    from cldm.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model(TINY_CONFIG)
+    with torch.no_grad():
+        for p in model.model.diffusion_model.parameters():
+            p.normal_(std=0.05)
+    path = tmp_path_factory.mktemp("base") / "base.ckpt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path

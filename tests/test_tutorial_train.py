@@ -22,19 +22,6 @@ from training.prompt_file import read_prompt_file
 from tutorial_train import main
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """A stand-in for a pretrained SD: the tiny model with a random (not zero-initialised) UNet."""
-    torch.manual_seed(0)
-    model = create_model(ROOT / "models/cldm_tiny.yaml")
-    with torch.no_grad():
-        for p in model.model.diffusion_model.parameters():
-            p.normal_(std=0.05)
-    path = tmp_path_factory.mktemp("base") / "base.ckpt"
-    torch.save({"state_dict": model.state_dict()}, path)
-    return path
-
-
 @pytest.fixture
 def _args(base):
     def build(toy_data: Path, out: Path, *extra: str) -> list[str]:

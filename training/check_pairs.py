@@ -3,6 +3,7 @@ sides fit the model. Headers and trailers are read instead of decoding, so 20,00
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,8 @@ def size_multiple(model_config: Mapping[str, Any]) -> int:
     return autoencoder * unet
 
 
-def check_pair(root: Path, row: Mapping[str, str], index: int, multiple: int) -> BadPair | None:
+def check_pair(root: Path, row: Mapping[str, str], index: int, multiple: int) -> BadPair | tuple[int, int]:
+    """The pair's (width, height), or why it cannot be trained on."""
     sizes = {}
     for key in ("source", "target"):
         try:
@@ -74,10 +76,24 @@ def check_pair(root: Path, row: Mapping[str, str], index: int, multiple: int) ->
         )
     if w % multiple or h % multiple:
         return BadPair(index, row["source"], row["target"], f"{w}×{h}: sides must be multiples of {multiple}")
-    return None
+    return w, h
 
 
 def check_pairs(root: str | Path, rows: Sequence[Mapping[str, str]], *, multiple: int) -> list[BadPair]:
-    """The pairs of a prepared folder that cannot be trained on (empty when all are usable)."""
+    """The pairs of a prepared folder that cannot be trained on (empty when all are usable). A batch holds one
+    size, so pairs of another size than most are bad too (e.g. left by an earlier preparation at another --size)."""
     root = Path(root)
-    return [bad for i, row in enumerate(rows) if (bad := check_pair(root, row, i, multiple)) is not None]
+    bad, sizes = [], {}
+    for i, row in enumerate(rows):
+        result = check_pair(root, row, i, multiple)
+        if isinstance(result, BadPair):
+            bad.append(result)
+        else:
+            sizes[i] = result
+    if len(set(sizes.values())) > 1:
+        (w0, h0), count = Counter(sizes.values()).most_common(1)[0]
+        for i, (w, h) in sizes.items():
+            if (w, h) != (w0, h0):
+                reason = f"{w}×{h}, but {count} of the pairs are {w0}×{h0} and a batch holds one size"
+                bad.append(BadPair(i, rows[i]["source"], rows[i]["target"], reason))
+    return sorted(bad, key=lambda b: b.index)

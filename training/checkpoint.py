@@ -13,8 +13,9 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
 from cldm.diffusers_io import save_diffusers_controlnet
-from cldm.weights import CONTROL_PREFIX, CorruptCheckpointError, export_control, reading_weights
+from cldm.weights import CONTROL_PREFIX, CorruptCheckpointError, export_control, nonfinite_keys, reading_weights
 from ldm.util import atomic_write
+from training.run_record import RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,10 @@ DIFFUSERS_FOLDER = "control_diffusers"
 REQUIRED_KEYS = ("global_step", "state_dict")
 
 
-def open_checkpoint(path: str | Path) -> dict[str, Any]:
+def open_checkpoint(path: str | Path, *, check_values: bool = False) -> dict[str, Any]:
     """A training checkpoint, memory-mapped and checked: CorruptCheckpointError if it is damaged or incomplete
-    (for example cut short by a crash while it was written)."""
+    (for example cut short by a crash while it was written), or, with `check_values`, if its weights hold NaN or
+    inf (a run that diverged: resuming it would go on from there)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -38,7 +40,20 @@ def open_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CorruptCheckpointError(f"{path} is not a resumable training checkpoint: it lacks {', '.join(missing)}")
+    bad = nonfinite_keys(ckpt["state_dict"]) if check_values else []
+    if bad:
+        raise CorruptCheckpointError(
+            f"{path} holds NaN or inf in {len(bad)} weights (first: {bad[0]}): the run diverged"
+        )
     return ckpt
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step in a checkpoint's name (`step-0000042.ckpt` → 42)."""
+    match = STEP_FILE.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not named step-N.ckpt")
+    return int(match.group(1))
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -75,19 +90,27 @@ class StreamingCheckpointIO(TorchCheckpointIO):
 
 
 class PeriodicCheckpoint(pl.Callback):
-    """Every `every` optimizer steps (and at the end): `step-N.ckpt` (keep the last `keep`) and the ControlNet export."""
+    """Every `every` optimizer steps (and at the end): `step-N.ckpt` (keep the last `keep`) and the ControlNet export.
 
-    def __init__(self, folder: Path, *, every: int, keep: int, config: dict[str, Any]) -> None:
+    Each checkpoint is entered in the run's record (`record`, rank 0's) with its parent, and only the record's
+    checkpoints are ever rotated out: files of another run in the folder are never counted or deleted.
+    """
+
+    def __init__(
+        self, folder: Path, *, every: int, keep: int, config: dict[str, Any], record: RunRecord | None
+    ) -> None:
         if every < 1 or keep < 1:
             raise ValueError(f"checkpoint interval and count must be >= 1, got every={every}, keep={keep}")
         self.folder = Path(folder)
-        self.every, self.keep, self.config = every, keep, config
+        self.every, self.keep, self.config, self.record = every, keep, config, record
         self._last_saved = -1
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint["cutenet_config"] = self.config
+        if self.record is not None:
+            checkpoint["cutenet_run"] = {"run_id": self.record.run_id, "parent": self.record.next_parent()}
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -122,6 +145,11 @@ class PeriodicCheckpoint(pl.Callback):
     @rank_zero_only
     def _finish(self, path: Path, pl_module: pl.LightningModule) -> None:
         export_control(pl_module, self.folder.parent / CONTROL_FILE)
-        for old in list_checkpoints(self.folder)[: -self.keep]:
-            old.unlink()
+        if self.record is not None:
+            self.record.add(path.name, checkpoint_step(path))
+            old = sorted(self.record.checkpoints, key=lambda c: c.step)[: -self.keep]
+            self.record.checkpoints = [c for c in self.record.checkpoints if c not in old]
+            self.record.write(self.folder.parent)  # before the unlinks: a crash between leaves a file, not a gap
+            for entry in old:
+                (self.folder / entry.name).unlink(missing_ok=True)
         logger.info("saved %s and %s", path, self.folder.parent / CONTROL_FILE)

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from cldm.weights import state_digest
 from ldm.util import atomic_write
 from training.dataset import PairDataset
 from training.prompt_file import write_text_atomically
@@ -24,6 +25,29 @@ from training.prompt_file import write_text_atomically
 logger = logging.getLogger(__name__)
 
 MANIFEST = "cache.json"
+CACHE_FORMAT = 2
+
+
+def cache_key(model: torch.nn.Module, dataset: PairDataset) -> dict[str, object]:
+    """What a cache holds latents of: the pairs (their list, prompts, sizes and modification times), the image size,
+    and the exact VAE and text-encoder weights (their dtype included). Any change means other latents."""
+    first = dataset.get(0, 0)["jpg"]  # H×W×3
+    return {
+        "format": CACHE_FORMAT,
+        "items": len(dataset),
+        "data": dataset.fingerprint(),
+        "image_size": list(first.shape[:2]),
+        "vae": state_digest(model.first_stage_model),
+        "text_encoder": state_digest(model.cond_stage_model),
+    }
+
+
+def _cached_key(folder: Path) -> dict[str, object] | None:
+    """The key a complete cache in `folder` was built for (None: no complete cache, or one from before keys)."""
+    try:
+        return json.loads((folder / MANIFEST).read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _open(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -32,13 +56,22 @@ def _open(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 @torch.no_grad()
 def build_latent_cache(model: torch.nn.Module, dataset: PairDataset, folder: Path, *, batch_size: int = 8) -> Path:
-    """Encode every item of `dataset` (epoch 0 draws) once; reuse an existing complete cache of the same size."""
+    """Encode every item of `dataset` (epoch 0 draws) once. A complete cache is reused only when it was built from
+    the same pairs, image size and weights (`cache_key`); otherwise it is built again, and the log says why."""
     folder = Path(folder)
     manifest = folder / MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text())["items"] == len(dataset):
-        return folder
     if dataset.hflip:
         raise ValueError("cached latents cannot follow random flips: train with --no-hflip, or without the cache")
+    key, cached = cache_key(model, dataset), _cached_key(folder)
+    if cached == key:
+        logger.info("reusing the latent cache %s (same pairs, image size and weights)", folder)
+        return folder
+    if manifest.exists():
+        changed = [k for k in key if not isinstance(cached, dict) or cached.get(k) != key[k]]
+        logger.warning(
+            "the latent cache %s was built from other inputs (%s): building it again", folder, ", ".join(changed)
+        )
+        manifest.unlink()  # first: a rebuild cut short must never pass for the old cache
     folder.mkdir(parents=True, exist_ok=True)
     n = len(dataset)
     with ExitStack() as stack:
@@ -64,7 +97,7 @@ def build_latent_cache(model: torch.nn.Module, dataset: PairDataset, folder: Pat
     empty = model.get_learned_conditioning([""])[0].float().cpu().numpy()  # L×D
     with atomic_write(folder / "empty_context.npy") as tmp_empty, open(tmp_empty, "wb") as f:
         np.save(f, empty.astype(np.float16))
-    write_text_atomically(manifest, json.dumps({"items": n}))  # written last: marks a complete cache
+    write_text_atomically(manifest, json.dumps({"items": n, "key": key}))  # written last: marks a complete cache
     logger.info("cached %d latents and contexts in %s", n, folder)
     return folder
 
@@ -73,6 +106,11 @@ class CachedPairs(Dataset):
     """PairDataset items with `moments` (the VAE posterior) and `context` in place of `jpg` and `txt`."""
 
     def __init__(self, dataset: PairDataset, folder: Path) -> None:
+        cached = _cached_key(Path(folder))
+        if cached is None or cached.get("data") != dataset.fingerprint():
+            raise ValueError(
+                f"the latent cache {folder} was not built from the pairs in {dataset.root}; build it again"
+            )
         self.dataset = dataset
         self.moments = np.load(Path(folder) / "moments.npy", mmap_mode="r")
         self.contexts = np.load(Path(folder) / "contexts.npy", mmap_mode="r")

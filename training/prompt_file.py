@@ -30,8 +30,12 @@ def write_prompt_file(path: Path, rows: Iterable[dict[str, str]]) -> None:
 
 def read_prompt_file(path: Path) -> list[dict[str, str]]:
     """Rows of a prompt file; a clear error names the file and line of anything malformed."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8 JSON Lines") from None
     rows = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -40,5 +44,9 @@ def read_prompt_file(path: Path) -> list[dict[str, str]]:
             raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from None
         if not isinstance(row, dict) or not {"source", "target", "prompt"} <= row.keys():
             raise ValueError(f"{path}:{number}: each line needs 'source', 'target' and 'prompt'")
+        for key in ("source", "target", "prompt"):
+            if not isinstance(row[key], str) or (key != "prompt" and not row[key].strip()):
+                what = "text" if key == "prompt" else "a relative file path"
+                raise ValueError(f"{path}:{number}: '{key}' must be {what}, got {row[key]!r}")
         rows.append(row)
     return rows

@@ -27,12 +27,20 @@ from cldm.weights import (
 )
 from ldm.util import instantiate_from_config
 from training.check_pairs import BadPair, check_pairs, size_multiple
-from training.checkpoint import PeriodicCheckpoint, StreamingCheckpointIO, list_checkpoints, open_checkpoint
+from training.checkpoint import (
+    CONTROL_FILE,
+    DIFFUSERS_FOLDER,
+    PeriodicCheckpoint,
+    StreamingCheckpointIO,
+    list_checkpoints,
+    open_checkpoint,
+)
 from training.dataset import PairDataset
 from training.latent_cache import CachedPairs, build_latent_cache
 from training.loader import make_train_loader
 from training.preemption import Preemption
 from training.prompt_file import PROMPT_FILE, write_text_atomically
+from training.run_record import RUN_FILE, FileRecord, RunRecord, RunRecordError
 from training.settings import TrainSettings
 from training.toy_data import write_toy_dataset
 
@@ -59,6 +67,8 @@ class RunPlan:
     resume_from: Path | None  # a training checkpoint to continue
     start_step: int
     skipped: list[BadPair]  # pairs that failed the pre-flight check and are left out (settings.skip_bad)
+    record: RunRecord | None = None  # the folder's run record, when this run continues it
+    branch_of: dict[str, Any] | None = None  # the other run's checkpoint a branch starts from
 
 
 def _meta_state(model_config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -68,35 +78,92 @@ def _meta_state(model_config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], 
     return model.state_dict(), model.trainable_state_keys()
 
 
-def _resolve_resume_from(resume_from: str | None, output: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint to continue from, opened and checked. `last` and `auto` take the newest intact one in
-    OUTPUT/checkpoints and say which newer ones they skipped and why (e.g. one cut short by a crash)."""
-    if resume_from is None:
-        return None
-    if resume_from not in ("last", "auto"):
-        try:
-            return Path(resume_from), open_checkpoint(resume_from)
-        except (FileNotFoundError, CorruptCheckpointError) as err:
-            raise RunInputError(f"--resume-from: {err}") from None
-    folder = output / "checkpoints"
+@dataclass
+class Resume:
+    """The checkpoint a run goes on from: its own newest (`continues`), or another run's (a branch, in a new folder)."""
+
+    path: Path
+    checkpoint: dict[str, Any]
+    continues: bool
+
+
+def _open_intact(path: Path) -> dict[str, Any]:
+    try:
+        return open_checkpoint(path, check_values=True)
+    except (FileNotFoundError, CorruptCheckpointError) as err:
+        raise RunInputError(f"--resume-from: {err}") from None
+
+
+def _newest_intact(record: RunRecord, folder: Path, *, after_step: int = -1) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of the run's lineage (above `after_step`) that opens and holds finite weights; the
+    newer ones it passes over are named in the log."""
     skipped = []
-    for path in reversed(list_checkpoints(folder)):
+    for entry in record.newest_first():
+        if entry.step <= after_step:
+            break
+        path = folder / entry.name
         try:
-            ckpt = open_checkpoint(path)
-        except CorruptCheckpointError as err:
-            logger.warning("skipping %s: %s", path.name, err)
-            skipped.append(path.name)
+            ckpt = open_checkpoint(path, check_values=True)
+        except (FileNotFoundError, CorruptCheckpointError) as err:
+            logger.warning("skipping %s: %s", entry.name, err)
+            skipped.append(entry.name)
             continue
         if skipped:
             logger.warning(
-                "resuming from %s, the newest intact checkpoint (skipped: %s)", path.name, ", ".join(skipped)
+                "resuming from %s, the newest intact checkpoint (skipped: %s)", entry.name, ", ".join(skipped)
             )
         return path, ckpt
-    found = f"no intact checkpoint in {folder}" + (f" (damaged: {', '.join(skipped)})" if skipped else " yet")
-    if resume_from == "auto":  # e.g. a requeued SLURM job that had not saved anything yet
-        logger.warning("--resume-from auto: %s; starting from the beginning", found)
+    return None
+
+
+def _resolve_resume_from(resume_from: str | None, output: Path, record: RunRecord | None) -> Resume | None:
+    """The checkpoint to go on from, opened and checked against the folder's run record. `last` and `auto` take
+    the newest intact checkpoint of the recorded run; a path is either that same checkpoint, or one of another
+    folder's (a branch). An older checkpoint of this folder's run would branch inside it and is refused."""
+    if resume_from is None:
         return None
-    raise RunInputError(f"--resume-from last: {found}")
+    folder = output / "checkpoints"
+    if record is None and list_checkpoints(folder):
+        newest = list_checkpoints(folder)[-1]
+        raise RunInputError(
+            f"{output} holds checkpoints but no {RUN_FILE} (made before runs were recorded), so which run they belong "
+            f"to cannot be told; continue in a new folder: --resume-from {newest} --output {output}-continued"
+        )
+    if resume_from in ("last", "auto"):
+        found = _newest_intact(record, folder) if record is not None else None
+        if found is not None:
+            return Resume(*found, continues=True)
+        if resume_from == "auto":  # e.g. a requeued SLURM job that had not saved anything yet
+            logger.warning("--resume-from auto: no intact checkpoint in %s yet; starting from the beginning", folder)
+            return None
+        raise RunInputError(f"--resume-from last: no intact checkpoint of a run in {folder} yet")
+    path = Path(resume_from)
+    ckpt = _open_intact(path)
+    if path.resolve().parent != folder.resolve():
+        return Resume(path, ckpt, continues=False)
+    entry = next((c for c in record.checkpoints if c.name == path.name), None) if record else None
+    if entry is None:
+        raise RunInputError(f"--resume-from {path} is not a checkpoint of the run recorded in {output / RUN_FILE}")
+    newer = _newest_intact(record, folder, after_step=entry.step)
+    if newer is not None:
+        raise RunInputError(
+            f"--resume-from {path}: this run went on to {newer[0].name}; continue it with --resume-from last, or "
+            f"branch from {path.name} into a new folder: --resume-from {path} --output {output}-from-{entry.step}"
+        )
+    return Resume(path, ckpt, continues=True)
+
+
+def _refuse_occupied(output: Path, record: RunRecord | None) -> None:
+    """A new run (fresh, or a branch) never writes over a folder that holds an earlier run's results."""
+    held = list_checkpoints(output / "checkpoints") + [
+        p for p in (output / CONTROL_FILE, output / DIFFUSERS_FOLDER) if p.exists()
+    ]
+    if held:
+        which = f"run {record.run_id[:12]}" if record else "a run"
+        raise RunInputError(
+            f"{output} already holds {which} ({held[-1].name}, ...): continue it with --resume-from last, or start "
+            "this run in another --output (nothing in that folder is changed)"
+        )
 
 
 def make_missing_inputs(model_config: dict[str, Any], settings: TrainSettings, *, resume_from: str | None) -> None:
@@ -132,18 +199,23 @@ def plan_run(
     if settings.control_from and not Path(settings.control_from).exists():
         raise RunInputError(f"--control-from {settings.control_from} does not exist")
     model_state, trainable = _meta_state(model_config)
-    resumed = _resolve_resume_from(resume_from, output)
-    ckpt_path = resumed[0] if resumed else None
+    try:
+        record = RunRecord.read(output)
+    except RunRecordError as err:
+        raise RunInputError(str(err)) from None
+    resumed = _resolve_resume_from(resume_from, output, record)
+    if resumed is None or not resumed.continues:
+        _refuse_occupied(output, record)
     base = Path(settings.resume) if settings.resume else None
     start_step = 0
     if resumed is not None:
-        ckpt = resumed[1]  # mapped: only what is used is read
-        base = Path(ckpt.get("cutenet_config", {}).get("base") or output / INIT_FILE)
+        ckpt = resumed.checkpoint  # mapped: only what is used is read
+        base = Path(ckpt.get("cutenet_config", {}).get("base") or resumed.path.parent.parent / INIT_FILE)
         start_step = int(ckpt["global_step"])
         try:
             check_state_dict({k: model_state[k] for k in trainable}, ckpt["state_dict"])
         except CheckpointMismatchError as err:
-            raise RunInputError(f"{ckpt_path} was written for another config than {config_path}: {err}") from None
+            raise RunInputError(f"{resumed.path} was written for another config than {config_path}: {err}") from None
     if base is not None:
         if not base.is_file():
             raise RunInputError(
@@ -154,7 +226,61 @@ def plan_run(
             check_state_dict(model_state, load_state_dict(base, shapes_only=True))
         except CheckpointMismatchError as err:
             raise RunInputError(f"{base} does not fit {config_path}: {err}") from None
-    return RunPlan(settings, model_config, output, dataset, base, ckpt_path, start_step, skipped)
+    return RunPlan(
+        settings,
+        model_config,
+        output,
+        dataset,
+        base,
+        resumed.path if resumed else None,
+        start_step,
+        skipped,
+        record if resumed is not None and resumed.continues else None,
+        _branch_point(resumed) if resumed is not None and not resumed.continues else None,
+    )
+
+
+def _branch_point(resumed: Resume) -> dict[str, Any]:
+    """Where a branch starts: the other run's checkpoint, its step, and that run's id when it was recorded."""
+    run = resumed.checkpoint.get("cutenet_run") or {}
+    return {
+        "run_id": run.get("run_id"),
+        "checkpoint": str(resumed.path),
+        "step": int(resumed.checkpoint["global_step"]),
+    }
+
+
+def start_record(plan: RunPlan, resolved: dict[str, Any]) -> RunRecord:
+    """The run record rank 0 writes before the model is built: a continued run's own, checked against its data and
+    initial weights (the frozen parts reload from that file, so a changed file would silently train another model),
+    or a new one for a fresh start or a branch."""
+    data = plan.dataset.fingerprint()
+    record = plan.record
+    if record is None:
+        record = RunRecord.new(data=data, data_root=str(plan.dataset.root), settings=resolved, parent=plan.branch_of)
+        if plan.base is not None:
+            record.init = FileRecord.of(plan.base)
+        record.write(plan.output)
+        logger.info("run %s in %s", record.run_id[:12], plan.output)
+        return record
+    if record.data != data:
+        raise RunInputError(
+            f"the pairs in {plan.dataset.root} are not those run {record.run_id[:12]} trained on (their list, sizes or "
+            f"modification times changed), so the resume would train on other data: restore them (a copy must keep "
+            f"modification times: cp -p, rsync -a), or branch into a new folder with --resume-from {plan.resume_from} "
+            f"--output NEW"
+        )
+    if record.init is not None and (plan.base is None or not plan.base.is_file() or not record.init.matches(plan.base)):
+        raise RunInputError(
+            f"the initial weights {plan.base} are not the file run {record.run_id[:12]} started from "
+            f"(sha256 {record.init.sha256[:12]}): its frozen parts would reload other weights. Restore that file"
+        )
+    changed = record.changed_settings(resolved)
+    if changed:
+        logger.warning("run %s goes on with changed settings: %s", record.run_id[:12], "; ".join(changed))
+    record.continue_from(plan.resume_from.name)
+    record.write(plan.output)
+    return record
 
 
 def _check_data(
@@ -297,9 +423,14 @@ class SampleLog(pl.Callback):
             f.write("".join(f"{int(i)}\n" for i in batch["index"]))
 
 
-def make_trainer(plan: RunPlan, resolved: dict[str, Any], *, log_samples: bool = False) -> pl.Trainer:
+def make_trainer(
+    plan: RunPlan, resolved: dict[str, Any], *, record: RunRecord | None, log_samples: bool = False
+) -> pl.Trainer:
+    """The Lightning trainer of a run; `record` is rank 0's run record (None on the other ranks)."""
     s = plan.settings
-    periodic = PeriodicCheckpoint(plan.output / "checkpoints", every=s.ckpt_every, keep=s.keep_last, config=resolved)
+    periodic = PeriodicCheckpoint(
+        plan.output / "checkpoints", every=s.ckpt_every, keep=s.keep_last, config=resolved, record=record
+    )
     callbacks: list[pl.Callback] = [
         periodic,
         Preemption(periodic.save_once, requeue=s.slurm_requeue),

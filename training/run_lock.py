@@ -11,23 +11,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
 
 
 class RunFolderLocked(RuntimeError):
-    """Another live run holds the output folder; the message names it."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
+    """Another live run holds the output folder, or the folder cannot be written; the message says which and what
+    to do."""
 
 
 def _holder() -> dict[str, object]:
@@ -42,9 +35,11 @@ def _holder() -> dict[str, object]:
 def _stale(held: dict[str, object]) -> str | None:
     """Why a lock can be taken over (its run is gone), or None while it may be alive."""
     me = _holder()
+    if not held:
+        return "its lock file is empty or damaged (a start that could not write it, e.g. on a full disk)"
     if held.get("slurm_job") and held.get("slurm_job") == me["slurm_job"]:
         return f"SLURM job {held['slurm_job']} was requeued"
-    if held.get("host") == me["host"] and not _alive(int(held.get("pid", -1))):
+    if held.get("host") == me["host"] and not psutil.pid_exists(int(held.get("pid", -1))):
         return f"process {held.get('pid')} on this host is no longer running"
     return None
 
@@ -53,8 +48,13 @@ def _stale(held: dict[str, object]) -> str | None:
 def run_lock(folder: Path) -> Iterator[None]:
     """Hold `folder` for this run; RunFolderLocked if another live run holds it. A lock left by a dead process on
     this host, or by an earlier attempt of this SLURM job, is taken over with a message that says so."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_FILE
+    folder, lock = Path(folder), Path(folder) / LOCK_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # read-only, no permission, or a file where the folder should be
+        raise RunFolderLocked(
+            f"cannot make the folder {folder} ({err.strerror}); --output must be a writable folder"
+        ) from None
     while True:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -73,8 +73,20 @@ def run_lock(folder: Path) -> Iterator[None]:
             logger.warning("taking over the lock of %s: %s", folder, reason)
             lock.unlink(missing_ok=True)
             continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(_holder(), f)
+        except OSError as err:  # read-only, no permission, or a file where the folder should be
+            raise RunFolderLocked(
+                f"cannot write in {folder} ({err.strerror}); --output must be a writable folder"
+            ) from None
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(_holder(), f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:  # e.g. a full disk: leave no empty lock behind to block every later run
+            lock.unlink(missing_ok=True)
+            raise RunFolderLocked(
+                f"cannot write in {folder} ({err.strerror}); free some space or choose another --output"
+            ) from None
         break
     try:
         yield
