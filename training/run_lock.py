@@ -53,7 +53,7 @@ def run_lock(folder: Path) -> Iterator[None]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # read-only, no permission, or a file where the folder should be
         raise RunFolderLocked(
-            f"cannot make the folder {folder} ({err.strerror}); --output must be a writable folder"
+            f"cannot make the folder {folder} ({err.strerror}); choose a writable place for it"
         ) from None
     while True:
         try:
@@ -74,9 +74,7 @@ def run_lock(folder: Path) -> Iterator[None]:
             lock.unlink(missing_ok=True)
             continue
         except OSError as err:  # read-only, no permission, or a file where the folder should be
-            raise RunFolderLocked(
-                f"cannot write in {folder} ({err.strerror}); --output must be a writable folder"
-            ) from None
+            raise RunFolderLocked(f"cannot write in {folder} ({err.strerror}); choose a writable folder") from None
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(_holder(), f)
@@ -85,7 +83,7 @@ def run_lock(folder: Path) -> Iterator[None]:
         except OSError as err:  # e.g. a full disk: leave no empty lock behind to block every later run
             lock.unlink(missing_ok=True)
             raise RunFolderLocked(
-                f"cannot write in {folder} ({err.strerror}); free some space or choose another --output"
+                f"cannot write in {folder} ({err.strerror}); free some space or choose another folder"
             ) from None
         break
     try:

@@ -1,14 +1,16 @@
-"""Find the images to prepare: the Stanford Dogs layout (with optional boxes and split lists) or a plain folder."""
+"""Find the images to prepare: any image folder, with breeds and boxes where it has the Stanford Dogs layout."""
 
 from __future__ import annotations
 
 import logging
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 logger = logging.getLogger(__name__)
 
+WORDNET_FOLDER = re.compile(r"^n\d{8}-.+$")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -24,7 +26,7 @@ class Box:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One source image: its path, a unique id, the breed (from the folder name) and its boxes."""
+    """One source image: its path, its unique id (`item_id`), the breed (from the folder name) and its boxes."""
 
     path: Path
     item_id: str
@@ -53,51 +55,50 @@ def read_boxes(xml_path: Path) -> tuple[Box, ...]:
     return tuple(boxes)
 
 
-def discover_stanford_dogs(images_dir: Path, annotations_dir: Path | None = None) -> list[ImageRecord]:
-    """`Images/<wnid>-<breed>/<wnid>_<n>.jpg`, boxes from `Annotation/<wnid>-<breed>/<wnid>_<n>` when given."""
-    images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"images folder {images_dir} does not exist (expected Stanford Dogs' Images/)")
-    records = []
-    for breed_dir in sorted(p for p in images_dir.iterdir() if p.is_dir()):
-        breed = breed_from_folder(breed_dir.name)
-        for path in sorted(p for p in breed_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            boxes: tuple[Box, ...] = ()
-            if annotations_dir is not None:
-                xml_path = Path(annotations_dir) / breed_dir.name / path.stem
-                boxes = read_boxes(xml_path) if xml_path.is_file() else ()
-            records.append(ImageRecord(path, path.stem, breed, boxes))
-    if not records:
-        raise ValueError(
-            f"no images found under {images_dir}/<breed folder>/; is this the Stanford Dogs Images/ folder?"
-        )
-    return records
+def item_id(relative: Path) -> str:
+    """The id of the image at `relative` (under --images): its relative POSIX path, extension included. Two files
+    never share a path, so ids are unique by construction (`a/b.jpg`, `a__b.jpg`, `x.jpg` and `x.png` stay apart)."""
+    return PurePosixPath(*relative.parts).as_posix()
 
 
-def discover_folder(images_dir: Path) -> list[ImageRecord]:
-    """Every image under a plain folder (recursively); ids are the relative paths with '/' → '__'."""
-    images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"images folder {images_dir} does not exist")
-    paths = sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {images_dir}")
-    return [ImageRecord(p, "__".join(p.relative_to(images_dir).with_suffix("").parts)) for p in paths]
+def is_breed_folder(name: str) -> bool:
+    """Stanford Dogs names its breed folders `<WordNet id>-<breed>`, e.g. `n02085620-Chihuahua`."""
+    return WORDNET_FOLDER.match(name) is not None
 
 
 def discover(images_dir: Path, annotations_dir: Path | None = None) -> list[ImageRecord]:
-    """Stanford Dogs layout when the folder holds breed sub-folders named `<wnid>-<breed>`, else a plain folder."""
+    """Every image under `images_dir`, recursively, with its id (`item_id`). An image directly inside a Stanford
+    Dogs breed folder (`n02085620-Chihuahua/`) takes the breed from the folder's name and its boxes from
+    `annotations_dir/<breed folder>/<stem>`; any other image is kept as it is, with no breed."""
     images_dir = Path(images_dir)
-    if images_dir.is_dir() and any(
-        p.is_dir() and p.name.startswith("n") and "-" in p.name for p in images_dir.iterdir()
-    ):
-        return discover_stanford_dogs(images_dir, annotations_dir)
-    return discover_folder(images_dir)
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"images folder {images_dir} does not exist (expected Stanford Dogs' Images/)")
+    if annotations_dir is not None and not Path(annotations_dir).is_dir():
+        raise FileNotFoundError(f"annotations folder {annotations_dir} does not exist (Stanford Dogs' Annotation/)")
+    paths = sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {images_dir}")
+    records = []
+    for path in paths:
+        relative = path.relative_to(images_dir)
+        breed, boxes = None, ()
+        if len(relative.parts) == 2 and is_breed_folder(relative.parts[0]):
+            breed = breed_from_folder(relative.parts[0])
+            if annotations_dir is not None:
+                xml_path = Path(annotations_dir) / relative.parts[0] / path.stem
+                boxes = read_boxes(xml_path) if xml_path.is_file() else ()
+        records.append(ImageRecord(path, item_id(relative), breed, boxes))
+    return records
 
 
 def read_split_list(mat_path: Path) -> set[str]:
-    """Item ids in a Stanford Dogs `train_list.mat` / `test_list.mat` (file_list entries 'breed/id.jpg')."""
+    """Item ids in a Stanford Dogs `train_list.mat` / `test_list.mat` (file_list entries 'breed/name.jpg', which are
+    the images' paths under Images/, and so their ids)."""
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
-    entries = loadmat(str(mat_path))["file_list"]
-    return {Path(str(e[0][0])).stem for e in entries}
+    try:
+        entries = loadmat(str(mat_path))["file_list"]
+    except (MatReadError, OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{mat_path} is not a Stanford Dogs split list (file_list entries): {err}") from None
+    return {item_id(Path(str(e[0][0]))) for e in entries}

@@ -9,11 +9,14 @@ continues where it stopped and produces byte-identical output. Originals are onl
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
+import io
 import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,9 +29,11 @@ from tqdm import tqdm
 
 from annotator.canny import CannyDetector
 from annotator.util import read_rgb
+from ldm.util import remove_stale_temp_files
 from training.data.captions import BLIP_MODEL_ID, finalise_caption, load_blip
 from training.data.crop import CROP_MODES, crop_square
 from training.data.discover import ImageRecord, discover, read_split_list
+from training.data.manifest import MANIFEST_FILE, DatasetManifest, HowMade, SourceFile
 from training.data.validate import UnreadableImage, load_rgb
 from training.prompt_file import (
     PROMPT_FILE,
@@ -37,6 +42,7 @@ from training.prompt_file import (
     write_prompt_file,
     write_text_atomically,
 )
+from training.run_lock import RunFolderLocked, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +95,8 @@ def process_item(record: ImageRecord, out: Path, settings: ImageSettings) -> tup
     target_path, source_path = pair_paths(out, record.item_id)
     if target_path.exists() and source_path.exists():
         return record.item_id, None, False
+    target_path.parent.mkdir(parents=True, exist_ok=True)
+    source_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         rgb = load_rgb(record.path)
     except UnreadableImage as err:
@@ -110,6 +118,18 @@ def _process_star(args: tuple[ImageRecord, Path, ImageSettings]) -> tuple[str, s
     return process_item(*args)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A pool worker's initializer: end the worker once the process that started it is gone (SIGKILL included,
+    which leaves the pool no chance to stop its workers), instead of living on as an orphan."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def prepare_images(
     records: Sequence[ImageRecord], out: Path, settings: ImageSettings, *, workers: int, summary: Summary
 ) -> list[ImageRecord]:
@@ -121,7 +141,7 @@ def prepare_images(
         results = map(_process_star, jobs)
         results = list(tqdm(results, total=len(jobs), desc="crop+canny", unit="img"))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
             results = list(
                 tqdm(pool.map(_process_star, jobs, chunksize=8), total=len(jobs), desc="crop+canny", unit="img")
             )
@@ -151,11 +171,21 @@ def read_captions(path: Path) -> dict[str, str]:
 
 
 def caption_items(
-    records: Sequence[ImageRecord], out: Path, captioner: Callable | None, *, batch_size: int, summary: Summary
+    records: Sequence[ImageRecord],
+    out: Path,
+    captioner: Callable | None,
+    *,
+    batch_size: int,
+    summary: Summary,
+    redo: set[str] = frozenset(),
 ) -> dict[str, str]:
-    """Caption every record not captioned yet, appending each batch to captions.jsonl as it finishes."""
+    """Caption every record not captioned yet (or in `redo`: made again), appending each batch to captions.jsonl as
+    it finishes."""
     path = out / CAPTIONS_FILE
     captions = read_captions(path)
+    if redo & captions.keys():
+        captions = {k: v for k, v in captions.items() if k not in redo}
+        write_text_atomically(path, "".join(json.dumps({"id": k, "prompt": v}) + "\n" for k, v in captions.items()))
     todo = [r for r in records if r.item_id not in captions]
     with path.open("a") as sink, tqdm(total=len(todo), desc="captions", unit="img") as bar:
         for start in range(0, len(todo), batch_size):
@@ -223,26 +253,88 @@ def prepare(
         raise ValueError(f"captioner must be 'blip' or 'breed', got {captioner!r}")
     if settings.crop not in CROP_MODES:
         raise ValueError(f"crop must be one of {CROP_MODES}, got {settings.crop!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"--val-fraction is the held-out share, from 0 to below 1; got {val_fraction}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
     out = Path(out)
     if out.resolve().is_relative_to(Path(images).resolve()):
         raise ValueError(
             f"--out {out} is inside --images {images}: every re-run would read the prepared pictures back as new "
             "photos; choose an --out outside the images folder"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    test_ids = read_split_list(test_list) if test_list is not None else None  # a bad list fails now, not at the end
     records = discover(Path(images), annotations)
     records = records[:limit] if limit is not None else records
-    summary = Summary(found=len(records))
-    usable = prepare_images(records, out, settings, workers=workers or os.cpu_count() or 1, summary=summary)
-    write_text_atomically(out / QUARANTINE_FILE, "".join(f"{p}\t{r}\n" for p, r in sorted(summary.quarantined.items())))
-    model = load_blip(blip_model) if captioner == "blip" else None
-    captions = caption_items(usable, out, model, batch_size=batch_size, summary=summary)
-    test_ids = read_split_list(test_list) if test_list is not None else None
-    write_split(usable, captions, out, val_fraction=val_fraction, test_ids=test_ids, summary=summary)
+    made = how_made(settings, captioner, blip_model)
+    with run_lock(out):  # one preparation per --out: two would write the same files and captions
+        remove_stale_temp_files(out)
+        manifest = _open_manifest(out, made)
+        redo = _changed_sources(records, manifest, out)
+        summary = Summary(found=len(records))
+        usable = prepare_images(records, out, settings, workers=workers or os.cpu_count() or 1, summary=summary)
+        manifest.sources |= {r.item_id: SourceFile.of(r.path) for r in usable}
+        manifest.write(out)
+        write_text_atomically(out / QUARANTINE_FILE, _tsv(sorted(summary.quarantined.items())))
+        model = load_blip(blip_model) if captioner == "blip" else None
+        captions = caption_items(usable, out, model, batch_size=batch_size, summary=summary, redo=redo)
+        write_split(usable, captions, out, val_fraction=val_fraction, test_ids=test_ids, summary=summary)
     summary.seconds = time.perf_counter() - start
     for line in summary.lines():
         logger.info(line)
     return summary
+
+
+def how_made(settings: ImageSettings, captioner: str, blip_model: str) -> HowMade:
+    return HowMade(
+        detector="canny",
+        low_threshold=settings.low_threshold,
+        high_threshold=settings.high_threshold,
+        size=settings.size,
+        crop=settings.crop,
+        jpeg_quality=settings.jpeg_quality,
+        captioner=captioner,
+        caption_model=blip_model if captioner == "blip" else None,
+    )
+
+
+def _open_manifest(out: Path, made: HowMade) -> DatasetManifest:
+    """The folder's manifest, or a new one for an empty folder; refused when it was made with other settings, or
+    holds prepared files without a manifest (how they were made cannot be told)."""
+    manifest = DatasetManifest.read(out)
+    if manifest is None:
+        if (out / PROMPT_FILE).exists() or any((out / sub).exists() for sub in ("target", "source")):
+            raise ValueError(
+                f"--out {out} holds prepared pairs but no {MANIFEST_FILE} (made before manifests, or by hand), so "
+                "what settings made them cannot be told; prepare into a new --out"
+            )
+        manifest = DatasetManifest(made)
+    elif manifest.made != made:
+        raise ValueError(
+            f"--out {out} was prepared with other settings: {'; '.join(manifest.made.differences(made))}. Re-run "
+            "with those, or prepare into a new --out (nothing in this one was changed)"
+        )
+    manifest.write(out)
+    return manifest
+
+
+def _changed_sources(records: Sequence[ImageRecord], manifest: DatasetManifest, out: Path) -> set[str]:
+    """Ids whose original changed since they were prepared: their pair is deleted, to be made again (and captioned)."""
+    out_of_date = set()
+    for record in records:
+        known = manifest.sources.get(record.item_id)
+        if known is not None and known != SourceFile.of(record.path):
+            out_of_date.add(record.item_id)
+            for path in pair_paths(out, record.item_id):
+                path.unlink(missing_ok=True)
+    return out_of_date
+
+
+def _tsv(rows: Sequence[tuple[str, str]]) -> str:
+    """Tab-separated rows, quoted where a field holds a tab, a quote or a newline (a file name may)."""
+    buf = io.StringIO()
+    csv.writer(buf, delimiter="\t", lineterminator="\n").writerows(rows)
+    return buf.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             val_fraction=args.val_fraction,
             limit=args.limit,
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, RunFolderLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a read-only or full disk, a file where a folder should be
