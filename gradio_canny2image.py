@@ -28,6 +28,7 @@ from demo.canny2image import (
     load_demo_model,
     read_upload,
 )
+from ldm.util import check_writable
 
 TOY_CONFIG = "models/cldm_toy.yaml"
 TOY_BASE = Path("models/toy_base.safetensors")
@@ -79,9 +80,6 @@ def load_model(args: argparse.Namespace) -> DemoModel:
 
 
 def run_batch(demo: DemoModel, args: argparse.Namespace) -> int:
-    if args.out is None:
-        print("error: --input needs --out DIR", file=sys.stderr)
-        return 2
     request = dataclasses.replace(
         demo.defaults,
         prompt=args.prompt,
@@ -176,6 +174,10 @@ def build_ui(demo: DemoModel):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.input is not None:  # batch mode: its output is checked before the model loads and samples
+            if args.out is None:
+                raise ValueError("--input needs --out DIR")
+            check_writable(args.out, folder=True)
         demo = load_model(args)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

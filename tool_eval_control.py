@@ -23,6 +23,7 @@ from PIL import Image
 
 from cldm.model import load_model
 from evaluation.evaluate_control import EvalSettings, evaluate
+from ldm.util import check_writable
 from training.prompt_file import VAL_PROMPT_FILE
 
 
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid-rows", type=int, default=6, help="rows in --grid")
     args = p.parse_args(argv)
     try:
+        for output in (args.out, args.grid):  # checked now, not after all the sampling
+            if output is not None:
+                check_writable(output)
         model, description = load_model(
             args.config, ckpt=args.ckpt, base=args.base, control=args.control, allow_nonfinite=args.allow_nonfinite
         )

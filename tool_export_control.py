@@ -20,7 +20,7 @@ from pathlib import Path
 from cldm.diffusers_io import save_diffusers_controlnet
 from cldm.model import load_config, load_control
 from cldm.weights import CONTROL_PREFIX, export_control
-from ldm.util import instantiate_from_config
+from ldm.util import check_writable, instantiate_from_config
 from training.checkpoint import CONTROL_FILE
 
 RUN_CONFIG = "config.yaml"
@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         weights, config_path = resolve_source(args.src, args.config)
         if args.format == "ldm" and args.out.suffix.lower() != ".safetensors":
             raise ValueError(f"--format ldm writes a .safetensors file, got {args.out}")
+        if args.out.exists():
+            raise ValueError(f"{args.out} already exists; delete it or choose another output (nothing was written)")
+        check_writable(args.out, folder=args.format == "diffusers")
         config = load_config(config_path)["model"]
         model = instantiate_from_config(config)
         load_control(model, weights, config, allow_nonfinite=args.allow_nonfinite)

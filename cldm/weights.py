@@ -4,8 +4,11 @@ load them, save them atomically, and make the initial ControlNet from an SD chec
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import pickle
+import pickletools
+import struct
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,21 +45,106 @@ class CorruptCheckpointError(ValueError):
 
 @contextmanager
 def reading_weights(path: Path) -> Iterator[None]:
-    """Turn the ways torch, pickle and safetensors fail on a damaged file into one CorruptCheckpointError."""
+    """Turn the ways torch, pickle and safetensors fail on a file into one clear error: CorruptCheckpointError for a
+    damaged file, UnsafeCheckpointError for a pickle that holds Python objects (what they are is read from the
+    file itself, not from torch's wording, which changes between releases)."""
     from safetensors import SafetensorError
 
     try:
         yield
-    except (SafetensorError, RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
-        if isinstance(err, FileNotFoundError) or (
-            isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err)
-        ):
-            raise
-        detail = " ".join(str(err).split())[:200]
-        raise CorruptCheckpointError(
-            f"{path} cannot be read: the file is damaged or incomplete (an interrupted download or save?); "
-            f"copy it again. Detail: {type(err).__name__}: {detail}"
-        ) from err
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as err:
+        raise _refusal(Path(path), err) from err
+    except (
+        SafetensorError,
+        RuntimeError,
+        EOFError,
+        OSError,
+        zipfile.BadZipFile,
+        IndexError,
+        KeyError,
+        struct.error,
+        UnicodeDecodeError,
+    ) as err:
+        raise _damaged(Path(path), err) from err
+
+
+class UnsafeCheckpointError(ValueError):
+    """A pickle holding Python objects besides tensors: loading it would run code from the file."""
+
+
+# Modules whose functions a pickle can call to run commands or code: such a file is an attack, not a checkpoint.
+CODE_RUNNING_MODULES = ("os", "posix", "nt", "subprocess", "builtins", "sys", "shutil", "socket", "runpy", "importlib")
+
+
+def _damaged(path: Path, err: BaseException) -> CorruptCheckpointError:
+    if path.suffix.lower() != ".safetensors" and _is_safetensors(path):
+        return CorruptCheckpointError(
+            f"{path} is a safetensors file named {path.suffix}: rename it to {path.stem}.safetensors"
+        )
+    detail = " ".join(str(err).split())[:200]
+    return CorruptCheckpointError(
+        f"{path} cannot be read: the file is damaged or incomplete (an interrupted download or save?); "
+        f"copy it again. Detail: {type(err).__name__}: {detail}"
+    )
+
+
+def _refusal(path: Path, err: pickle.UnpicklingError) -> ValueError:
+    """Why a pickle was refused by torch's safe loader: damaged, mis-named, or holding Python objects (named)."""
+    objects = _pickle_globals(path)
+    if objects is None:
+        return _damaged(path, err)
+    foreign = sorted({g for g in objects if not g.startswith("torch.") and g != "collections.OrderedDict"})
+    if not foreign:
+        return _damaged(path, err)
+    running = [g for g in foreign if g.split(".")[0] in CODE_RUNNING_MODULES]
+    if running:
+        return UnsafeCheckpointError(
+            f"{path} is refused: loading it would call {', '.join(running)}, which runs commands or code on this "
+            "machine. It is not a checkpoint to trust; delete it and get the weights from their original source"
+        )
+    return UnsafeCheckpointError(
+        f"{path} holds Python objects besides tensors ({', '.join(foreign[:5])}), and loading them would run code "
+        "from the file, so it is refused. If you trust its source, convert it to safetensors once "
+        "(docs/weights.md, 'A pickle with Python objects')"
+    )
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with the length of its JSON header (little-endian u64), then the header's '{'."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= size - 8
+
+
+def _pickle_globals(path: Path) -> list[str] | None:
+    """The `module.name` globals a torch pickle refers to (read without running it), or None if it is damaged."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+        else:
+            data = path.read_bytes()
+        stream, found = io.BytesIO(data), []
+        while stream.tell() < len(data):  # a legacy torch file is several pickles in a row
+            strings: list[str] = []
+            for opcode, arg, _ in pickletools.genops(stream):
+                if opcode.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+            if not data[stream.tell() :].strip(b"\x00"):
+                break
+        return found
+    except (OSError, ValueError, StopIteration, zipfile.BadZipFile, KeyError, EOFError):
+        return None
 
 
 def load_state_dict(
@@ -144,16 +232,7 @@ def _pickle_state(path: Path, location: str | torch.device, *, trusted: bool, mm
         raise ValueError(
             f"{path}: unknown checkpoint extension {path.suffix.lower()!r}; use .ckpt, .pth or .safetensors"
         )
-    try:
-        data = _load_pickle(path, location, weights_only=not trusted, mmap=mmap)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):
-            raise  # not objects but damage: `reading_weights` says so
-        raise ValueError(
-            f"{path} holds Python objects besides tensors, so it cannot be loaded safely "
-            f"(weights_only=True). If you trust its source, pass trusted=True "
-            f"(load_state_dict(path, trusted=True)). Detail: {str(err).splitlines()[0]}"
-        ) from err
+    data = _load_pickle(path, location, weights_only=not trusted, mmap=mmap)  # refusals: see `reading_weights`
     state = data.get("state_dict", data) if isinstance(data, dict) else data
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state_dict of tensors (top-level keys: {list(data)[:5]})")

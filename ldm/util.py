@@ -65,6 +65,32 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+class UnwritableOutput(ValueError):
+    """An output path that cannot be written; the message names it and says why."""
+
+
+def check_writable(path: str | Path, *, folder: bool = False) -> Path:
+    """Check, before any long work, that `path` (a file, or with `folder` a folder) can be written: its folder is
+    made if missing and a probe file is written and removed there. UnwritableOutput says what stands in the way
+    (a file where a folder should be, a read-only disk, a full one)."""
+    path = Path(path)
+    where = path if folder else path.parent
+    if folder and path.exists() and not path.is_dir():
+        raise UnwritableOutput(f"{path} is a file, not a folder; choose another output folder")
+    if not folder and path.is_dir():
+        raise UnwritableOutput(f"{path} is a folder; give a file name")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        probe = where / f".write-check.{os.getpid()}.tmp"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as err:
+        raise UnwritableOutput(
+            f"cannot write {path} ({err.strerror}); choose a writable place with free space"
+        ) from None
+    return path
+
+
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     """Delete the temporary files under `folder` that `atomic_write` left when its process was killed (SIGKILL,
     a crash, a lost node): a checkpoint's is as large as the checkpoint. Files of a process still alive on this

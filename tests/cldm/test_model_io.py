@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cldm.model import create_model, load_state_dict
-from cldm.weights import CheckpointMismatchError, load_weights, load_weights_from_file
+from cldm.weights import CheckpointMismatchError, UnsafeCheckpointError, load_weights, load_weights_from_file
 from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
 
 
@@ -92,7 +92,7 @@ def test_save_load_round_trip(tiny_model, tmp_path, suffix):
 def test_pickle_with_objects_needs_explicit_trust(tmp_path):
     path = tmp_path / "odd.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "callbacks": {"cfg": _Custom()}}, path)
-    with pytest.raises(ValueError, match="trusted=True"):
+    with pytest.raises(UnsafeCheckpointError, match=r"holds Python objects besides tensors \(test_model_io._Custom\)"):
         load_state_dict(path)
     assert torch.equal(load_state_dict(path, trusted=True)["w"], torch.zeros(1))
 

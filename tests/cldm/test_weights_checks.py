@@ -9,6 +9,7 @@ from cldm.weights import (
     CheckpointMismatchError,
     CorruptCheckpointError,
     NonFiniteWeightsError,
+    UnsafeCheckpointError,
     load_state_dict,
     load_weights_from_file,
     save_state,
@@ -68,3 +69,43 @@ def test_a_bf16_file_keeps_the_fp32_schedule_of_the_config(tiny_model, tmp_path)
     model, _ = load_model(TINY_CONFIG, ckpt=tmp_path / "bf16.safetensors")
     assert model.alphas_cumprod.dtype == torch.float32 and torch.equal(model.alphas_cumprod, expected)
     assert model.alphas_cumprod[1] < 1.0  # bf16 rounds it to 1.0, and DDIM then divides 0 by 0
+
+
+class _RunsACommand:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("echo this must never run",)
+
+
+def test_a_pickle_that_runs_a_command_is_named_as_such_not_as_damaged(tmp_path):
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _RunsACommand()}, path)
+    for shapes_only in (False, True):
+        with pytest.raises(UnsafeCheckpointError, match=r"would call (posix|nt)\.system, which runs commands"):
+            load_state_dict(path, shapes_only=shapes_only)
+
+
+def test_a_safetensors_file_named_ckpt_is_told_to_be_renamed(tiny_model, tmp_path):
+    path = tmp_path / "model.ckpt"
+    save_state(tiny_model.state_dict(), tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").rename(path)
+    with pytest.raises(
+        CorruptCheckpointError, match="is a safetensors file named .ckpt: rename it to model.safetensors"
+    ):
+        load_state_dict(path, shapes_only=True)
+
+
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_a_pickle_cut_short_anywhere_is_named_as_damaged(tmp_path, zipped):
+    whole = tmp_path / "whole.ckpt"
+    torch.save(
+        {"state_dict": {"w": torch.arange(300.0), "b": torch.ones(3)}}, whole, _use_new_zipfile_serialization=zipped
+    )
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.ckpt"
+    for length in sorted({1, 8, 20, 64, 100, 200, 300, 500, *range(0, len(data), max(1, len(data) // 40))} - {0}):
+        cut.write_bytes(data[:length])
+        for shapes_only in (False, True):
+            with pytest.raises(CorruptCheckpointError, match="cut.ckpt"):
+                load_state_dict(cut, shapes_only=shapes_only)
