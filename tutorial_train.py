@@ -93,6 +93,13 @@ def plan_and_train(args: argparse.Namespace, signals: StopSignalsRaise) -> int:
             return train(args, config, plan, signals)
         except StopSignal as stop:
             return stopped_outside_training(stop, signals.phase, requeue=plan.settings.slurm_requeue)
+        except OSError as err:  # a disk that filled up or went read-only on the way: the checkpoints saved stay
+            print(
+                f"error: cannot write {err.filename or plan.output} ({err.strerror}) while {signals.phase}; the "
+                "checkpoints already saved are intact: free space (or fix the folder) and go on with --resume-from auto",
+                file=sys.stderr,
+            )
+            return 2
 
 
 def plan_from_args(args: argparse.Namespace) -> tuple[dict, RunPlan]:

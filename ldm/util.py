@@ -3,10 +3,12 @@ atomically."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +18,7 @@ import psutil
 
 logger = logging.getLogger(__name__)
 
+FULL_DISK_BYTES = 1 << 20  # a failed write with less than this left free was a full disk
 TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")  # what `atomic_write` names its temporary files
 
 
@@ -61,6 +64,11 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as err:
+        # torch.save and safetensors report a full disk as RuntimeError / SafetensorError without an errno: say it.
+        if not isinstance(err, OSError) and shutil.disk_usage(tmp.parent).free < FULL_DISK_BYTES:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

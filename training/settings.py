@@ -103,6 +103,8 @@ class TrainSettings:
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1 (or null to train max_steps), got {self.max_epochs}")
         if self.max_steps < 1 and not self.max_epochs:
             raise ValueError("set max_steps >= 1 or max_epochs")
         if str(self.precision) not in PRECISIONS:
@@ -205,6 +207,8 @@ class ModelOptions:
         return node
 
     def check(self, settings: TrainSettings) -> None:
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"the learning rate (--lr) must be a positive number, got {self.learning_rate}")
         if self.frozen_dtype != "float32" and settings.precision == "32":
             raise ValueError(
                 "--frozen-dtype below float32 needs mixed precision: add --precision bf16-mixed (or 16-mixed)"
