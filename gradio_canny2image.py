@@ -115,7 +115,7 @@ def build_ui(demo: DemoModel):
 
     def show_upload(image_path):
         try:
-            return read_upload(image_path)
+            return read_upload(image_path, preview=True)
         except GenerationInputError as err:
             raise gr.Error(str(err)) from None
 

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 MAX_INPUT_PIXELS = 64_000_000  # larger uploads are refused rather than resized in memory
 MAX_ASPECT = 4  # long side / short side: the resize scales the short side, so a thin strip would become huge
 MAX_RESOLUTION = 768
+PREVIEW_SIDE = 1024  # the page's preview of an upload: enough for a 256-pixel-high box on any screen
 # The numeric controls: (minimum, maximum, label). The page's sliders and `generate`'s checks both read them.
 BOUNDS = {
     "num_samples": (1, 12, "Images"),
@@ -141,11 +142,7 @@ def prepare_input(
         raise GenerationInputError("Upload an image first: its canny edges steer the generation.")
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         raise GenerationInputError("The upload is not a picture the demo can read (expected an H×W or H×W×C image).")
-    if image.shape[0] * image.shape[1] > MAX_INPUT_PIXELS or min(image.shape[:2]) < 16:
-        raise GenerationInputError(
-            f"The image is {image.shape[1]}×{image.shape[0]} pixels; use one between 16 and "
-            f"{int(MAX_INPUT_PIXELS**0.5)} pixels a side."
-        )
+    check_pixels(image.shape[1], image.shape[0])
     if not (min_resolution <= resolution <= MAX_RESOLUTION and resolution % 64 == 0):
         raise GenerationInputError(
             f"Resolution must be a multiple of 64 from {min_resolution} to {MAX_RESOLUTION}, got {resolution}."
@@ -172,11 +169,26 @@ def prepare_input(
     return resize_image(rgb, resolution), notes
 
 
-def read_upload(path: str | Path) -> np.ndarray:
-    """An uploaded file as an image array; GenerationInputError saying why when it is not a picture."""
+def check_pixels(width: int, height: int) -> None:
+    if width * height > MAX_INPUT_PIXELS or min(width, height) < 16:
+        raise GenerationInputError(
+            f"The image is {width}×{height} pixels; use one between 16 and {int(MAX_INPUT_PIXELS**0.5)} pixels a side."
+        )
+
+
+def read_upload(path: str | Path, *, preview: bool = False) -> np.ndarray:
+    """An uploaded file as an image array; GenerationInputError saying why when it is not a picture. The size is
+    checked from the file's header before anything is decoded, so a small file that claims a huge picture (a
+    deflate TIFF of 169 megapixels is 1 MB) never reaches memory. `preview` gives at most PREVIEW_SIDE pixels a side
+    (a JPEG is decoded at that scale directly) for the page to show."""
     try:
         with Image.open(path) as image:
-            return np.asarray(ImageOps.exif_transpose(image))
+            check_pixels(*image.size)
+            if preview:
+                image.draft("RGB", (PREVIEW_SIDE, PREVIEW_SIDE))
+                image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))  # before the turn: it is cheaper on the small one
+            ImageOps.exif_transpose(image, in_place=True)  # no copy of a picture that may be 64 megapixels
+            return np.asarray(image)
     except Image.DecompressionBombError:
         raise GenerationInputError(
             f"The upload is too large to open safely (more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels)."

@@ -182,3 +182,53 @@ def test_a_file_that_is_no_picture_gets_a_message_in_the_page(demo, tmp_path):
         show_upload(str(notes))
     Image.fromarray(data.chelsea()).save(tmp_path / "cat.png")
     assert np.array_equal(show_upload(str(tmp_path / "cat.png")), data.chelsea())
+
+
+def huge_deflate_tiff(path, side: int = 13_000) -> None:
+    """A 169-megapixel picture that deflates to a file of well under a megabyte."""
+    Image.new("L", (side, side)).save(path, compression="tiff_adobe_deflate")
+
+
+@pytest.mark.slow
+def test_a_huge_well_compressed_upload_is_refused_before_decoding(tmp_path):
+    import subprocess
+    import sys
+
+    from repo_paths import ROOT
+
+    huge = tmp_path / "huge.tif"
+    huge_deflate_tiff(huge)
+    assert huge.stat().st_size < 1 << 20
+    # A fresh process, so its peak memory tells whether the picture was decoded (169 MB at one byte a pixel).
+    probe = (
+        "import resource, sys; from demo.canny2image import GenerationInputError, read_upload\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "for preview in (False, True):\n"
+        "    try: read_upload(sys.argv[1], preview=preview)\n"
+        "    except GenerationInputError as err: print(err)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(huge)], cwd=ROOT, capture_output=True, text=True, check=True)
+    *messages, grown_mb = out.stdout.strip().splitlines()
+    assert len(messages) == 2 and all("13000×13000 pixels" in m for m in messages), out.stdout
+    assert int(grown_mb) < 40, f"reading the upload grew the process by {grown_mb} MB"
+
+
+def test_the_preview_is_small_whatever_the_upload(demo, tmp_path):
+    from gradio_canny2image import build_ui
+
+    ui = build_ui(demo)
+    show_upload = next(fn.fn for fn in ui.fns.values() if fn.fn.__name__ == "show_upload")
+    for name in ("big.png", "big.jpg"):
+        Image.new("RGB", (4000, 3000), (200, 10, 10)).save(tmp_path / name)
+        preview = show_upload(str(tmp_path / name))
+        assert max(preview.shape[:2]) <= 1024 and preview.shape[1] > preview.shape[0]  # landscape kept
+    assert read_upload(tmp_path / "big.png").shape == (3000, 4000, 3)  # generation still reads it whole
+    band = np.zeros((40, 100, 3), np.uint8)
+    band[:, :10] = 255  # a white band on the left, then the camera's EXIF says: turn it a quarter
+    exif = Image.fromarray(band).getexif()
+    exif[0x0112] = 6
+    Image.fromarray(band).save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    for preview in (False, True):
+        upright = read_upload(tmp_path / "phone.jpg", preview=preview)
+        assert upright.shape == (100, 40, 3) and upright[:5].mean() > 200 and upright[-5:].mean() < 50
