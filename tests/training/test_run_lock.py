@@ -1,6 +1,7 @@
 """One run per output folder: a live holder is named, a dead one's lock is taken over, and the lock goes at exit."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -50,3 +51,10 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
     _lock_of(tmp_path, 1, host="node-that-died", job="77")
     with run_lock(tmp_path):
         pass
+
+
+def test_an_empty_lock_left_by_a_failed_start_is_taken_over(tmp_path, caplog):
+    (tmp_path / LOCK_FILE).write_text("")  # what a start on a full disk left before the lock was written whole
+    with caplog.at_level("WARNING"), run_lock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert "empty or damaged" in caplog.text
