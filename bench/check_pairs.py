@@ -1,4 +1,5 @@
-"""Time of the pre-flight check of training pairs (training.check_pairs) over a prepared folder of N pairs.
+"""Time of the pre-flight check of training pairs (training.check_pairs) over a prepared folder of N pairs, and of
+the pairs' fingerprint that the run record and the latent cache compare.
 
     .venv/bin/python -m bench.check_pairs --n 20000
 
@@ -20,6 +21,7 @@ from skimage import data
 
 from annotator.canny import CannyDetector
 from training.check_pairs import check_pairs
+from training.dataset import PairDataset
 from training.prompt_file import write_prompt_file
 
 
@@ -49,9 +51,12 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         bad = check_pairs(tmp, rows, multiple=64)
         seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        PairDataset(tmp).fingerprint()
+        fingerprint = time.perf_counter() - start
     print(
         f"checked {args.n} pairs (512×512 JPEG + PNG) in {seconds:.2f} s ({args.n / seconds:,.0f} pairs/s), "
-        f"{len(bad)} bad"
+        f"{len(bad)} bad; their fingerprint (run record, latent cache) took {fingerprint:.2f} s"
     )
 
 
