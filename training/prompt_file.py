@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ldm.util import atomic_write
@@ -21,6 +23,13 @@ def write_text_atomically(path: Path, text: str) -> None:
 def write_bytes_atomically(path: Path, data: bytes) -> None:
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)
+
+
+def tsv_text(rows: Iterable[Sequence[str]]) -> str:
+    """Tab-separated rows, quoted where a field holds a tab, a quote or a newline (a file name may)."""
+    buf = io.StringIO()
+    csv.writer(buf, delimiter="\t", lineterminator="\n").writerows(rows)
+    return buf.getvalue()
 
 
 def write_prompt_file(path: Path, rows: Iterable[dict[str, str]]) -> None:

@@ -39,7 +39,7 @@ from training.dataset import PairDataset
 from training.latent_cache import CachedPairs, build_latent_cache
 from training.loader import make_train_loader
 from training.preemption import Preemption
-from training.prompt_file import PROMPT_FILE, write_text_atomically
+from training.prompt_file import PROMPT_FILE, tsv_text, write_text_atomically
 from training.run_record import RUN_FILE, FileRecord, RunRecord, RunRecordError
 from training.settings import TrainSettings
 from training.toy_data import write_toy_dataset
@@ -307,8 +307,8 @@ def _check_data(
 def write_skipped(plan: RunPlan) -> None:
     """OUTPUT/skipped_pairs.tsv: the pairs left out by --skip-bad, with the reason."""
     if plan.skipped:
-        lines = "".join(f"{b.source}\t{b.target}\t{b.reason}\n" for b in plan.skipped)
-        write_text_atomically(plan.output / SKIPPED_FILE, "source\ttarget\treason\n" + lines)
+        rows = [("source", "target", "reason")] + [(b.source, b.target, b.reason) for b in plan.skipped]
+        write_text_atomically(plan.output / SKIPPED_FILE, tsv_text(rows))
 
 
 def make_control_init(

@@ -32,3 +32,37 @@ def test_cached_inputs_equal_encoding_on_the_fly(tiny_model, toy_data, tmp_path)
 def test_cache_refuses_random_flips(tiny_model, toy_data, tmp_path):
     with pytest.raises(ValueError, match="flips"):
         build_latent_cache(tiny_model, PairDataset(toy_data, hflip=True), tmp_path / "cache")
+
+
+def test_a_cache_is_rebuilt_for_other_pairs_of_the_same_count_or_other_weights(tiny_model, toy_data, tmp_path, caplog):
+    import shutil
+
+    from training.prompt_file import read_prompt_file
+
+    data = tmp_path / "data"
+    shutil.copytree(toy_data, data)
+    folder = tmp_path / "cache"
+    build_latent_cache(tiny_model, PairDataset(data), folder)
+    old = np.load(folder / "moments.npy").copy()
+    rows = read_prompt_file(data / "prompt.json")
+    first, second = data / rows[0]["target"], data / rows[1]["target"]
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b)  # other pictures, the same number of pairs
+    second.write_bytes(a)
+    with caplog.at_level("WARNING"):
+        build_latent_cache(tiny_model, PairDataset(data), folder)
+    assert "built from other inputs (data)" in caplog.text
+    new = np.load(folder / "moments.npy")
+    assert np.array_equal(new[0], old[1]) and np.array_equal(new[1], old[0]) and np.array_equal(new[2:], old[2:])
+    caplog.clear()
+    with torch.no_grad():
+        next(tiny_model.first_stage_model.parameters()).add_(0.1)  # another VAE
+    with caplog.at_level("WARNING"):
+        build_latent_cache(tiny_model, PairDataset(data), folder)
+    assert "(vae)" in caplog.text and not np.array_equal(np.load(folder / "moments.npy"), new)
+
+
+def test_cached_pairs_refuse_a_cache_of_other_pairs(tiny_model, toy_data, tmp_path):
+    folder = build_latent_cache(tiny_model, PairDataset(toy_data), tmp_path / "cache")
+    with pytest.raises(ValueError, match="not built from the pairs"):
+        CachedPairs(PairDataset(toy_data).subset(range(10)), folder)

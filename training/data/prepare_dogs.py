@@ -9,9 +9,7 @@ continues where it stopped and produces byte-identical output. Originals are onl
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -38,6 +36,7 @@ from training.data.validate import UnreadableImage, load_rgb
 from training.prompt_file import (
     PROMPT_FILE,
     VAL_PROMPT_FILE,
+    tsv_text,
     write_bytes_atomically,
     write_prompt_file,
     write_text_atomically,
@@ -275,7 +274,7 @@ def prepare(
         usable = prepare_images(records, out, settings, workers=workers or os.cpu_count() or 1, summary=summary)
         manifest.sources |= {r.item_id: SourceFile.of(r.path) for r in usable}
         manifest.write(out)
-        write_text_atomically(out / QUARANTINE_FILE, _tsv(sorted(summary.quarantined.items())))
+        write_text_atomically(out / QUARANTINE_FILE, tsv_text(sorted(summary.quarantined.items())))
         model = load_blip(blip_model) if captioner == "blip" else None
         captions = caption_items(usable, out, model, batch_size=batch_size, summary=summary, redo=redo)
         write_split(usable, captions, out, val_fraction=val_fraction, test_ids=test_ids, summary=summary)
@@ -328,13 +327,6 @@ def _changed_sources(records: Sequence[ImageRecord], manifest: DatasetManifest, 
             for path in pair_paths(out, record.item_id):
                 path.unlink(missing_ok=True)
     return out_of_date
-
-
-def _tsv(rows: Sequence[tuple[str, str]]) -> str:
-    """Tab-separated rows, quoted where a field holds a tab, a quote or a newline (a file name may)."""
-    buf = io.StringIO()
-    csv.writer(buf, delimiter="\t", lineterminator="\n").writerows(rows)
-    return buf.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
