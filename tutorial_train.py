@@ -45,6 +45,8 @@ from training.run_lock import RunFolderLocked, run_lock
 from training.run_record import FileRecord
 from training.settings import ModelOptions, TrainSettings, add_flags, given_flags
 
+FINISHING = "finishing"  # the phase after training ended and saved
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return plan_and_train(args, signals)
         except StopSignal as stop:
-            return stopped_outside_training(stop, signals.phase, requeue=bool(getattr(args, "slurm_requeue", False)))
+            return stopped_outside_training(stop, signals, requeue=bool(getattr(args, "slurm_requeue", False)))
 
 
 def plan_and_train(args: argparse.Namespace, signals: StopSignalsRaise) -> int:
@@ -92,7 +94,7 @@ def plan_and_train(args: argparse.Namespace, signals: StopSignalsRaise) -> int:
         try:
             return train(args, config, plan, signals)
         except StopSignal as stop:
-            return stopped_outside_training(stop, signals.phase, requeue=plan.settings.slurm_requeue)
+            return stopped_outside_training(stop, signals, requeue=plan.settings.slurm_requeue)
         except OSError as err:  # a disk that filled up or went read-only on the way: the checkpoints saved stay
             print(
                 f"error: cannot write {err.filename or plan.output} ({err.strerror}) while {signals.phase}; the "
@@ -125,14 +127,15 @@ def launches_global_rank_zero() -> bool:
     return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0))) == 0
 
 
-def stopped_outside_training(stop: StopSignal, phase: str, *, requeue: bool) -> int:
+def stopped_outside_training(stop: StopSignal, signals: StopSignalsRaise, *, requeue: bool) -> int:
     """A stop signal before the first step (or after the last): say what was saved, requeue if asked, exit 128+N."""
-    print(
-        f"stopped by {stop.signal.name} while {phase}: no training step was taken, so no new checkpoint was "
-        "saved (those already in the folder are kept); run the same command again, with --resume-from auto to "
-        "go on from the newest",
-        file=sys.stderr,
+    saved = (
+        "training had ended and everything was saved"
+        if signals.phase == FINISHING
+        else "no training step was taken, so no new checkpoint was saved (those already in the folder are kept); "
+        "run the same command again, with --resume-from auto to go on from the newest"
     )
+    print(f"stopped by {stop.signal.name} while {signals.phase}: {saved}", file=sys.stderr)
     if requeue and launches_global_rank_zero():
         requeue_slurm_job()
     return 128 + stop.signal.value
@@ -185,7 +188,7 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSi
                 file=sys.stderr,
             )
         return 128 + preemption.stopped_by.value
-    signals.phase = "finishing (training is done and saved)"
+    signals.phase = FINISHING
     # Every rank prints its own checksum: equal lines show the DDP replicas stayed in sync.
     checksum = sum(float(v.double().sum()) for v in model.control_model.state_dict().values())
     print(f"control checksum rank {trainer.global_rank}: {checksum:.12e}")
