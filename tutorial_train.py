@@ -26,7 +26,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from cldm.model import load_config
 from cldm.weights import CheckpointMismatchError
 from ldm.util import remove_stale_temp_files
-from training.preemption import Preemption, StopSignal, StopSignalsRaise, requeue_slurm_job
+from training.preemption import Preemption, requeue_slurm_job
 from training.run import (
     RunInputError,
     RunPlan,
@@ -44,6 +44,7 @@ from training.run import (
 from training.run_lock import RunFolderLocked, run_lock
 from training.run_record import FileRecord
 from training.settings import ModelOptions, TrainSettings, add_flags, given_flags
+from training.stop_signals import StopSignal, StopSignalsRaise
 
 FINISHING = "finishing"  # the phase after training ended and saved
 

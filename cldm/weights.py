@@ -3,6 +3,7 @@ load them, save them atomically, and make the initial ControlNet from an SD chec
 
 from __future__ import annotations
 
+import _compat_pickle
 import hashlib
 import io
 import logging
@@ -74,8 +75,21 @@ class UnsafeCheckpointError(ValueError):
     """A pickle holding Python objects besides tensors: loading it would run code from the file."""
 
 
-# Modules whose functions a pickle can call to run commands or code: such a file is an attack, not a checkpoint.
-CODE_RUNNING_MODULES = ("os", "posix", "nt", "subprocess", "builtins", "sys", "shutil", "socket", "runpy", "importlib")
+# What a pickle can call to run commands or code: such a file is an attack, not a checkpoint.
+CODE_RUNNING_MODULES = (
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "sys",
+    "shutil",
+    "socket",
+    "runpy",
+    "importlib",
+    "pty",
+    "ctypes",
+)
+CODE_RUNNING_BUILTINS = ("eval", "exec", "compile", "__import__", "getattr", "setattr", "open", "breakpoint", "input")
 
 
 def _damaged(path: Path, err: BaseException) -> CorruptCheckpointError:
@@ -95,10 +109,11 @@ def _refusal(path: Path, err: pickle.UnpicklingError) -> ValueError:
     objects = _pickle_globals(path)
     if objects is None:
         return _damaged(path, err)
-    foreign = sorted({g for g in objects if not g.startswith("torch.") and g != "collections.OrderedDict"})
+    loadable = _loadable_globals()
+    foreign = sorted({g for g in objects if g not in loadable})
     if not foreign:
         return _damaged(path, err)
-    running = [g for g in foreign if g.split(".")[0] in CODE_RUNNING_MODULES]
+    running = [g for g in foreign if _runs_code(g)]
     if running:
         return UnsafeCheckpointError(
             f"{path} is refused: loading it would call {', '.join(running)}, which runs commands or code on this "
@@ -109,6 +124,26 @@ def _refusal(path: Path, err: pickle.UnpicklingError) -> ValueError:
         "from the file, so it is refused. If you trust its source, convert it to safetensors once "
         "(docs/weights.md, 'A pickle with Python objects')"
     )
+
+
+def _loadable_globals() -> set[str]:
+    """The globals torch's safe loader accepts: its built-in allowlist (a private function: where a torch release
+    lacks it, every global is named, which only makes the message longer) and those registered as safe."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        loadable = set(_get_allowed_globals())
+    except ImportError:
+        loadable = set()
+    for entry in torch.serialization.get_safe_globals():
+        obj = entry[0] if isinstance(entry, tuple) else entry
+        loadable.add(f"{obj.__module__}.{obj.__qualname__}")
+    return loadable
+
+
+def _runs_code(name: str) -> bool:
+    module, _, attr = name.rpartition(".")
+    return module.split(".")[0] in CODE_RUNNING_MODULES or (module == "builtins" and attr in CODE_RUNNING_BUILTINS)
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -134,8 +169,9 @@ def _pickle_globals(path: Path) -> list[str] | None:
         while stream.tell() < len(data):  # a legacy torch file is several pickles in a row
             strings: list[str] = []
             for opcode, arg, _ in pickletools.genops(stream):
-                if opcode.name == "GLOBAL":
-                    found.append(str(arg).replace(" ", "."))
+                if opcode.name == "GLOBAL":  # "module name"; protocol 2 spells builtins as __builtin__
+                    module, name = str(arg).split(" ", 1)
+                    found.append(f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}")
                 elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
                     found.append(f"{strings[-2]}.{strings[-1]}")
                 elif isinstance(arg, str):

@@ -86,6 +86,13 @@ def test_a_pickle_that_runs_a_command_is_named_as_such_not_as_damaged(tmp_path):
             load_state_dict(path, shapes_only=shapes_only)
 
 
+def test_a_whole_pickled_module_is_named_not_called_damaged(tmp_path):
+    path = tmp_path / "model.pth"
+    torch.save(torch.nn.Linear(2, 2), path)  # torch.save(model), not its state_dict: a common mistake
+    with pytest.raises(UnsafeCheckpointError, match=r"holds Python objects besides tensors \(torch\.nn\.modules"):
+        load_state_dict(path)
+
+
 def test_a_safetensors_file_named_ckpt_is_told_to_be_renamed(tiny_model, tmp_path):
     path = tmp_path / "model.ckpt"
     save_state(tiny_model.state_dict(), tmp_path / "model.safetensors")

@@ -5,7 +5,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -146,22 +145,41 @@ def test_a_newline_in_a_file_name_stays_in_its_quarantine_row(tmp_path):
     assert len(rows) == 1 and rows[0][0].endswith("bad\nname.jpg")
 
 
-@pytest.mark.slow
-def test_pool_workers_die_with_a_killed_parent(tmp_path):
-    images = tmp_path / "images"
+def _start_with_workers(images: Path, out: Path) -> tuple[subprocess.Popen, list[psutil.Process]]:
+    """prepare_dogs in a subprocess with 2 pool workers, once both are running and the first pairs are written."""
     for i in range(400):
         _photo(images / f"p{i:03d}.jpg", i, size=512)
-    out = tmp_path / "out"
     cmd = [sys.executable, "-m", "training.data.prepare_dogs", "--images", str(images), "--out", str(out)]
-    proc = subprocess.Popen([*cmd, "--captioner", "breed", "--workers", "2"], cwd=ROOT, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*cmd, "--captioner", "breed", "--workers", "2"], cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     workers: list[psutil.Process] = []
     while len(workers) < 2 or not any((out / "target").glob("*.jpg")):
         assert proc.poll() is None and time.time() < deadline, "prepare ended before its workers were seen"
         workers = psutil.Process(proc.pid).children(recursive=True)
         time.sleep(0.05)
+    return proc, workers
+
+
+@pytest.mark.slow
+def test_pool_workers_die_with_a_killed_parent(tmp_path):
+    proc, workers = _start_with_workers(tmp_path / "images", tmp_path / "out")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     gone, alive = psutil.wait_procs(workers, timeout=15)
     assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
-    shutil.rmtree(out)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_prepare_with_a_line_and_a_rerun_finishes(tmp_path):
+    images, out = tmp_path / "images", tmp_path / "out"
+    proc, workers = _start_with_workers(images, out)
+    proc.terminate()
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM: the pairs and captions finished" in err
+    assert "Traceback" not in err
+    gone, alive = psutil.wait_procs(workers, timeout=15)
+    assert not alive and not (out / ".lock").exists() and not list(out.rglob("*.tmp"))
+    assert prepare_main(["--images", str(images), "--out", str(out), "--captioner", "breed", "--workers", "2"]) == 0
+    assert len(_rows(out)) == 400

@@ -42,6 +42,7 @@ from training.prompt_file import (
     write_text_atomically,
 )
 from training.run_lock import RunFolderLocked, run_lock
+from training.stop_signals import StopSignal, StopSignalsRaise
 
 logger = logging.getLogger(__name__)
 
@@ -140,10 +141,13 @@ def prepare_images(
         results = map(_process_star, jobs)
         results = list(tqdm(results, total=len(jobs), desc="crop+canny", unit="img"))
     else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),))
+        try:
             results = list(
                 tqdm(pool.map(_process_star, jobs, chunksize=8), total=len(jobs), desc="crop+canny", unit="img")
             )
+        finally:  # stopped or failed: the queued images are dropped, not worked through first
+            pool.shutdown(wait=True, cancel_futures=True)
     by_id = {r.item_id: r for r in records}
     usable = []
     for item_id, failure, new in results:
@@ -360,22 +364,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        summary = prepare(
-            args.images,
-            args.out,
-            annotations=args.annotations,
-            test_list=args.test_list,
-            settings=ImageSettings(args.size, args.crop, args.low_threshold, args.high_threshold),
-            captioner=args.captioner,
-            blip_model=args.blip_model,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            val_fraction=args.val_fraction,
-            limit=args.limit,
-        )
+        with StopSignalsRaise():
+            summary = prepare(
+                args.images,
+                args.out,
+                annotations=args.annotations,
+                test_list=args.test_list,
+                settings=ImageSettings(args.size, args.crop, args.low_threshold, args.high_threshold),
+                captioner=args.captioner,
+                blip_model=args.blip_model,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                val_fraction=args.val_fraction,
+                limit=args.limit,
+            )
     except (FileNotFoundError, ValueError, RunFolderLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except StopSignal as stop:
+        print(
+            f"stopped by {stop.signal.name}: the pairs and captions finished so far are kept; run the same command "
+            "again to go on",
+            file=sys.stderr,
+        )
+        return 128 + stop.signal.value
     except OSError as err:  # a read-only or full disk, a file where a folder should be
         print(
             f"error: cannot write the prepared data under {args.out}: {err}; --out must be a writable folder",
