@@ -23,6 +23,7 @@ import torch
 from cldm.diffusers_io import is_pipeline_folder
 from cldm.model import load_base, load_config, load_control, load_state_dict
 from cldm.weights import CheckpointMismatchError, ControlInit, LoadReport, build_control_init, save_state
+from ldm.util import check_writable
 
 OUTPUT_SUFFIXES = (".ckpt", ".pth", ".safetensors")
 
@@ -42,6 +43,7 @@ def check_paths(src: Path, dst: Path) -> None:
         raise ValueError(f"output folder {dst.parent} does not exist; create it first")
     if dst.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ValueError(f"output {dst} must end in one of {', '.join(OUTPUT_SUFFIXES)}")
+    check_writable(dst)  # a read-only or full folder fails now, not after the weights are built
 
 
 def check_family(src: Path, sd_state: dict, config: Path) -> None:  # the keys of an ldm file, from its header
@@ -104,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    save_state(init.state, args.output)
+    try:
+        save_state(init.state, args.output)
+    except OSError as err:  # the disk filled up while writing: nothing half-written is left
+        print(f"error: cannot write {args.output} ({err.strerror}); free some space and run again", file=sys.stderr)
+        return 2
     if args.control_from:
         print(f"the ControlNet comes from {args.control_from}")
     blocks = Counter(".".join(k.split(".")[:2]) for k in init.fresh)

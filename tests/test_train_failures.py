@@ -188,3 +188,11 @@ def test_a_disk_that_fills_up_during_training_is_one_line_and_keeps_the_saved_ch
         assert not list(out.rglob("*.tmp")) and not (out / LOCK_FILE).exists()
         saved = json.loads((out / "run.json").read_text())["checkpoints"]
         assert saved and all(torch.load(out / "checkpoints" / c["name"], weights_only=True) for c in saved)
+
+
+def test_tool_add_control_refuses_a_read_only_folder_before_building(base, tmp_path, capsys):
+    from tool_add_control import main as add_control
+
+    with _tmpfs(tmp_path / "ro", read_only=True) as disk:
+        assert add_control([str(base), str(disk / "init.ckpt"), "--config", str(TINY)]) == 2
+        assert "Read-only file system" in _one_error_line(capsys)
