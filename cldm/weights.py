@@ -127,17 +127,17 @@ def _refusal(path: Path, err: pickle.UnpicklingError) -> ValueError:
 
 
 def _loadable_globals() -> set[str]:
-    """The globals torch's safe loader accepts: its built-in allowlist (a private function: where a torch release
-    lacks it, every global is named, which only makes the message longer) and those registered as safe."""
+    """The `module.name` globals torch's safe loader accepts: its built-in allowlist and those registered as safe
+    (private functions: where a torch release lacks them, every global is named, which only lengthens the message)."""
     try:
-        from torch._weights_only_unpickler import _get_allowed_globals
-
-        loadable = set(_get_allowed_globals())
+        from torch._weights_only_unpickler import _get_allowed_globals, _get_user_allowed_globals
     except ImportError:
-        loadable = set()
-    for entry in torch.serialization.get_safe_globals():
-        obj = entry[0] if isinstance(entry, tuple) else entry
-        loadable.add(f"{obj.__module__}.{obj.__qualname__}")
+        return set()
+    loadable = set(_get_allowed_globals())
+    try:
+        loadable |= set(_get_user_allowed_globals())
+    except (AttributeError, TypeError):  # a library registered a safe global torch itself cannot name (a dtype)
+        pass
     return loadable
 
 

@@ -116,3 +116,12 @@ def test_a_pickle_cut_short_anywhere_is_named_as_damaged(tmp_path, zipped):
         for shapes_only in (False, True):
             with pytest.raises(CorruptCheckpointError, match="cut.ckpt"):
                 load_state_dict(cut, shapes_only=shapes_only)
+
+
+def test_a_refusal_is_named_after_torchao_registered_its_dtypes_as_safe(tmp_path):
+    import torchao.quantization.quant_primitives  # noqa: F401 (registers torch.float8_e4m3fn and others as safe)
+
+    path = tmp_path / "model.pth"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(UnsafeCheckpointError, match="torch.nn.modules.linear.Linear"):
+        load_state_dict(path)
