@@ -24,7 +24,7 @@ from PIL import Image
 from cldm.model import load_model
 from evaluation.evaluate_control import EvalSettings, evaluate
 from ldm.util import check_writable
-from training.prompt_file import VAL_PROMPT_FILE
+from pairs.prompt_file import VAL_PROMPT_FILE
 
 
 def _cell(value: float | None, spec: str) -> str:

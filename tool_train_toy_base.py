@@ -31,7 +31,8 @@ from cldm.sampling import images_to_uint8
 from cldm.weights import load_state_dict, save_state
 from evaluation.evaluate_control import ControlScores
 from ldm.models.autoencoder import AutoencoderKL
-from training.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE
+from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE
+from pairs.toy_palette import COLOURS
 from training.toy_base import (
     PhaseSettings,
     ToyStream,
@@ -43,7 +44,7 @@ from training.toy_base import (
     train_autoencoder,
     train_denoiser,
 )
-from training.toy_data import COLOURS, write_toy_dataset
+from training.toy_data import write_toy_dataset
 
 
 def base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

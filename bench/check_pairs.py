@@ -20,9 +20,9 @@ import cv2
 from skimage import data
 
 from annotator.canny import CannyDetector
+from pairs.prompt_file import write_prompt_file
 from training.check_pairs import check_pairs
 from training.dataset import PairDataset
-from training.prompt_file import write_prompt_file
 
 
 def build_folder(root: Path, n: int) -> list[dict[str, str]]:

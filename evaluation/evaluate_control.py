@@ -15,8 +15,8 @@ from annotator.util import read_rgb
 from cldm.sampling import hint_from_edges, images_to_uint8, sample
 from evaluation.controllability import ExactEdgeScore, edge_f1, ssim
 from evaluation.toy_scores import Palette, ToyPrompt, fill_colour, parse_toy_prompt, position_error
-from training.prompt_file import VAL_PROMPT_FILE, read_prompt_file
-from training.toy_data import COLOURS
+from pairs.prompt_file import VAL_PROMPT_FILE, read_prompt_file
+from pairs.toy_palette import COLOURS
 
 logger = logging.getLogger(__name__)
 

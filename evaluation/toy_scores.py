@@ -2,7 +2,7 @@
 the circle where the edge map puts it?
 
 Both work on one generated image at a time and need the toy prompt ("a red circle on a white background")
-and the palette the toy set was drawn from (`training.toy_data.COLOURS`).
+and the palette the toy set was drawn from (`pairs.toy_palette.COLOURS`).
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
 """Build objects from `{target, params}` config nodes (like EDM's `construct_class_by_name`), and write files
-atomically."""
+atomically (and check, before long work, that they can be written)."""
 
 from __future__ import annotations
 
+import csv
 import errno
 import importlib
+import io
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,24 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """A crash never leaves a half-written file (see `atomic_write`)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def tsv_text(rows: Iterable[Sequence[str]]) -> str:
+    """Tab-separated rows, quoted where a field holds a tab, a quote or a newline (a file name may)."""
+    buf = io.StringIO()
+    csv.writer(buf, delimiter="\t", lineterminator="\n").writerows(rows)
+    return buf.getvalue()
 
 
 class UnwritableOutput(ValueError):

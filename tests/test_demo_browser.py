@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from repo_paths import ROOT
 
-from training.prompt_file import VAL_PROMPT_FILE, read_prompt_file
+from pairs.prompt_file import VAL_PROMPT_FILE, read_prompt_file
 from training.toy_data import write_toy_dataset
 
 CHROMIUM = "/usr/bin/chromium"

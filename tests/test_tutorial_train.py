@@ -17,8 +17,8 @@ from repo_paths import TINY_CONFIG as TINY
 from safetensors.torch import load_file
 
 from cldm.model import create_model, load_state_dict
+from pairs.prompt_file import read_prompt_file
 from training.checkpoint import list_checkpoints
-from training.prompt_file import read_prompt_file
 from tutorial_train import main
 
 

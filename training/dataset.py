@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from annotator.util import read_rgb
-from training.prompt_file import PROMPT_FILE, read_prompt_file
+from pairs.prompt_file import PROMPT_FILE, read_prompt_file
 
 
 class PairDataset(torch.utils.data.Dataset):

@@ -18,9 +18,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cldm.weights import state_digest
-from ldm.util import atomic_write
+from ldm.util import atomic_write, write_text_atomically
 from training.dataset import PairDataset
-from training.prompt_file import write_text_atomically
 
 logger = logging.getLogger(__name__)
 

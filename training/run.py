@@ -25,7 +25,8 @@ from cldm.weights import (
     load_weights_from_file,
     save_state,
 )
-from ldm.util import instantiate_from_config
+from ldm.util import instantiate_from_config, tsv_text, write_text_atomically
+from pairs.prompt_file import PROMPT_FILE
 from training.check_pairs import BadPair, check_pairs, size_multiple
 from training.checkpoint import (
     CONTROL_FILE,
@@ -39,7 +40,6 @@ from training.dataset import PairDataset
 from training.latent_cache import CachedPairs, build_latent_cache
 from training.loader import make_train_loader
 from training.preemption import Preemption
-from training.prompt_file import PROMPT_FILE, tsv_text, write_text_atomically
 from training.run_record import RUN_FILE, FileRecord, RunRecord, RunRecordError
 from training.settings import TrainSettings
 from training.toy_data import write_toy_dataset

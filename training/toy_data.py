@@ -16,20 +16,9 @@ import cv2
 import numpy as np
 
 from annotator.canny import CannyDetector
-from training.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_bytes_atomically, write_prompt_file
-
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 60),
-    "blue": (30, 60, 220),
-    "yellow": (240, 220, 40),
-    "purple": (140, 50, 170),
-    "orange": (245, 140, 20),
-    "white": (245, 245, 245),
-    "black": (15, 15, 15),
-    "cyan": (40, 200, 220),
-    "pink": (240, 130, 180),
-}
+from ldm.util import write_bytes_atomically
+from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
+from pairs.toy_palette import COLOURS
 
 
 def toy_example(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, str]:

@@ -9,9 +9,9 @@ import evaluation.evaluate_control as evaluate_control
 from annotator.canny import CannyDetector
 from annotator.util import read_rgb
 from evaluation.evaluate_control import ControlScores, EvalSettings, evaluate
+from pairs.prompt_file import read_prompt_file
+from pairs.toy_palette import COLOURS
 from tool_eval_control import main
-from training.prompt_file import read_prompt_file
-from training.toy_data import COLOURS
 
 
 def test_a_model_that_follows_its_control_scores_far_above_one_that_ignores_it(toy_data, tiny_model, monkeypatch):

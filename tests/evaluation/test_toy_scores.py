@@ -14,7 +14,7 @@ from evaluation.toy_scores import (
     parse_toy_prompt,
     position_error,
 )
-from training.toy_data import COLOURS
+from pairs.toy_palette import COLOURS
 
 
 def _circle(centre: tuple[int, int], radius: int, fill: str, background: str, size: int = 64) -> np.ndarray:

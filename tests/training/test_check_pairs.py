@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pairs.prompt_file import read_prompt_file
 from training.check_pairs import check_pairs, image_size, size_multiple
-from training.prompt_file import read_prompt_file
 
 
 def _jpeg(size=(64, 64)) -> bytes:

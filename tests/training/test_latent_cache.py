@@ -37,7 +37,7 @@ def test_cache_refuses_random_flips(tiny_model, toy_data, tmp_path):
 def test_a_cache_is_rebuilt_for_other_pairs_of_the_same_count_or_other_weights(tiny_model, toy_data, tmp_path, caplog):
     import shutil
 
-    from training.prompt_file import read_prompt_file
+    from pairs.prompt_file import read_prompt_file
 
     data = tmp_path / "data"
     shutil.copytree(toy_data, data)

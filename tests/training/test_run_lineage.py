@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from repo_paths import TINY_CONFIG as TINY
 
-from training.prompt_file import read_prompt_file, write_prompt_file
+from pairs.prompt_file import read_prompt_file, write_prompt_file
 from training.run_record import RUN_FILE
 from tutorial_train import main
 

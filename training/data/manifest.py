@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.prompt_file import write_text_atomically
+from ldm.util import write_text_atomically
 
 MANIFEST_FILE = "dataset.json"
 MANIFEST_FORMAT = 1

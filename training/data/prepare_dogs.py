@@ -27,20 +27,13 @@ from tqdm import tqdm
 
 from annotator.canny import CannyDetector
 from annotator.util import read_rgb
-from ldm.util import remove_stale_temp_files
+from ldm.util import remove_stale_temp_files, tsv_text, write_bytes_atomically, write_text_atomically
+from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
 from training.data.captions import BLIP_MODEL_ID, finalise_caption, load_blip
 from training.data.crop import CROP_MODES, crop_square
 from training.data.discover import ImageRecord, discover, read_split_list
 from training.data.manifest import MANIFEST_FILE, DatasetManifest, HowMade, SourceFile
 from training.data.validate import UnreadableImage, load_rgb
-from training.prompt_file import (
-    PROMPT_FILE,
-    VAL_PROMPT_FILE,
-    tsv_text,
-    write_bytes_atomically,
-    write_prompt_file,
-    write_text_atomically,
-)
 from training.run_lock import RunFolderLocked, run_lock
 from training.stop_signals import StopSignal, StopSignalsRaise
 

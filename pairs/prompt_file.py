@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
-from ldm.util import atomic_write
+from ldm.util import write_text_atomically
 
 PROMPT_FILE = "prompt.json"
 VAL_PROMPT_FILE = "prompt_val.json"
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """A crash never leaves a half-written file (see `atomic_write`)."""
-    with atomic_write(path) as tmp:
-        tmp.write_text(text)
-
-
-def write_bytes_atomically(path: Path, data: bytes) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def tsv_text(rows: Iterable[Sequence[str]]) -> str:
-    """Tab-separated rows, quoted where a field holds a tab, a quote or a newline (a file name may)."""
-    buf = io.StringIO()
-    csv.writer(buf, delimiter="\t", lineterminator="\n").writerows(rows)
-    return buf.getvalue()
 
 
 def write_prompt_file(path: Path, rows: Iterable[dict[str, str]]) -> None:

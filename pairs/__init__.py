@@ -1,0 +1,2 @@
+"""The paired-data format that training and the evaluation share: prompt files (JSON Lines of
+{source, target, prompt}) and the toy set's palette. It imports nothing from `training/` or `evaluation/`."""
