@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,13 @@ class StreamingCheckpointIO(TorchCheckpointIO):
     adds the checkpoint's size to peak memory at every save (2.9 GB at SD1.5 with bf16 moments). This one
     adds none and is just as atomic. Lightning calls it on global rank 0 only. Loading maps the file
     instead of reading it whole, so a resume does not hold the checkpoint and the restored state at once.
+    `before_rename(path)` runs once the file is written whole and before it takes its name (the run record
+    enters it there, so a kill just after the rename never leaves a checkpoint that `last` does not know).
     """
+
+    def __init__(self, *, before_rename: Callable[[Path], None] | None = None) -> None:
+        super().__init__()
+        self.before_rename = before_rename
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         if storage_options is not None:
@@ -80,6 +87,8 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as tmp:
             torch.save(checkpoint, tmp)
+            if self.before_rename is not None:
+                self.before_rename(path)
 
     def load_checkpoint(
         self, path: str | Path, map_location: Any = "cpu", weights_only: bool | None = None
@@ -110,7 +119,8 @@ class PeriodicCheckpoint(pl.Callback):
     ) -> None:
         checkpoint["cutenet_config"] = self.config
         if self.record is not None:
-            checkpoint["cutenet_run"] = {"run_id": self.record.run_id, "parent": self.record.next_parent()}
+            name = f"step-{trainer.global_step:07d}.ckpt"
+            checkpoint["cutenet_run"] = {"run_id": self.record.run_id, "parent": self.record.parent_of(name)}
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -142,11 +152,17 @@ class PeriodicCheckpoint(pl.Callback):
         trainer.save_checkpoint(path, weights_only=False)  # collective: all ranks call it, rank 0 writes (atomically)
         self._finish(path, pl_module)
 
+    def enter(self, path: Path) -> None:
+        """StreamingCheckpointIO's `before_rename` (rank 0): the record lists the checkpoint before it has its name.
+        An entry whose rename never happened is skipped by `last`, as a damaged file is."""
+        if self.record is not None:
+            self.record.add(path.name, checkpoint_step(path))
+            self.record.write(self.folder.parent)
+
     @rank_zero_only
     def _finish(self, path: Path, pl_module: pl.LightningModule) -> None:
         export_control(pl_module, self.folder.parent / CONTROL_FILE)
         if self.record is not None:
-            self.record.add(path.name, checkpoint_step(path))
             old = sorted(self.record.checkpoints, key=lambda c: c.step)[: -self.keep]
             self.record.checkpoints = [c for c in self.record.checkpoints if c not in old]
             self.record.write(self.folder.parent)  # before the unlinks: a crash between leaves a file, not a gap

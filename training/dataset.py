@@ -55,24 +55,30 @@ class PairDataset(torch.utils.data.Dataset):
         self.empty_prompt_p = empty_prompt_p
         self.seed = seed
         self.epoch = 0
+        self._fingerprint: str | None = None
 
     def subset(self, keep: Sequence[int]) -> PairDataset:
         """The same dataset over the rows `keep` only (e.g. without pairs that failed the check)."""
         kept = copy.copy(self)
         kept.rows = [self.rows[i] for i in keep]
+        kept._fingerprint = None
         return kept
 
     def fingerprint(self) -> str:
         """A digest of the rows (paths and prompts) and of each file's size and modification time: what the latent
         cache and a resumed run check the data against. A copy that keeps modification times (`cp -p`, `rsync -a`)
-        keeps it; stat is used rather than the bytes so that a check of 20,000 pairs takes a moment, not minutes."""
+        keeps it; stat is used rather than the bytes so that a check of 20,000 pairs takes a moment, not minutes.
+        Computed once per dataset object: the run record, the cache key and the cache check of one start share it."""
+        if self._fingerprint is not None:
+            return self._fingerprint
         digest = hashlib.sha256()
         for row in self.rows:
             digest.update(json.dumps([row["source"], row["target"], row["prompt"]]).encode())
             for rel in (row["source"], row["target"]):
                 stat = (self.root / rel).stat()
                 digest.update(f"{stat.st_size}:{stat.st_mtime_ns};".encode())
-        return digest.hexdigest()
+        self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

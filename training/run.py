@@ -450,7 +450,7 @@ def make_trainer(
         max_steps=s.total_steps(len(plan.dataset)),
         accumulate_grad_batches=s.accumulate,
         callbacks=callbacks,
-        plugins=[StreamingCheckpointIO()],
+        plugins=[StreamingCheckpointIO(before_rename=periodic.enter)],
         logger=TensorBoardLogger(str(plan.output), name="lightning_logs"),
         enable_checkpointing=False,
         use_distributed_sampler=False,

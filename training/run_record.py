@@ -107,15 +107,16 @@ class RunRecord:
     def newest_first(self) -> list[CheckpointEntry]:
         return sorted(self.checkpoints, key=lambda c: c.step, reverse=True)
 
-    def next_parent(self) -> str | None:
-        """What the next checkpoint continues from: the run's newest, or for a branch's first, where it started."""
-        return self.checkpoints[-1].name if self.checkpoints else (self.parent or {}).get("checkpoint")
+    def parent_of(self, name: str) -> str | None:
+        """What checkpoint `name` continues from: the run's newest other one, or for a branch's first, where it
+        started."""
+        others = [c.name for c in self.checkpoints if c.name != name]
+        return others[-1] if others else (self.parent or {}).get("checkpoint")
 
     def add(self, name: str, step: int) -> CheckpointEntry:
-        """Record a checkpoint just written; one of the same name (the same step, written again) is replaced."""
-        entry = CheckpointEntry(name, step, self.next_parent())
-        self.checkpoints = [c for c in self.checkpoints if c.name != name]
-        self.checkpoints.append(entry)
+        """Record a checkpoint; one of the same name (the same step, written again) is replaced."""
+        entry = CheckpointEntry(name, step, self.parent_of(name))
+        self.checkpoints = [*(c for c in self.checkpoints if c.name != name), entry]
         return entry
 
     def continue_from(self, name: str) -> None:

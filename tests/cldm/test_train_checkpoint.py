@@ -44,3 +44,14 @@ def test_storage_options_are_refused(tmp_path):
 def test_loading_a_missing_checkpoint_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="step-0000009.ckpt"):
         StreamingCheckpointIO().load_checkpoint(tmp_path / "step-0000009.ckpt")
+
+
+def test_before_rename_sees_a_whole_file_that_does_not_have_its_name_yet(tmp_path):
+    path, seen = tmp_path / "step-0000001.ckpt", []
+
+    def enter(target):
+        temp = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+        seen.append((target, target.exists(), len(temp) == 1 and torch.load(temp[0], weights_only=True)["x"]))
+
+    StreamingCheckpointIO(before_rename=enter).save_checkpoint({"x": 3}, path)
+    assert seen == [(path, False, 3)] and torch.load(path, weights_only=True) == {"x": 3}
