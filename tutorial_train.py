@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
@@ -25,7 +26,10 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cldm.model import load_config
 from cldm.weights import CheckpointMismatchError
+from evaluation.onset import onset_threshold
 from ldm.util import remove_stale_temp_files
+from training.control_monitor import ControlMonitor
+from training.guardrails import TrainingStalled
 from training.preemption import Preemption, requeue_slurm_job
 from training.run import (
     RunInputError,
@@ -177,7 +181,7 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSi
         write_skipped(plan)
     try:
         trainer.fit(model, datamodule=TrainData(plan), ckpt_path=str(plan.resume_from) if plan.resume_from else None)
-    except (FloatingPointError, CheckpointMismatchError) as err:
+    except (FloatingPointError, CheckpointMismatchError, TrainingStalled) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
@@ -197,8 +201,30 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSi
         print(f"trained to step {trainer.global_step}; outputs in {plan.output}/:")
         print(f"  ControlNet weights: {plan.output}/control.safetensors (base: {plan.base})")
         print(f"  resumable checkpoints: {plan.output}/checkpoints/ (continue with --resume-from last)")
-        print(f"  image grids: {plan.output}/image_log/train/   TensorBoard: {plan.output}/lightning_logs/")
+        print(f"  image grids: {plan.output}/image_log/train/   {settings.logger} logs: {plan.output}/lightning_logs/")
+        monitor = next((c for c in trainer.callbacks if isinstance(c, ControlMonitor)), None)
+        if monitor is not None and monitor.rows:
+            print(control_report(monitor, plan.output))
     return 0
+
+
+def control_report(monitor: ControlMonitor, output: Path) -> str:
+    """What the controllability monitor saw, in a few lines."""
+    p, base = monitor.progress, monitor.baseline["edge_f1"]
+    onset = (
+        f"the control took hold at step {p.onset}"
+        if p.onset is not None
+        else f"no onset of control yet (exact edge F1 has not stayed above {onset_threshold(base):.3f})"
+    )
+    early = f", stopped early after {monitor.patience} evals without a gain" if monitor.stopped_early else ""
+    return "\n".join(
+        [
+            f"  control: {onset}; exact edge F1 {monitor.rows[-1]['edge_f1']:.3f} at the last eval vs {base:.3f} at "
+            f"strength 0{early}",
+            f"  control curve: {output}/control_curve.csv and {output}/control_curve.png",
+            f"  best ControlNet by exact edge F1: {output}/best/ (step {p.best_step}, F1 {p.best_f1:.3f})",
+        ]
+    )
 
 
 if __name__ == "__main__":

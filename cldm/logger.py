@@ -22,6 +22,19 @@ def to_grid(images: torch.Tensor, n_row: int) -> np.ndarray:
     return ((grid.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().astype(np.uint8)
 
 
+def log_image(lightning_logger: Any, key: str, image: np.ndarray, step: int) -> None:
+    """One H×W×3 uint8 image to the run's Lightning logger: TensorBoard's `add_image`, Weights & Biases'
+    `log_image`; loggers that keep no images (CSV) get nothing."""
+    if lightning_logger is None:
+        return
+    if hasattr(lightning_logger, "log_image"):  # WandbLogger
+        lightning_logger.log_image(key=key, images=[image], step=step)
+        return
+    experiment = getattr(lightning_logger, "experiment", None)
+    if hasattr(experiment, "add_image"):  # TensorBoardLogger's SummaryWriter
+        experiment.add_image(key, image, step, dataformats="HWC")
+
+
 class ImageLogger(pl.Callback):
     """Every `every` steps on rank 0: `model.log_images` → PNG grids in `folder` and the Lightning logger."""
 
@@ -73,8 +86,6 @@ class ImageLogger(pl.Callback):
             path = self.folder / f"{key}_gs-{step:06d}_e-{trainer.current_epoch:04d}.png"
             Image.fromarray(grid).save(path)
             written.append(path)
-            experiment = getattr(trainer.logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                experiment.add_image(f"train/{key}", grid, step, dataformats="HWC")
+            log_image(trainer.logger, f"train/{key}", grid, step)
         logger.info("image grids for step %d in %s", step, self.folder)
         return written

@@ -47,6 +47,7 @@ def sample(
     eta: float = 0.0,
     hint_in_uncond: bool = True,
     generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,
     callback: Callable[[int], None] | None = None,
     low_vram: bool = False,
     autocast_dtype: torch.dtype | None = None,
@@ -54,7 +55,9 @@ def sample(
     """Decoded samples B×3×8H×8W in [−1, 1] for the hint B×3×8H×8W and B prompts.
 
     `control_scales` holds one scale per ControlNet residual (see `guess_mode_scales`); all zeros is the
-    base model with its control off. `low_vram` keeps only the running parts on the compute device.
+    base model with its control off. `x_T` (B×C×H×W), when given, is the starting noise instead of a draw from
+    `generator`: fixed noise per sample, whatever batch it lands in. `low_vram` keeps only the running parts on
+    the compute device.
     """
     n = hint.shape[0]
     if not all(math.isfinite(c) for c in control_scales):
@@ -76,7 +79,10 @@ def sample(
     if low_vram:
         model.low_vram_shift(is_diffusing=True)
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        x_T = torch.randn(shape, generator=generator, device=model.alphas_cumprod.device)  # B×C×H×W
+        if x_T is None:
+            x_T = torch.randn(shape, generator=generator, device=model.alphas_cumprod.device)  # B×C×H×W
+        elif tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T must have the latent shape {shape}, got {tuple(x_T.shape)}")
         denoise = guided_denoiser(
             partial(model.apply_model, control_scales=list(control_scales)), cond, uncond, guidance_scale
         )

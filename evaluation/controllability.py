@@ -1,8 +1,8 @@
 """Controllability metrics for canny control (ControlNet++ protocol, Li et al. 2024, §4.1).
 
 The generated image is run through the same canny detector as the input, and the two binarised edge
-maps are compared pixel by pixel: ControlNet++'s figure is torchmetrics' `BinaryF1Score` accumulated
-over every pixel of every pair (`ExactEdgeScore`), with no tolerance. `edge_f1` is a second, more
+maps are compared pixel by pixel: ControlNet++'s figure is the binary F1 (torchmetrics' `BinaryF1Score`)
+accumulated over every pixel of every pair (`ExactEdgeScore`), with no tolerance. `edge_f1` is a second, more
 forgiving figure: an edge pixel counts when the other map has one within a few pixels. SSIM compares
 the generated image with the held-out target.
 """
@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
-from torchmetrics.classification import BinaryF1Score, BinaryPrecision, BinaryRecall
 
 
 @dataclass(frozen=True)
@@ -32,28 +30,52 @@ def _check_edge_map(name: str, edges: np.ndarray) -> np.ndarray:
     return edges > 0
 
 
+@dataclass(frozen=True)
+class EdgeCounts:
+    """Edge pixels of predicted maps against reference maps: true positives, false positives, false negatives.
+    Counts add, so the score of many pairs (or of many ranks' shares of them) is the score of their sum."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def __add__(self, other: EdgeCounts) -> EdgeCounts:
+        return EdgeCounts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+
+    def score(self) -> EdgeScore:
+        """Precision, recall and F1 of the counted pixels; 0 where a ratio has nothing to divide (torchmetrics'
+        zero_division=0)."""
+        precision = self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
+        recall = self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
+        f1 = 2 * self.tp / (2 * self.tp + self.fp + self.fn) if self.tp else 0.0
+        return EdgeScore(precision, recall, f1)
+
+
+def edge_counts(predicted: np.ndarray, reference: np.ndarray) -> EdgeCounts:
+    """Pixel-exact counts of one pair of H×W edge maps (any non-zero pixel is an edge)."""
+    pred = _check_edge_map("predicted", predicted)
+    ref = _check_edge_map("reference", reference)
+    if pred.shape != ref.shape:
+        raise ValueError(f"edge maps differ in size: predicted {pred.shape} vs reference {ref.shape}")
+    return EdgeCounts(int((pred & ref).sum()), int((pred & ~ref).sum()), int((~pred & ref).sum()))
+
+
 class ExactEdgeScore:
     """ControlNet++'s canny score: pixel-exact precision, recall and F1 of edge pixels, summed over all pairs.
 
-    Each `update` adds one pair of H×W edge maps (any non-zero pixel is an edge); `compute` gives the
-    figures over every pixel seen so far, as torchmetrics' binary metrics do.
+    Each `update` adds one pair of H×W edge maps; `compute` gives the figures over every pixel seen so far, as
+    torchmetrics' `BinaryF1Score` does (tested against it). Counted here rather than in torchmetrics, because
+    counts add exactly across pairs and ranks, where its metric objects would have to be synchronised.
     """
 
     def __init__(self) -> None:
-        self._metrics = (BinaryPrecision(), BinaryRecall(), BinaryF1Score())
+        self.counts = EdgeCounts()
 
     def update(self, predicted: np.ndarray, reference: np.ndarray) -> None:
-        pred = _check_edge_map("predicted", predicted)
-        ref = _check_edge_map("reference", reference)
-        if pred.shape != ref.shape:
-            raise ValueError(f"edge maps differ in size: predicted {pred.shape} vs reference {ref.shape}")
-        pred_t, ref_t = torch.from_numpy(pred).flatten().long(), torch.from_numpy(ref).flatten().long()  # H·W
-        for metric in self._metrics:
-            metric.update(pred_t, ref_t)
+        self.counts = self.counts + edge_counts(predicted, reference)
 
     def compute(self) -> EdgeScore:
-        precision, recall, f1 = (float(m.compute()) for m in self._metrics)
-        return EdgeScore(precision, recall, f1)
+        return self.counts.score()
 
 
 def _dilate(mask: np.ndarray, tolerance: int) -> np.ndarray:

@@ -149,6 +149,14 @@ class PeriodicCheckpoint(pl.Callback):
         step = trainer.global_step
         self._last_saved = step
         path = self.folder / f"step-{step:07d}.ckpt"
+        # Every rank holds the same weights, so every rank refuses alike (the save is collective).
+        bad = nonfinite_keys({n: p for n, p in pl_module.named_parameters() if p.requires_grad})
+        if bad:
+            raise FloatingPointError(
+                f"the trainable weights hold NaN or inf at step {step} (first: {bad[0]}), so {path.name} is not "
+                "written; the checkpoints already saved are intact: lower the learning rate and go on from the "
+                "newest with --resume-from last"
+            )
         trainer.save_checkpoint(path, weights_only=False)  # collective: all ranks call it, rank 0 writes (atomically)
         self._finish(path, pl_module)
 

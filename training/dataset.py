@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,18 @@ import torch
 
 from annotator.util import read_rgb
 from pairs.prompt_file import PROMPT_FILE, read_prompt_file
+
+
+def pairs_fingerprint(root: Path, rows: Sequence[Mapping[str, str]]) -> str:
+    """A digest of prompt-file rows (paths and prompts) and of each file's size and modification time (see
+    `PairDataset.fingerprint`)."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps([row["source"], row["target"], row["prompt"]]).encode())
+        for rel in (row["source"], row["target"]):
+            stat = (root / rel).stat()
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -71,13 +83,7 @@ class PairDataset(torch.utils.data.Dataset):
         Computed once per dataset object: the run record, the cache key and the cache check of one start share it."""
         if self._fingerprint is not None:
             return self._fingerprint
-        digest = hashlib.sha256()
-        for row in self.rows:
-            digest.update(json.dumps([row["source"], row["target"], row["prompt"]]).encode())
-            for rel in (row["source"], row["target"]):
-                stat = (self.root / rel).stat()
-                digest.update(f"{stat.st_size}:{stat.st_mtime_ns};".encode())
-        self._fingerprint = digest.hexdigest()
+        self._fingerprint = pairs_fingerprint(self.root, self.rows)
         return self._fingerprint
 
     def set_epoch(self, epoch: int) -> None:

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
 from cldm.logger import ImageLogger
 from cldm.model import load_base, load_control
@@ -25,8 +25,9 @@ from cldm.weights import (
     load_weights_from_file,
     save_state,
 )
+from evaluation.evaluate_control import EvalSettings, held_out_rows
 from ldm.util import instantiate_from_config, tsv_text, write_text_atomically
-from pairs.prompt_file import PROMPT_FILE
+from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE
 from training.check_pairs import BadPair, check_pairs, size_multiple
 from training.checkpoint import (
     CONTROL_FILE,
@@ -36,7 +37,9 @@ from training.checkpoint import (
     list_checkpoints,
     open_checkpoint,
 )
+from training.control_monitor import ControlMonitor
 from training.dataset import PairDataset
+from training.guardrails import LearningCheck
 from training.latent_cache import CachedPairs, build_latent_cache
 from training.loader import make_train_loader
 from training.preemption import Preemption
@@ -69,6 +72,7 @@ class RunPlan:
     skipped: list[BadPair]  # pairs that failed the pre-flight check and are left out (settings.skip_bad)
     record: RunRecord | None = None  # the folder's run record, when this run continues it
     branch_of: dict[str, Any] | None = None  # the other run's checkpoint a branch starts from
+    fresh_init: bool = False  # no initial checkpoint: SD freshly initialised (set by build_model)
 
 
 def _meta_state(model_config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -196,6 +200,8 @@ def plan_run(
     except (FileNotFoundError, ValueError) as err:
         raise RunInputError(f"data: {err}") from None
     dataset, skipped = _check_data(dataset, model_config, skip_bad=settings.skip_bad)
+    if settings.eval_every:
+        _check_held_out(dataset.root, settings.eval_n, model_config)
     if settings.control_from and not Path(settings.control_from).exists():
         raise RunInputError(f"--control-from {settings.control_from} does not exist")
     model_state, trainable = _meta_state(model_config)
@@ -304,6 +310,25 @@ def _check_data(
     return dataset.subset([i for i in range(len(dataset)) if i not in dropped]), bad
 
 
+def _check_held_out(root: Path, n: int, model_config: dict[str, Any]) -> None:
+    """The monitor's held-out pairs, checked before step 1 as the training pairs are: a damaged one would otherwise
+    stop the run at its first eval. They are never skipped, so that the scores stay those of the offline tool."""
+    try:
+        rows = held_out_rows(root, VAL_PROMPT_FILE, n)
+    except (FileNotFoundError, ValueError) as err:
+        raise RunInputError(
+            f"the controllability monitor has no held-out pairs: {err}. Prepare the data with a validation share "
+            "(prepare_dogs.py --val-fraction), or train without the monitor: --eval-every 0"
+        ) from None
+    bad = check_pairs(root, rows, multiple=size_multiple(model_config))
+    if bad:
+        raise RunInputError(
+            f"{len(bad)} of the {len(rows)} held-out pairs the monitor scores in {root / VAL_PROMPT_FILE} cannot be "
+            f"read, first: {'; '.join(b.line() for b in bad[:3])}. Fix or remove them, or train without the monitor: "
+            "--eval-every 0"
+        )
+
+
 def write_skipped(plan: RunPlan) -> None:
     """OUTPUT/skipped_pairs.tsv: the pairs left out by --skip-bad, with the reason."""
     if plan.skipped:
@@ -381,6 +406,7 @@ def build_model(plan: RunPlan) -> pl.LightningModule:
         )
         logger.info("the ControlNet starts from %s", plan.settings.control_from)
     if plan.base is None:
+        plan.fresh_init = True
         plan.output.mkdir(parents=True, exist_ok=True)
         init = plan.output / INIT_FILE
         if pl.utilities.rank_zero.rank_zero_only.rank == 0:
@@ -432,6 +458,9 @@ def make_trainer(
         plan.output / "checkpoints", every=s.ckpt_every, keep=s.keep_last, config=resolved, record=record
     )
     callbacks: list[pl.Callback] = [
+        LearningCheck(
+            expect_gradient=not plan.fresh_init, log_every=min(50, s.logger_freq), fp16=s.precision == "16-mixed"
+        ),
         periodic,
         Preemption(periodic.save_once, requeue=s.slurm_requeue),
         ImageLogger(
@@ -439,6 +468,18 @@ def make_trainer(
         ),
         TQDMProgressBar(refresh_rate=1),
     ]
+    if s.eval_every:
+        callbacks.append(
+            ControlMonitor(
+                plan.output,
+                plan.dataset.root,
+                every=s.eval_every,
+                settings=EvalSettings(n=s.eval_n),
+                model_config=plan.model_config,
+                patience=s.early_stop_patience,
+                init_digest=record.init.sha256 if record is not None and record.init is not None else None,
+            )
+        )
     if log_samples:
         callbacks.append(SampleLog(plan.output / "samples"))
     return pl.Trainer(
@@ -451,13 +492,26 @@ def make_trainer(
         accumulate_grad_batches=s.accumulate,
         callbacks=callbacks,
         plugins=[StreamingCheckpointIO(before_rename=periodic.enter)],
-        logger=TensorBoardLogger(str(plan.output), name="lightning_logs"),
+        logger=make_logger(s.logger, plan.output, run_id=record.run_id if record is not None else None),
         enable_checkpointing=False,
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
         log_every_n_steps=min(50, s.logger_freq),
         default_root_dir=str(plan.output),
     )
+
+
+def make_logger(kind: str, output: Path, *, run_id: str | None) -> Logger:
+    """The run's Lightning logger. Weights & Biases logs offline where WANDB_MODE=offline (or no login) says so;
+    its run is named after the run record's id, so a resumed run appends to the same W&B run."""
+    if kind == "tensorboard":
+        return TensorBoardLogger(str(output), name="lightning_logs")
+    if kind == "csv":
+        return CSVLogger(str(output), name="lightning_logs")
+    if kind == "wandb":
+        short = run_id[:12] if run_id else None
+        return WandbLogger(save_dir=str(output), project="cutenet", name=short, id=short, resume="allow")
+    raise ValueError(f"unknown logger {kind!r}")
 
 
 def write_config(path: Path, resolved: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import importlib.util
 import math
 import typing
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from cldm.cldm import FROZEN_DTYPES
 from cldm.optimizer import LR_SCHEDULES, OPTIMIZERS, STATE_DTYPES
 
 PRECISIONS = ("32", "16-mixed", "bf16-mixed")
+LOGGERS = ("tensorboard", "wandb", "csv")
 
 
 def _optional_text(value: str) -> str | None:
@@ -70,7 +72,11 @@ class TrainSettings:
         "train on the usable pairs when some fail the pre-flight check (listed in OUTPUT/skipped_pairs.tsv)"
     )
     cache_latents: bool = knob("encode images and prompts once before training (needs --no-hflip)")
+    logger: str = knob("Lightning logger: tensorboard, wandb (pip install wandb) or csv", choices=LOGGERS)
     logger_freq: int = knob("steps between image grids")
+    eval_every: int = knob("steps between controllability evals on prompt_val.json (0: no monitor)")
+    eval_n: int = knob("held-out pairs each controllability eval scores")
+    early_stop_patience: int = knob("stop after this many evals without a gain in exact edge F1 (0: never)")
     image_log_ddim_steps: int = knob("DDIM steps of the image grids' samples")
     ckpt_every: int = knob("steps between resumable checkpoints")
     keep_last: int = knob("resumable checkpoints to keep")
@@ -115,6 +121,17 @@ class TrainSettings:
             raise ValueError("cache_latents needs hflip off: cached latents cannot follow random flips")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.eval_every < 0 or self.eval_n < 1 or self.early_stop_patience < 0:
+            raise ValueError(
+                f"need eval_every >= 0, eval_n >= 1 and early_stop_patience >= 0; got {self.eval_every}, "
+                f"{self.eval_n} and {self.early_stop_patience}"
+            )
+        if self.early_stop_patience and not self.eval_every:
+            raise ValueError("early_stop_patience needs the monitor: set eval_every >= 1")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger must be one of {LOGGERS}, got {self.logger!r}")
+        if self.logger == "wandb" and importlib.util.find_spec("wandb") is None:
+            raise ValueError("--logger wandb needs the wandb package: pip install wandb (or use tensorboard or csv)")
 
     @property
     def world_size(self) -> int:

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from skimage.metrics import structural_similarity
 
 from evaluation.controllability import ExactEdgeScore, edge_f1, ssim
@@ -82,3 +83,18 @@ def test_exact_score_gives_no_credit_for_a_near_miss_that_the_tolerant_one_forgi
     score = ExactEdgeScore()
     score.update(shifted, ref)
     assert score.compute().f1 < 0.6 < edge_f1(shifted, ref, tolerance=1).f1
+
+
+def test_exact_score_equals_torchmetrics_binary_f1_on_random_maps() -> None:
+    from torchmetrics.classification import BinaryF1Score, BinaryPrecision, BinaryRecall
+
+    rng = np.random.default_rng(0)
+    ours, theirs = ExactEdgeScore(), (BinaryPrecision(), BinaryRecall(), BinaryF1Score())
+    for density in (0.05, 0.2, 0.5):
+        pred, ref = rng.random((2, 32, 48)) < density
+        ours.update(pred.astype(np.uint8) * 255, ref.astype(np.uint8))
+        for metric in theirs:
+            metric.update(torch.from_numpy(pred).flatten().long(), torch.from_numpy(ref).flatten().long())
+    got = ours.compute()
+    want = [float(m.compute()) for m in theirs]
+    assert [got.precision, got.recall, got.f1] == pytest.approx(want, abs=1e-6)

@@ -18,9 +18,12 @@ def test_a_model_that_follows_its_control_scores_far_above_one_that_ignores_it(t
     rows = read_prompt_file(toy_data / "prompt_val.json")
 
     def oracle(model, hint, prompts, negative_prompts, *, control_scales, **kwargs):
-        # Control on: the true target (its canny map is the input); control off: a plain grey image.
-        row = next(r for r in rows if r["prompt"] == prompts[0])
-        target = torch.from_numpy(read_rgb(toy_data / row["target"])).permute(2, 0, 1)[None].float() / 127.5 - 1
+        # Control on: the true targets (their canny maps are the inputs); control off: plain grey images.
+        targets = []
+        for prompt in prompts:
+            row = next(r for r in rows if r["prompt"] == prompt)
+            targets.append(torch.from_numpy(read_rgb(toy_data / row["target"])).permute(2, 0, 1).float() / 127.5 - 1)
+        target = torch.stack(targets)  # B×3×H×W
         return target if control_scales[0] > 0 else torch.zeros_like(target)
 
     monkeypatch.setattr(evaluate_control, "sample", oracle)
@@ -36,7 +39,7 @@ def test_a_model_that_follows_its_control_scores_far_above_one_that_ignores_it(t
 
 def test_prompts_that_are_not_toy_prompts_get_no_toy_scores(toy_data, tiny_model, monkeypatch):
     def grey(model, hint, prompts, negative_prompts, **kwargs):
-        return torch.zeros(1, 3, 64, 64)
+        return torch.zeros(len(prompts), 3, 64, 64)
 
     monkeypatch.setattr(evaluate_control, "sample", grey)
     results = evaluate(tiny_model, toy_data, (1.0,), settings=EvalSettings(n=2), palette={"mauve": (200, 150, 200)})
@@ -103,3 +106,44 @@ def test_colour_hits_are_counted_per_fill_and_per_background():
     assert scores.colour_hits_by("background") == {"black": (1, 2), "white": (1, 1)}
     assert scores.colour_hits_by("fill") == {"green": (0, 1), "red": (2, 2)}
     assert scores.summary()["colour_accuracy"] == pytest.approx(2 / 3)
+
+
+def test_batches_share_every_pair_out_once_and_do_not_depend_on_the_world_size():
+    assert evaluate_control.batches_of(10, 4) == [range(0, 4), range(4, 8), range(8, 10)]
+    shares = [evaluate_control.batches_of(10, 4, rank=r, world_size=2) for r in range(2)]
+    assert shares == [[range(0, 4), range(8, 10)], [range(4, 8)]]
+    assert sorted(i for share in shares for b in share for i in b) == list(range(10))
+
+
+def test_shares_scored_apart_and_gathered_equal_one_process(toy_data, tiny_model, tmp_path):
+    """The monitor's DDP path without processes: each rank's share scored alone, then merged, gives the very
+    floats of one process (each pair keeps its own noise and its batch)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = read_prompt_file(toy_data / "prompt_val.json") + read_prompt_file(toy_data / "prompt.json")[:3]
+    for folder in ("source", "target"):
+        (data / folder).symlink_to(toy_data / folder)
+    (data / "prompt_val.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with torch.no_grad():  # a UNet whose output layer is not zero, and a ControlNet that adds something to it
+        for p in [
+            *tiny_model.model.diffusion_model.out.parameters(),
+            *tiny_model.control_model.zero_convs.parameters(),
+        ]:
+            p.normal_(std=0.5)
+    settings = EvalSettings(n=5, steps=2, batch_size=2)
+    one = evaluate(tiny_model.eval(), data, (1.0, 0.0), settings=settings)
+    shares = [evaluate_control.batches_of(5, 2, rank=r, world_size=2) for r in range(2)]
+    parts: dict[int, list] = {}
+
+    def keep(rank):
+        def gather(scores):
+            parts.setdefault(rank, []).append(scores)
+            return scores
+
+        return gather
+
+    for rank in range(2):
+        evaluate(tiny_model, data, (1.0, 0.0), settings=settings, rank=rank, world_size=2, gather=keep(rank))
+    merged = {s: evaluate_control.summarise(parts[0][k] + parts[1][k]) for k, s in enumerate(("1", "0"))}
+    assert merged == one and shares[0] and shares[1]
+    assert one["1"] != one["0"]  # the control changed the samples, so the check compares real scores
