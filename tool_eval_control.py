@@ -75,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strengths", type=float, nargs="+", default=[1.0, 0.0], help="control strengths to compare")
     p.add_argument("--tolerance", type=int, default=1, help="slack in pixels of the second, tolerant edge F1")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=EvalSettings.batch_size,
+        help="pairs sampled together (training's monitor uses the default; another size may change the last bits)",
+    )
     p.add_argument("--device", help="cuda or cpu")
     p.add_argument(
         "--allow-nonfinite", action="store_true", help="load weights holding NaN or inf (refused by default)"
@@ -98,7 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             tuple(args.strengths),
             prompt_file=args.prompt_file,
             settings=EvalSettings(
-                n=args.n, steps=args.steps, guidance_scale=args.scale, tolerance=args.tolerance, seed=args.seed
+                n=args.n,
+                steps=args.steps,
+                guidance_scale=args.scale,
+                tolerance=args.tolerance,
+                seed=args.seed,
+                batch_size=args.batch_size,
             ),
             grid_rows=rows,
         )

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from cldm.model import create_model, load_state_dict
 from pairs.prompt_file import read_prompt_file
 from training.checkpoint import list_checkpoints
+from training.control_curve import read_curve
 from tutorial_train import main
 
 
@@ -186,6 +187,8 @@ def test_ddp_two_cpu_processes(toy_data, tmp_path, _args):
     assert output.count("trained to step 3") == 1  # only rank 0 reports and writes
     assert len(list((out / "checkpoints").glob("*.ckpt"))) == 1
     assert len(list((out / "image_log/train").glob("*.png"))) == 4
+    # The monitor ran on both ranks (they gather its scores) and rank 0 wrote one curve: the start and the end.
+    assert [r["step"] for r in read_curve(out)] == [0, 3]
     # Searched anywhere, not per line: rank 1 prints into the same pipe as rank 0's progress bar.
     checksums = dict(re.findall(r"control checksum rank (\d): (\S+)", output))
     assert sorted(checksums) == ["0", "1"] and checksums["0"] == checksums["1"], output

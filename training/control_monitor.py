@@ -68,6 +68,13 @@ def gather_scores(scores: list[PairScore]) -> list[PairScore]:
     return [s for part in parts for s in part]
 
 
+def controls_nothing(pl_module: pl.LightningModule) -> bool:
+    """Whether the ControlNet's output layers (its zero convolutions) are all exactly zero, as at a fresh start."""
+    control = pl_module.control_model
+    outputs = [*control.zero_convs.parameters(), *control.middle_block_out.parameters()]
+    return all(not bool(p.any()) for p in outputs)
+
+
 @contextmanager
 def rng_untouched(device: torch.device) -> Any:
     """Whatever runs inside leaves torch's (CPU and this CUDA device's), NumPy's and Python's RNG states as they were."""
@@ -141,8 +148,13 @@ class ControlMonitor(pl.Callback):
         step = trainer.global_step
         rows, baseline = self._read_state(step) if trainer.is_global_zero else (None, None)
         self.rows, self.baseline = trainer.strategy.broadcast((rows, baseline), src=0)
+        first_row = None  # this step's eval, when the baseline's samples are that eval's
         if self.baseline is None:
-            self.baseline = self._score(trainer, pl_module, (0.0,), step)["0"]
+            start, grid_rows = time.perf_counter(), []
+            self.baseline = self._score(trainer, pl_module, (0.0,), step, grid_rows=grid_rows)["0"]
+            if controls_nothing(pl_module):
+                # Zero convolutions add exactly zero: strength 1 samples what strength 0 did, so it is not sampled again.
+                first_row = (row_of(step, self.baseline, time.perf_counter() - start), grid_rows)
             if trainer.is_global_zero:
                 write_baseline(self.output, self._baseline_key(), self.baseline)
                 logger.info(
@@ -158,7 +170,10 @@ class ControlMonitor(pl.Callback):
             self._stop(trainer)
             return
         if step % self.every == 0 and not self._has_row(step):
-            self.evaluate(trainer, pl_module)
+            if first_row is not None:
+                self._record(trainer, pl_module, *first_row)
+            else:
+                self.evaluate(trainer, pl_module)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -180,7 +195,11 @@ class ControlMonitor(pl.Callback):
         start = time.perf_counter()
         grid_rows: list[list[np.ndarray]] = []
         scores = self._score(trainer, pl_module, (1.0,), step, grid_rows=grid_rows)["1"]
-        row = row_of(step, scores, time.perf_counter() - start)
+        return self._record(trainer, pl_module, row_of(step, scores, time.perf_counter() - start), grid_rows)
+
+    def _record(self, trainer: pl.Trainer, pl_module: pl.LightningModule, row: Row, grid_rows: list) -> Row:
+        """Enter one eval: the curve, the best, the onset, rank 0's files and logs, and early stopping."""
+        step = row["step"]
         self.rows = [r for r in self.rows if r["step"] < step] + [row]
         is_best = self.progress.add(row)
         onset = find_onset([r["step"] for r in self.rows], [r["edge_f1"] for r in self.rows], self.baseline["edge_f1"])

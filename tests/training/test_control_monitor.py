@@ -47,6 +47,8 @@ def test_scores_during_training_equal_the_offline_tools_on_the_same_weights(toy_
     # The baseline is the offline tool's strength 0, measured once, at the start.
     baseline = json.loads((run / "control_baseline.json").read_text())["scores"]
     assert {k: baseline[k] for k in SCORES} == {k: results["0"][k] for k in SCORES}
+    # At the fresh start the zero convolutions add nothing: step 0's row is the baseline (not sampled twice).
+    assert {k: rows[0][k] for k in SCORES} == {k: baseline[k] for k in SCORES}
 
 
 def test_the_monitor_draws_nothing_from_training_and_the_curve_continues_across_a_resume(toy_data, tmp_path, base):
