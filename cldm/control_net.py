@@ -36,6 +36,10 @@ class ControlNet(UNetEncoder):
         self.zero_convs = nn.ModuleList(_zero_conv(ch) for ch in self.skip_channels)
         self.middle_block_out = _zero_conv(self.middle_channels)
 
+    def zero_conv_parameters(self) -> list[nn.Parameter]:
+        """The weights and biases of the output layers (the zero convolutions): all zero until training moves them."""
+        return [*self.zero_convs.parameters(), *self.middle_block_out.parameters()]
+
     @property
     def num_outputs(self) -> int:
         """How many residuals the ControlNet returns: one per UNet skip, plus the middle block."""

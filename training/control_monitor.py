@@ -70,9 +70,7 @@ def gather_scores(scores: list[PairScore]) -> list[PairScore]:
 
 def controls_nothing(pl_module: pl.LightningModule) -> bool:
     """Whether the ControlNet's output layers (its zero convolutions) are all exactly zero, as at a fresh start."""
-    control = pl_module.control_model
-    outputs = [*control.zero_convs.parameters(), *control.middle_block_out.parameters()]
-    return all(not bool(p.any()) for p in outputs)
+    return all(not bool(p.any()) for p in pl_module.control_model.zero_conv_parameters())
 
 
 @contextmanager
@@ -204,9 +202,10 @@ class ControlMonitor(pl.Callback):
         is_best = self.progress.add(row)
         onset = find_onset([r["step"] for r in self.rows], [r["edge_f1"] for r in self.rows], self.baseline["edge_f1"])
         if trainer.is_global_zero:
-            self._publish(trainer, pl_module, row, grid_rows, is_best=is_best)
-            self._report_onset(onset, row)
+            self._report_onset(onset, row)  # against the onset before this eval
         self.progress.onset = onset
+        if trainer.is_global_zero:  # the summary written here holds this eval's onset
+            self._publish(trainer, pl_module, row, grid_rows, is_best=is_best)
         if self._patience_spent():
             logger.info(
                 "control monitor: stopping early at step %d: exact edge F1 has not gained for %d evals since step %d "
@@ -250,7 +249,13 @@ class ControlMonitor(pl.Callback):
 
     # -- rank 0's outputs ------------------------------------------------------------------------------------
     def _publish(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, row: Row, grid_rows: list, *, is_best: bool
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        row: Row,
+        grid_rows: list,
+        *,
+        is_best: bool,
     ) -> None:
         write_curve(self.output, self.rows)
         step = row["step"]
@@ -276,19 +281,14 @@ class ControlMonitor(pl.Callback):
             "" if row["colour_accuracy"] is None else f", colour {row['colour_accuracy']:.0%}",
             row["seconds"],
         )
-        self._plot()
-        self._write_summary(step)
-
-    def _plot(self) -> None:
         plot_curve(
             self.output / CURVE_PLOT,
             self.rows,
             self.baseline["edge_f1"],
-            onset=find_onset(
-                [r["step"] for r in self.rows], [r["edge_f1"] for r in self.rows], self.baseline["edge_f1"]
-            ),
+            onset=self.progress.onset,
             best=self.progress.best_step,
         )
+        self._write_summary(step)
 
     def _save_best(self, pl_module: pl.LightningModule, row: Row) -> None:
         folder = self.output / BEST_FOLDER

@@ -67,9 +67,8 @@ class LearningCheck(pl.Callback):
     ) -> None:
         step = trainer.global_step
         if step % self.log_every == 0:
-            control = pl_module.control_model
-            zero_convs = [p for p in [*control.zero_convs.parameters(), *control.middle_block_out.parameters()]]
-            pl_module.log("train/zero_conv_norm", _norm(zero_convs), on_step=True, on_epoch=False, rank_zero_only=True)
+            norm = _norm(pl_module.control_model.zero_conv_parameters())
+            pl_module.log("train/zero_conv_norm", norm, on_step=True, on_epoch=False, rank_zero_only=True)
         if self._checked or step == self._start:
             return
         if self.expect_gradient and self._first_grad_norm == 0.0:
