@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from annotator.canny import DEFAULT_THRESHOLDS
 from demo.canny2image import (
     BOUNDS,
     MAX_RESOLUTION,
@@ -41,6 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ckpt", help="full ControlLDM checkpoint, e.g. models/control_sd15_canny.pth")
     p.add_argument("--base", help="SD checkpoint to put under --control (e.g. models/v1-5-pruned.ckpt)")
     p.add_argument("--control", help="ControlNet-only .safetensors/.pth (what tutorial_train.py writes)")
+    p.add_argument(
+        "--data",
+        help="prepared folder the ControlNet was trained on: its dataset.json gives the canny thresholds "
+        f"(default: those recorded in --control, else the config's demo section, else {DEFAULT_THRESHOLDS})",
+    )
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="inference precision")
     p.add_argument("--low-vram", action="store_true", help="keep only the running parts on the GPU")
@@ -54,10 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input", type=Path, help="batch mode: an image to process without the browser")
     p.add_argument("--prompt", default="", help="batch mode: the prompt")
     p.add_argument("--out", type=Path, help="batch mode: folder for the edge map and images")
-    p.add_argument("--num-samples", type=int, default=1, help="batch mode: images to generate")
+    p.add_argument(
+        "--num-samples", type=int, help="batch mode: images to generate (default: the config's demo section)"
+    )
     p.add_argument("--resolution", type=int, help="batch mode: short side (default: the model's native size)")
-    p.add_argument("--steps", type=int, default=20, help="batch mode: DDIM steps")
-    p.add_argument("--seed", type=int, default=-1, help="batch mode: seed (-1 = random)")
+    p.add_argument("--steps", type=int, help="batch mode: DDIM steps (default: the config's demo section)")
+    p.add_argument("--seed", type=int, help="batch mode: seed, -1 = random (default: the config's demo section)")
     return p.parse_args(argv)
 
 
@@ -76,17 +84,17 @@ def load_model(args: argparse.Namespace) -> DemoModel:
         precision=args.precision,
         low_vram=args.low_vram,
         allow_nonfinite=args.allow_nonfinite,
+        data=args.data,
     )
 
 
 def run_batch(demo: DemoModel, args: argparse.Namespace) -> int:
+    given = {"num_samples": args.num_samples, "ddim_steps": args.steps, "seed": args.seed}
     request = dataclasses.replace(
         demo.defaults,
         prompt=args.prompt,
-        num_samples=args.num_samples,
-        ddim_steps=args.steps,
-        seed=args.seed,
         image_resolution=args.resolution or demo.native_resolution,
+        **{name: value for name, value in given.items() if value is not None},
     )
     try:
         result = generate(demo, read_upload(args.input), request)

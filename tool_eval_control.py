@@ -7,13 +7,16 @@ For each held-out pair it generates an image from the edge map and prompt and ru
 The headline is ControlNet++'s figure: the pixel-exact edge F1 against the input edges over all pairs.
 A second F1 forgives a small pixel offset (`--tolerance`); SSIM compares the sample with the target. On
 the toy circles it also scores the fill colour against the prompt and the circle's position. Strength 0
-is the same model with its control switched off: the baseline to beat.
+is the same model with its control switched off: the baseline to beat. The samples' edges are detected with
+the canny thresholds that made the held-out edge maps, read from the data's dataset.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -21,9 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from annotator.canny import CannyThresholds
+from cldm.edge_record import recorded_thresholds
 from cldm.model import load_model
 from evaluation.evaluate_control import EvalSettings, evaluate
 from ldm.util import check_writable
+from pairs.manifest import edge_thresholds
 from pairs.prompt_file import VAL_PROMPT_FILE
 
 
@@ -61,6 +67,19 @@ def format_table(results: dict[str, dict], tolerance: int) -> str:
     return "\n".join(lines)
 
 
+def data_thresholds(data: Path, control: str | None) -> CannyThresholds:
+    """The thresholds that made the held-out edge maps; a warning where the ControlNet learned other ones."""
+    thresholds = edge_thresholds(data)
+    learned = recorded_thresholds(control) if control else None
+    if learned is not None and learned != thresholds:
+        print(
+            f"warning: {control} was trained on canny {learned} edges, but {data} holds canny {thresholds} ones: "
+            f"it is scored at {thresholds}, on edges it did not learn",
+            file=sys.stderr,
+        )
+    return thresholds
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="models/cldm_toy.yaml", help="model config")
@@ -69,12 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--control", help="ControlNet-only checkpoint")
     p.add_argument("--data", default="training/toy", help="prepared folder with the held-out prompt file")
     p.add_argument("--prompt-file", default=VAL_PROMPT_FILE, help="held-out pairs (default prompt_val.json)")
-    p.add_argument("--n", type=int, default=32, help="pairs to evaluate")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps")
-    p.add_argument("--scale", type=float, default=9.0, help="guidance scale")
+    p.add_argument("--n", type=int, default=EvalSettings.n, help="pairs to evaluate")
+    p.add_argument("--steps", type=int, default=EvalSettings.steps, help="DDIM steps")
+    p.add_argument("--scale", type=float, default=EvalSettings.guidance_scale, help="guidance scale")
     p.add_argument("--strengths", type=float, nargs="+", default=[1.0, 0.0], help="control strengths to compare")
-    p.add_argument("--tolerance", type=int, default=1, help="slack in pixels of the second, tolerant edge F1")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tolerance", type=int, default=EvalSettings.tolerance, help="slack in pixels of the second, tolerant edge F1"
+    )
+    p.add_argument("--seed", type=int, default=EvalSettings.seed, help="seed of each pair's starting noise")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -89,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", type=Path, help="PNG of the first pairs: control | sample per strength | target")
     p.add_argument("--grid-rows", type=int, default=6, help="rows in --grid")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         for output in (args.out, args.grid):  # checked now, not after all the sampling
             if output is not None:
                 check_writable(output)
+        thresholds = data_thresholds(Path(args.data), args.control)
         model, description = load_model(
             args.config, ckpt=args.ckpt, base=args.base, control=args.control, allow_nonfinite=args.allow_nonfinite
         )
@@ -110,13 +133,14 @@ def main(argv: list[str] | None = None) -> int:
                 tolerance=args.tolerance,
                 seed=args.seed,
                 batch_size=args.batch_size,
+                thresholds=thresholds,
             ),
             grid_rows=rows,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"weights: {description}")
+    print(f"weights: {description}; samples' edges detected at canny {thresholds}")
     print(format_table(results, args.tolerance))
     if args.grid is not None:
         args.grid.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sample grid ({columns}): {args.grid}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"weights": description, "results": results}, indent=2))
+        written = {"weights": description, "canny_thresholds": dataclasses.asdict(thresholds), "results": results}
+        args.out.write_text(json.dumps(written, indent=2))
         print(f"wrote {args.out}")
     return 0
 

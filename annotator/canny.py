@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
+
+
+@dataclass(frozen=True)
+class CannyThresholds:
+    """The hysteresis thresholds that made an edge map: a ControlNet is served and scored with the ones it learned."""
+
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.low, int) and isinstance(self.high, int)) or isinstance(self.low, bool):
+            raise TypeError(f"canny thresholds must be integers, got {self.low!r}, {self.high!r}")
+        if not 0 <= self.low <= self.high <= 255 * 4:
+            raise ValueError(f"need 0 <= low <= high <= 1020 for the canny thresholds, got {self.low}, {self.high}")
+
+    def __str__(self) -> str:
+        return f"{self.low}/{self.high}"
+
+
+# The original ControlNet's canny thresholds: the one place that says so. Data prepared without a record of its own
+# thresholds (before dataset.json held them) is taken to have been made with these.
+DEFAULT_THRESHOLDS = CannyThresholds(100, 200)
 
 
 class CannyDetector:
     """uint8 H×W×C (or H×W) image → uint8 H×W edge map with values 0 and 255."""
 
-    def __call__(self, image: np.ndarray, low_threshold: int = 100, high_threshold: int = 200) -> np.ndarray:
+    def __call__(
+        self,
+        image: np.ndarray,
+        low_threshold: int = DEFAULT_THRESHOLDS.low,
+        high_threshold: int = DEFAULT_THRESHOLDS.high,
+    ) -> np.ndarray:
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
             raise TypeError(
                 f"CannyDetector needs a uint8 array, got {getattr(image, 'dtype', type(image).__name__)}; "

@@ -30,7 +30,7 @@ def build_folder(root: Path, n: int) -> list[dict[str, str]]:
     (root / "target").mkdir(parents=True)
     (root / "source").mkdir()
     cv2.imwrite(str(root / "target.jpg"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-    cv2.imwrite(str(root / "source.png"), CannyDetector()(photo, 100, 200))
+    cv2.imwrite(str(root / "source.png"), CannyDetector()(photo))
     rows = []
     for i in range(n):
         os.link(root / "target.jpg", root / "target" / f"{i:06d}.jpg")

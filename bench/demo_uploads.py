@@ -23,8 +23,11 @@ from pathlib import Path
 import psutil
 from PIL import Image
 
+from annotator.canny import DEFAULT_THRESHOLDS
+
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
+EDGES = (DEFAULT_THRESHOLDS.low, DEFAULT_THRESHOLDS.high)  # the page's threshold sliders
 
 
 def adversarial_files(folder: Path) -> list[Path]:
@@ -137,7 +140,7 @@ def _send(client, upload, i: int) -> str:
         if i % 2 == 0:
             client.predict(upload, api_name="/show_upload")
         else:
-            client.predict(upload, "", 1, 64, 1.0, False, 100, 200, 2, 9.0, 0, 0.0, "", "", api_name="/process")
+            client.predict(upload, "", 1, 64, 1.0, False, *EDGES, 2, 9.0, 0, 0.0, "", "", api_name="/process")
     except Exception as err:  # the page's gr.Error arrives as an AppError
         return "refused" if "pixels" in str(err) or "picture" in str(err) else f"failed: {err}"
     return "answered"

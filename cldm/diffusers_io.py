@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
+from annotator.canny import CannyThresholds
 from cldm import convert
+from cldm.edge_record import threshold_metadata
 from cldm.weights import (
     CheckpointMismatchError,
     LoadReport,
@@ -240,16 +242,22 @@ def load_diffusers_controlnet(
 
 
 def save_diffusers_controlnet(
-    state: Mapping[str, torch.Tensor], model_config: Mapping[str, Any], folder: str | Path
+    state: Mapping[str, torch.Tensor],
+    model_config: Mapping[str, Any],
+    folder: str | Path,
+    *,
+    thresholds: CannyThresholds | None = None,
 ) -> Path:
     """Write `control_model.*` as a diffusers ControlNet folder: config.json + diffusion_pytorch_model.safetensors
-    (fp32), each file atomically. `ControlNetModel.from_pretrained(folder)` loads it."""
+    (fp32, with the training data's canny `thresholds` in its header), each file atomically.
+    `ControlNetModel.from_pretrained(folder)` loads it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dstate = convert.controlnet_to_diffusers({k: v.detach().float().cpu() for k, v in state.items()}, model_config)
     if not dstate:
         raise DiffusersLayoutError("no control_model.* tensors to export")
-    save_state(dstate, folder / DIFFUSERS_WEIGHTS[0], metadata={"format": "pt", "source": "cutenet"})
+    metadata = {"format": "pt", "source": "cutenet", **threshold_metadata(thresholds)}
+    save_state(dstate, folder / DIFFUSERS_WEIGHTS[0], metadata=metadata)
     config = {**convert.diffusers_controlnet_config(model_config), "_diffusers_version": "0.42.1"}
     with atomic_write(folder / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n")

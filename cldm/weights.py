@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from annotator.canny import CannyThresholds
+from cldm.edge_record import threshold_metadata
 from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
 from ldm.util import atomic_write, instantiate_from_config
 
@@ -544,7 +546,8 @@ def state_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def export_control(model: torch.nn.Module, path: str | Path) -> None:
-    """Write the ControlNet alone (`control_model.*` keys, fp32) as safetensors, atomically: the release file."""
+def export_control(model: torch.nn.Module, path: str | Path, *, thresholds: CannyThresholds | None = None) -> None:
+    """Write the ControlNet alone (`control_model.*` keys, fp32) as safetensors, atomically: the release file. The
+    canny `thresholds` of its training data go in the header (cldm.edge_record), for the demo and the evaluation."""
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if k.startswith(CONTROL_PREFIX)}
-    save_state(state, path, metadata={"format": "pt", "source": "cutenet"})
+    save_state(state, path, metadata={"format": "pt", "source": "cutenet", **threshold_metadata(thresholds)})

@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from annotator.canny import CannyDetector
+from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector, CannyThresholds
 from annotator.util import HWC3, resize_image, resized_size
+from cldm.edge_record import recorded_thresholds
 from cldm.model import load_config, load_model
 from cldm.sampling import guess_mode_scales, hint_from_edges, images_to_uint8, sample
+from pairs.manifest import edge_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +60,8 @@ class GenerationRequest:
     scale: float = 9.0
     seed: int = -1
     eta: float = 0.0
-    low_threshold: int = 100
-    high_threshold: int = 200
+    low_threshold: int = DEFAULT_THRESHOLDS.low
+    high_threshold: int = DEFAULT_THRESHOLDS.high
 
 
 @dataclass
@@ -96,8 +98,11 @@ def load_demo_model(
     precision: str = "fp32",
     low_vram: bool = False,
     allow_nonfinite: bool = False,
+    data: str | Path | None = None,
 ) -> DemoModel:
-    """`ckpt` (a full ControlLDM file), or `base` (SD) + `control` (ControlNet only), or nothing (fresh weights)."""
+    """`ckpt` (a full ControlLDM file), or `base` (SD) + `control` (ControlNet only), or nothing (fresh weights).
+    The canny thresholds start at those the ControlNet learned: `data`'s (a prepared folder), else the ones its
+    `control` file records, else the config's `demo:` node's, else the original's."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,6 +110,8 @@ def load_demo_model(
         raise ValueError("fp16 inference needs a GPU; use --precision fp32 or bf16 on CPU")
     defaults = request_defaults(load_config(config).get("demo"), config)
     model, description = load_model(config, ckpt=ckpt, base=base, control=control, allow_nonfinite=allow_nonfinite)
+    thresholds = learned_thresholds(defaults, control=control, data=data)
+    defaults = replace(defaults, low_threshold=thresholds.low, high_threshold=thresholds.high)
     return DemoModel(
         model.to(device).eval(),
         description,
@@ -132,6 +139,25 @@ def request_defaults(node: dict[str, Any] | None, source: str | Path) -> Generat
             raise ValueError(f"{source}: demo.{name} must be a {expected.__name__}, got {value!r}")
         values[name] = expected(value)
     return replace(defaults, **values)
+
+
+def learned_thresholds(
+    defaults: GenerationRequest, *, control: str | Path | None, data: str | Path | None
+) -> CannyThresholds:
+    """The canny thresholds to serve: the data's (dataset.json), else those recorded in the ControlNet file, else
+    the configured ones; each source that disagrees with the one used is said once."""
+    configured = CannyThresholds(defaults.low_threshold, defaults.high_threshold)
+    sources = [
+        (f"the data in {data}", edge_thresholds(data) if data is not None else None),
+        (f"the weights {control}", recorded_thresholds(control) if control is not None else None),
+        ("the config", configured),
+    ]
+    known = [(where, t) for where, t in sources if t is not None]
+    where, used = known[0]
+    for other, t in known[1:]:
+        if t != used:
+            logger.warning("serving canny %s (from %s), not %s (from %s)", used, where, t, other)
+    return used
 
 
 def prepare_input(

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from annotator.canny import CannyDetector
+from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector, CannyThresholds
 from annotator.util import read_rgb
 from cldm.sampling import hint_from_edges, images_to_uint8, sample
 from evaluation.controllability import EdgeCounts, edge_counts, edge_f1, ssim
@@ -29,8 +29,7 @@ class EvalSettings:
     n: int = 32
     steps: int = 20
     guidance_scale: float = 9.0
-    low_threshold: int = 100
-    high_threshold: int = 200
+    thresholds: CannyThresholds = DEFAULT_THRESHOLDS  # those that made the held-out edge maps (pairs.manifest)
     tolerance: int = 1
     seed: int = 0
     batch_size: int = 8  # pairs sampled together; a pair's noise is its own, whatever batch it is in
@@ -208,7 +207,7 @@ def score_batch(
     canny = CannyDetector()
     scores = []
     for pair, image in zip(pairs, samples):
-        detected = canny(image, settings.low_threshold, settings.high_threshold)  # H×W
+        detected = canny(image, settings.thresholds.low, settings.thresholds.high)  # H×W
         scores.append(
             score_pair(
                 pair.index,

@@ -1,5 +1,6 @@
 """tutorial_train.py end to end on the tiny config (CPU): fit, resume after SIGKILL, DDP, bad input."""
 
+import json
 import os
 import re
 import shutil
@@ -16,10 +17,13 @@ from repo_paths import ROOT
 from repo_paths import TINY_CONFIG as TINY
 from safetensors.torch import load_file
 
+from annotator.canny import CannyThresholds
+from cldm.edge_record import recorded_thresholds
 from cldm.model import create_model, load_state_dict
 from pairs.prompt_file import read_prompt_file
 from training.checkpoint import list_checkpoints
-from training.control_curve import read_curve
+from training.control_curve import BASELINE_FILE, read_curve
+from training.toy_data import write_toy_dataset
 from tutorial_train import main
 
 
@@ -81,6 +85,19 @@ def test_few_step_fit_writes_loadable_checkpoints(toy_data, tmp_path, capsys, _a
         "samples_cfg_scale_9.00",
     ]
     assert "control.safetensors" in capsys.readouterr().out
+
+
+def test_data_made_at_other_thresholds_is_scored_and_exported_at_them(tmp_path, _args):
+    at = CannyThresholds(50, 150)
+    data = write_toy_dataset(tmp_path / "data", n=8, thresholds=at)
+    out = tmp_path / "run"
+    assert main(_args(data, out, "--max-steps", "2", "--ckpt-every", "2", "--eval-every", "2", "--eval-n", "1")) == 0
+    baseline = json.loads((out / BASELINE_FILE).read_text())
+    assert baseline["key"]["eval"]["thresholds"] == {"low": 50, "high": 150}  # what the monitor scored with
+    for exported in ("control.safetensors", "control_diffusers", "best/control.safetensors", "best/control_diffusers"):
+        assert recorded_thresholds(out / exported) == at, exported
+    ckpt = torch.load(out / "checkpoints" / "step-0000002.ckpt", weights_only=True)
+    assert ckpt["cutenet_config"]["canny_thresholds"] == {"low": 50, "high": 150}
 
 
 @pytest.mark.slow

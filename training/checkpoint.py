@@ -13,6 +13,7 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
+from annotator.canny import CannyThresholds
 from cldm.diffusers_io import save_diffusers_controlnet
 from cldm.weights import CONTROL_PREFIX, CorruptCheckpointError, export_control, nonfinite_keys, reading_weights
 from ldm.util import atomic_write
@@ -106,12 +107,20 @@ class PeriodicCheckpoint(pl.Callback):
     """
 
     def __init__(
-        self, folder: Path, *, every: int, keep: int, config: dict[str, Any], record: RunRecord | None
+        self,
+        folder: Path,
+        *,
+        every: int,
+        keep: int,
+        config: dict[str, Any],
+        record: RunRecord | None,
+        thresholds: CannyThresholds | None = None,
     ) -> None:
         if every < 1 or keep < 1:
             raise ValueError(f"checkpoint interval and count must be >= 1, got every={every}, keep={keep}")
         self.folder = Path(folder)
         self.every, self.keep, self.config, self.record = every, keep, config, record
+        self.thresholds = thresholds  # of the training data's edge maps: the exports record them
         self._last_saved = -1
 
     def on_save_checkpoint(
@@ -137,7 +146,9 @@ class PeriodicCheckpoint(pl.Callback):
     def _export_diffusers(self, pl_module: pl.LightningModule) -> None:
         """The final ControlNet as a diffusers folder beside control.safetensors."""
         state = {k: v for k, v in pl_module.state_dict().items() if k.startswith(CONTROL_PREFIX)}
-        folder = save_diffusers_controlnet(state, self.config["model"], self.folder.parent / DIFFUSERS_FOLDER)
+        folder = save_diffusers_controlnet(
+            state, self.config["model"], self.folder.parent / DIFFUSERS_FOLDER, thresholds=self.thresholds
+        )
         logger.info("saved the diffusers ControlNet %s", folder)
 
     def save_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -169,7 +180,7 @@ class PeriodicCheckpoint(pl.Callback):
 
     @rank_zero_only
     def _finish(self, path: Path, pl_module: pl.LightningModule) -> None:
-        export_control(pl_module, self.folder.parent / CONTROL_FILE)
+        export_control(pl_module, self.folder.parent / CONTROL_FILE, thresholds=self.thresholds)
         if self.record is not None:
             old = sorted(self.record.checkpoints, key=lambda c: c.step)[: -self.keep]
             self.record.checkpoints = [c for c in self.record.checkpoints if c not in old]

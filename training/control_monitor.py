@@ -294,9 +294,10 @@ class ControlMonitor(pl.Callback):
         folder = self.output / BEST_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         (folder / BEST_FILE).unlink(missing_ok=True)  # the files below are the new best's only once it is back
-        export_control(pl_module, folder / "control.safetensors")
+        thresholds = self.settings.thresholds
+        export_control(pl_module, folder / "control.safetensors", thresholds=thresholds)
         state = {k: v for k, v in pl_module.state_dict().items() if k.startswith(CONTROL_PREFIX)}
-        save_diffusers_controlnet(state, self.model_config, folder / "control_diffusers")
+        save_diffusers_controlnet(state, self.model_config, folder / "control_diffusers", thresholds=thresholds)
         write_text_atomically(folder / BEST_FILE, json.dumps({"step": row["step"], "edge_f1": row["edge_f1"]}) + "\n")
 
     def _report_onset(self, onset: int | None, row: Row) -> None:

@@ -14,6 +14,8 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
+from annotator.canny import DEFAULT_THRESHOLDS, CannyThresholds
+from cldm.edge_record import recorded_thresholds
 from cldm.logger import ImageLogger
 from cldm.model import load_base, load_control
 from cldm.weights import (
@@ -27,6 +29,7 @@ from cldm.weights import (
 )
 from evaluation.evaluate_control import EvalSettings, held_out_rows
 from ldm.util import instantiate_from_config, tsv_text, write_text_atomically
+from pairs.manifest import edge_thresholds
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE
 from training.check_pairs import BadPair, check_pairs, size_multiple
 from training.checkpoint import (
@@ -73,6 +76,7 @@ class RunPlan:
     record: RunRecord | None = None  # the folder's run record, when this run continues it
     branch_of: dict[str, Any] | None = None  # the other run's checkpoint a branch starts from
     fresh_init: bool = False  # no initial checkpoint: SD freshly initialised (set by build_model)
+    thresholds: CannyThresholds = DEFAULT_THRESHOLDS  # that made the data's edge maps: scored and exported with them
 
 
 def _meta_state(model_config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -204,6 +208,7 @@ def plan_run(
         _check_held_out(dataset.root, settings.eval_n, model_config)
     if settings.control_from and not Path(settings.control_from).exists():
         raise RunInputError(f"--control-from {settings.control_from} does not exist")
+    thresholds = _edge_thresholds(dataset.root, settings.control_from)
     model_state, trainable = _meta_state(model_config)
     try:
         record = RunRecord.read(output)
@@ -243,6 +248,7 @@ def plan_run(
         skipped,
         record if resumed is not None and resumed.continues else None,
         _branch_point(resumed) if resumed is not None and not resumed.continues else None,
+        thresholds=thresholds,
     )
 
 
@@ -308,6 +314,27 @@ def _check_data(
     logger.warning("leaving out %s that cannot be trained on, first: %s", where, first)
     dropped = {b.index for b in bad}
     return dataset.subset([i for i in range(len(dataset)) if i not in dropped]), bad
+
+
+def _edge_thresholds(root: Path, control_from: str | None) -> CannyThresholds:
+    """The canny thresholds that made the data's edge maps (its dataset.json), said once; and once more where the
+    ControlNet to fine-tune learned others (its edges will have to move)."""
+    try:
+        thresholds = edge_thresholds(root)
+        learned = recorded_thresholds(control_from) if control_from else None
+    except ValueError as err:
+        raise RunInputError(str(err)) from None
+    logger.info("the data's edge maps are canny %s: the monitor scores, and the exports record, these", thresholds)
+    if learned is not None and learned != thresholds:
+        logger.warning(
+            "--control-from %s learned canny %s edges, but %s holds canny %s ones: it trains on and is scored at %s",
+            control_from,
+            learned,
+            root,
+            thresholds,
+            thresholds,
+        )
+    return thresholds
 
 
 def _check_held_out(root: Path, n: int, model_config: dict[str, Any]) -> None:
@@ -432,6 +459,7 @@ def resolved_config(plan: RunPlan, config: dict[str, Any]) -> dict[str, Any]:
     resolved = copy.deepcopy(config)
     resolved["training"] = asdict(plan.settings)
     resolved["base"] = str(plan.base) if plan.base else None
+    resolved["canny_thresholds"] = asdict(plan.thresholds)
     return resolved
 
 
@@ -455,7 +483,12 @@ def make_trainer(
     """The Lightning trainer of a run; `record` is rank 0's run record (None on the other ranks)."""
     s = plan.settings
     periodic = PeriodicCheckpoint(
-        plan.output / "checkpoints", every=s.ckpt_every, keep=s.keep_last, config=resolved, record=record
+        plan.output / "checkpoints",
+        every=s.ckpt_every,
+        keep=s.keep_last,
+        config=resolved,
+        record=record,
+        thresholds=plan.thresholds,
     )
     callbacks: list[pl.Callback] = [
         LearningCheck(
@@ -474,7 +507,7 @@ def make_trainer(
                 plan.output,
                 plan.dataset.root,
                 every=s.eval_every,
-                settings=EvalSettings(n=s.eval_n),
+                settings=EvalSettings(n=s.eval_n, thresholds=plan.thresholds),
                 model_config=plan.model_config,
                 patience=s.early_stop_patience,
                 init_digest=record.init.sha256 if record is not None and record.init is not None else None,

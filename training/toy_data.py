@@ -1,7 +1,8 @@
 """A Fill50K-style toy set (the ControlNet authors' sanity check): circle outlines → filled circles.
 
 Targets are a filled circle on a plain background; sources are the canny edges of the target, so the
-hint is exactly what the canny ControlNet sees at test time; prompts name the colours.
+hint is exactly what the canny ControlNet sees at test time; prompts name the colours. dataset.json records
+how the set was made (the thresholds above all), as the Stanford Dogs preparation's does.
 
     python -m training.toy_data --out training/toy --n 2000 --size 64 --seed 0
 """
@@ -15,13 +16,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from annotator.canny import CannyDetector
+from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector, CannyThresholds
 from ldm.util import write_bytes_atomically
+from pairs.manifest import DatasetManifest, HowMade
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
 from pairs.toy_palette import COLOURS
 
 
-def toy_example(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, str]:
+def toy_example(
+    rng: np.random.Generator, size: int, thresholds: CannyThresholds = DEFAULT_THRESHOLDS
+) -> tuple[np.ndarray, np.ndarray, str]:
     """(target H×W×3 uint8, edge map H×W uint8, prompt) for one random circle."""
     names = list(COLOURS)
     fill, background = rng.choice(len(names), size=2, replace=False)
@@ -30,14 +34,21 @@ def toy_example(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     target = np.empty((size, size, 3), np.uint8)
     target[:] = COLOURS[names[background]]
     cv2.circle(target, (cx, cy), radius, COLOURS[names[fill]], thickness=-1, lineType=cv2.LINE_AA)
-    edges = CannyDetector()(target, 100, 200)
+    edges = CannyDetector()(target, thresholds.low, thresholds.high)
     return target, edges, f"a {names[fill]} circle on a {names[background]} background"
 
 
 def write_toy_dataset(
-    out: str | Path, *, n: int = 2000, size: int = 64, seed: int = 0, val_fraction: float = 0.05
+    out: str | Path,
+    *,
+    n: int = 2000,
+    size: int = 64,
+    seed: int = 0,
+    val_fraction: float = 0.05,
+    thresholds: CannyThresholds = DEFAULT_THRESHOLDS,
 ) -> Path:
-    """Write n pairs to `out` (source/, target/, prompt.json, prompt_val.json); the same seed gives the same bytes."""
+    """Write n pairs to `out` (source/, target/, dataset.json, prompt.json, prompt_val.json); the same seed gives
+    the same bytes."""
     if n < 2:
         raise ValueError(f"n must be at least 2, got {n}")
     if size < 64 or size % 64:
@@ -48,7 +59,7 @@ def write_toy_dataset(
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
-        target, edges, prompt = toy_example(rng, size)
+        target, edges, prompt = toy_example(rng, size, thresholds)
         name = f"{i:06d}.png"
         write_bytes_atomically(
             out / "target" / name, cv2.imencode(".png", cv2.cvtColor(target, cv2.COLOR_RGB2BGR))[1].tobytes()
@@ -56,9 +67,23 @@ def write_toy_dataset(
         write_bytes_atomically(out / "source" / name, cv2.imencode(".png", edges)[1].tobytes())
         rows.append({"source": f"source/{name}", "target": f"target/{name}", "prompt": prompt})
     n_val = max(1, int(round(n * val_fraction)))
+    DatasetManifest(toy_how_made(size, thresholds)).write(out)
     write_prompt_file(out / VAL_PROMPT_FILE, rows[:n_val])
     write_prompt_file(out / PROMPT_FILE, rows[n_val:])  # written last: its presence marks a finished set
     return out
+
+
+def toy_how_made(size: int, thresholds: CannyThresholds) -> HowMade:
+    return HowMade(
+        detector="canny",
+        low_threshold=thresholds.low,
+        high_threshold=thresholds.high,
+        size=size,
+        crop="none",
+        jpeg_quality=None,
+        captioner="toy palette",
+        caption_model=None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=2000, help="number of pairs")
     parser.add_argument("--size", type=int, default=64, help="image side, a multiple of 64")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--low-threshold", type=int, default=DEFAULT_THRESHOLDS.low, help="canny low threshold")
+    parser.add_argument("--high-threshold", type=int, default=DEFAULT_THRESHOLDS.high, help="canny high threshold")
     args = parser.parse_args(argv)
-    write_toy_dataset(args.out, n=args.n, size=args.size, seed=args.seed)
+    thresholds = CannyThresholds(args.low_threshold, args.high_threshold)
+    write_toy_dataset(args.out, n=args.n, size=args.size, seed=args.seed, thresholds=thresholds)
     print(f"wrote {args.n} toy pairs to {args.out}")
     return 0
 

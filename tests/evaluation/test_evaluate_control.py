@@ -4,10 +4,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from photo_pairs import write_photo_pairs
 
 import evaluation.evaluate_control as evaluate_control
-from annotator.canny import CannyDetector
+from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector, CannyThresholds
 from annotator.util import read_rgb
+from cldm.weights import export_control
 from evaluation.evaluate_control import ControlScores, EvalSettings, evaluate
 from pairs.prompt_file import read_prompt_file
 from pairs.toy_palette import COLOURS
@@ -80,6 +82,43 @@ def test_cli_prints_a_table_and_writes_json(toy_data, repo_root, tmp_path, capsy
     assert set(data["results"]) == {"1", "0"} and data["results"]["1"] == data["results"]["0"]
 
 
+def _sample_the_targets(folder, monkeypatch):
+    """Sampling replaced by an oracle: every sample is its pair's target, whose canny at the data's thresholds is
+    exactly the input edge map."""
+    rows = {r["prompt"]: r for r in read_prompt_file(folder / "prompt_val.json")}
+
+    def oracle(model, hint, prompts, negative_prompts, **kwargs):
+        targets = [torch.from_numpy(read_rgb(folder / rows[p]["target"])).permute(2, 0, 1) for p in prompts]
+        return torch.stack(targets).float() / 127.5 - 1  # B×3×H×W
+
+    monkeypatch.setattr(evaluate_control, "sample", oracle)
+
+
+def test_the_cli_scores_at_the_thresholds_that_made_the_data(repo_root, tmp_path, capsys, monkeypatch, tiny_model):
+    data = write_photo_pairs(tmp_path / "data", CannyThresholds(50, 150))
+    _sample_the_targets(data, monkeypatch)
+    out = tmp_path / "eval.json"
+    tiny = str(repo_root / "models/cldm_tiny.yaml")
+    args = ["--config", tiny, "--data", str(data), "--n", "2", "--steps", "1", "--strengths", "1", "--out", str(out)]
+    assert main(args) == 0
+    written = json.loads(out.read_text())
+    assert written["canny_thresholds"] == {"low": 50, "high": 150}
+    assert written["results"]["1"]["edge_f1"] == pytest.approx(1.0)
+    assert "canny 50/150" in capsys.readouterr().out
+    # At the default thresholds the same samples miss part of the inputs' edges: the 1.0 above is the data's doing.
+    at_default = evaluate(tiny_model, data, (1.0,), settings=EvalSettings(n=2, thresholds=DEFAULT_THRESHOLDS))
+    assert at_default["1"]["edge_f1"] < 0.95
+
+
+def test_the_cli_warns_when_the_controlnet_learned_other_thresholds(repo_root, tmp_path, capsys, tiny_model, base):
+    data = write_photo_pairs(tmp_path / "data", CannyThresholds(50, 150))
+    export_control(tiny_model, tmp_path / "control.safetensors", thresholds=CannyThresholds(100, 200))
+    args = ["--config", str(repo_root / "models/cldm_tiny.yaml"), "--data", str(data), "--n", "1", "--steps", "1"]
+    assert main([*args, "--base", str(base), "--control", str(tmp_path / "control.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert "trained on canny 100/200" in err and "canny 50/150" in err
+
+
 def test_missing_held_out_file_is_one_clear_line(repo_root, tmp_path, capsys):
     assert main(["--config", str(repo_root / "models/cldm_tiny.yaml"), "--data", str(tmp_path), "--n", "1"]) == 2
     assert "prompt_val.json" in capsys.readouterr().err
@@ -100,7 +139,7 @@ def test_colour_hits_are_counted_per_fill_and_per_background():
         ("red", "red", "white"),
     ):
         target = circle(named_fill, background)
-        edges = CannyDetector()(target, 100, 200)
+        edges = CannyDetector()(target)
         image = circle(image_fill, background)
         scores.add(edges, edges, image, target, f"a {named_fill} circle on a {background} background")
     assert scores.colour_hits_by("background") == {"black": (1, 2), "white": (1, 1)}

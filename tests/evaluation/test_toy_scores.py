@@ -25,7 +25,7 @@ def _circle(centre: tuple[int, int], radius: int, fill: str, background: str, si
 
 
 def _edges(image: np.ndarray) -> np.ndarray:
-    return CannyDetector()(image, 100, 200)
+    return CannyDetector()(image)
 
 
 def test_prompt_parsing_reads_the_fill_and_background_and_refuses_other_prompts() -> None:

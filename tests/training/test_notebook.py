@@ -7,6 +7,9 @@ import pytest
 from nbclient import NotebookClient
 from repo_paths import ROOT
 
+from annotator.canny import CannyThresholds
+from pairs.manifest import edge_thresholds
+
 
 @pytest.mark.slow
 def test_notebook_executes_on_a_tiny_tree(dogs_tree, tmp_path):
@@ -16,7 +19,7 @@ def test_notebook_executes_on_a_tiny_tree(dogs_tree, tmp_path):
     out = tmp_path / "prepared"
     params[0].source += (
         f"\nIMAGES_DIR = {str(dogs_tree['images'])!r}\nANNOTATIONS_DIR = {str(dogs_tree['annotations'])!r}"
-        f"\nOUT_DIR = {str(out)!r}\nSIZE = 64\nWORKERS = 1"
+        f"\nOUT_DIR = {str(out)!r}\nSIZE = 64\nWORKERS = 1\nCANNY = (50, 150)"
     )
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
@@ -25,6 +28,7 @@ def test_notebook_executes_on_a_tiny_tree(dogs_tree, tmp_path):
     rows = [json.loads(line) for line in (out / "prompt.json").read_text().splitlines()]
     assert rows and all((out / r["source"]).is_file() for r in rows)
     assert (out / "quarantine.tsv").read_text().count("\n") == 4
+    assert edge_thresholds(out) == CannyThresholds(50, 150)  # recorded for training, the evaluation and the demo
 
 
 def test_notebook_is_committed_without_outputs():

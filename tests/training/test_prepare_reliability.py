@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 from repo_paths import ROOT
 
+from pairs.manifest import MANIFEST_FILE, DatasetManifest
 from pairs.prompt_file import read_prompt_file
 from training.data.discover import discover
-from training.data.manifest import MANIFEST_FILE, DatasetManifest
 from training.data.prepare_dogs import ImageSettings, prepare
 from training.data.prepare_dogs import main as prepare_main
 from training.run_lock import run_lock

@@ -25,14 +25,14 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from annotator.canny import CannyDetector
+from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector, CannyThresholds
 from annotator.util import read_rgb
 from ldm.util import remove_stale_temp_files, tsv_text, write_bytes_atomically, write_text_atomically
+from pairs.manifest import MANIFEST_FILE, DatasetManifest, HowMade, SourceFile
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
 from training.data.captions import BLIP_MODEL_ID, finalise_caption, load_blip
 from training.data.crop import CROP_MODES, crop_square
 from training.data.discover import ImageRecord, discover, read_split_list
-from training.data.manifest import MANIFEST_FILE, DatasetManifest, HowMade, SourceFile
 from training.data.validate import UnreadableImage, load_rgb
 from training.run_lock import RunFolderLocked, run_lock
 from training.stop_signals import StopSignal, StopSignalsRaise
@@ -49,9 +49,12 @@ class ImageSettings:
 
     size: int = 512
     crop: str = "bbox"
-    low_threshold: int = 100
-    high_threshold: int = 200
+    low_threshold: int = DEFAULT_THRESHOLDS.low
+    high_threshold: int = DEFAULT_THRESHOLDS.high
     jpeg_quality: int = 95
+
+    def __post_init__(self) -> None:
+        CannyThresholds(self.low_threshold, self.high_threshold)  # refused here, not in every worker
 
 
 @dataclass
@@ -341,8 +344,18 @@ def main(argv: list[str] | None = None) -> int:
         default="bbox",
         help="bbox: square around the dog box (center when an image has none); center; squash",
     )
-    parser.add_argument("--low-threshold", type=int, default=100, help="canny low threshold (default 100)")
-    parser.add_argument("--high-threshold", type=int, default=200, help="canny high threshold (default 200)")
+    parser.add_argument(
+        "--low-threshold",
+        type=int,
+        default=DEFAULT_THRESHOLDS.low,
+        help=f"canny low threshold, recorded in dataset.json for training, evaluation and the demo (default {DEFAULT_THRESHOLDS.low})",
+    )
+    parser.add_argument(
+        "--high-threshold",
+        type=int,
+        default=DEFAULT_THRESHOLDS.high,
+        help=f"canny high threshold, recorded in dataset.json likewise (default {DEFAULT_THRESHOLDS.high})",
+    )
     parser.add_argument(
         "--captioner",
         choices=("blip", "breed"),
