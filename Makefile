@@ -54,8 +54,8 @@ test-fast: setup-dev
 # run in runs/toy (a finished one is only scored again); delete runs/toy to train from the start.
 TOY_RUN := runs/toy
 demo: setup
-	@test -f $(TOY_RUN)/control_init.safetensors || { mkdir -p $(TOY_RUN) && \
-	  $(PY) tool_add_control.py models/toy_base.safetensors $(TOY_RUN)/control_init.safetensors --config models/cldm_toy.yaml; }
+	@test -f $(TOY_RUN)/init.safetensors || { mkdir -p $(TOY_RUN) && \
+	  $(PY) tool_add_control.py models/toy_base.safetensors $(TOY_RUN)/init.safetensors --config models/cldm_toy.yaml; }
 	$(PY) tutorial_train.py --resume-from auto
 	$(PY) tool_eval_control.py --config models/cldm_toy.yaml --base models/toy_base.safetensors \
 	  --control $(TOY_RUN)/control.safetensors --grid $(TOY_RUN)/eval_grid.png --out $(TOY_RUN)/eval.json

@@ -21,8 +21,15 @@ from pathlib import Path
 import torch
 
 from cldm.diffusers_io import is_pipeline_folder
-from cldm.model import load_base, load_config, load_control, load_state_dict
-from cldm.weights import CheckpointMismatchError, ControlInit, LoadReport, build_control_init, save_state
+from cldm.loading import load_base, load_config, load_control
+from cldm.weights import (
+    CheckpointMismatchError,
+    ControlInit,
+    LoadReport,
+    build_control_init,
+    load_state_dict,
+    save_state,
+)
 from ldm.util import check_writable
 
 OUTPUT_SUFFIXES = (".ckpt", ".pth", ".safetensors")

@@ -26,7 +26,7 @@ from PIL import Image
 
 from annotator.canny import CannyThresholds
 from cldm.edge_record import recorded_thresholds
-from cldm.model import load_model
+from cldm.loading import load_model
 from evaluation.evaluate_control import EvalSettings, evaluate
 from ldm.util import check_writable
 from pairs.manifest import edge_thresholds

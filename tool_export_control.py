@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cldm.diffusers_io import save_diffusers_controlnet
-from cldm.model import load_config, load_control
+from cldm.loading import load_config, load_control
 from cldm.weights import CONTROL_PREFIX, export_control
 from ldm.util import check_writable, instantiate_from_config
 from training.checkpoint import CONTROL_FILE

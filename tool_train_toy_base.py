@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from annotator.canny import CannyDetector
-from cldm.model import load_config
+from cldm.loading import load_config
 from cldm.sampling import images_to_uint8
 from cldm.weights import load_state_dict, save_state
 from evaluation.evaluate_control import ControlScores

@@ -4,7 +4,7 @@ With no flags it runs the embedded default, the CPU quickstart: a ControlNet on 
 (models/cldm_toy.yaml, models/toy_base.safetensors) learns to fill generated circles from their edges.
 For SD1.5 on Stanford Dogs:
 
-    python tutorial_train.py --config models/cldm_v15.yaml --resume models/control_sd15_ini.ckpt \
+    python tutorial_train.py --config models/cldm_v15.yaml --init models/control_sd15_ini.ckpt \
         --data training/dogs --devices 2
 
 Defaults come from the config (its `training:` section and `model.params`); each flag overrides one field.
@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from cldm.model import load_config
+from cldm.loading import load_config
 from cldm.weights import CheckpointMismatchError
 from evaluation.onset import onset_threshold
 from ldm.util import remove_stale_temp_files
@@ -148,11 +148,11 @@ def stopped_outside_training(stop: StopSignal, signals: StopSignalsRaise, *, req
 
 def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSignalsRaise) -> int:
     settings = plan.settings
-    if plan.base is None:
+    if plan.init is None:
         print(
-            "note: no initial checkpoint (training.resume is null): the SD part is freshly initialised, so its "
+            "note: no initial checkpoint (training.init is null): the SD part is freshly initialised, so its "
             "zero-initialised output layer passes no gradient to the ControlNet and nothing is learned. "
-            "This run only exercises the pipeline; pass --resume with a tool_add_control.py checkpoint."
+            "This run only exercises the pipeline; pass --init with a tool_add_control.py checkpoint."
         )
     pl.seed_everything(settings.seed, workers=True)
     rank_zero = launches_global_rank_zero()
@@ -168,8 +168,8 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSi
         print(f"error: {err}", file=sys.stderr)
         return 2
     resolved = resolved_config(plan, config)  # with the base a fresh init was just saved to
-    if record is not None and record.init is None and plan.base is not None:
-        record.init, record.settings = FileRecord.of(plan.base), resolved
+    if record is not None and record.init is None and plan.init is not None:
+        record.init, record.settings = FileRecord.of(plan.init), resolved
         record.write(plan.output)
     cuda = torch.cuda.is_available() and settings.accelerator != "cpu"
     signals.phase = "building the latent cache"
@@ -199,7 +199,7 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSi
     print(f"control checksum rank {trainer.global_rank}: {checksum:.12e}")
     if trainer.is_global_zero:
         print(f"trained to step {trainer.global_step}; outputs in {plan.output}/:")
-        print(f"  ControlNet weights: {plan.output}/control.safetensors (base: {plan.base})")
+        print(f"  ControlNet weights: {plan.output}/control.safetensors (initial weights: {plan.init})")
         print(f"  resumable checkpoints: {plan.output}/checkpoints/ (continue with --resume-from last)")
         print(f"  image grids: {plan.output}/image_log/train/   {settings.logger} logs: {plan.output}/lightning_logs/")
         monitor = next((c for c in trainer.callbacks if isinstance(c, ControlMonitor)), None)

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cldm.model import load_config
+from cldm.loading import load_config
 from cldm.sampling import sample
 from training.run import instantiate_model
 from training.settings import ModelOptions
@@ -497,7 +497,7 @@ def script(plan: Plan, work: Path) -> list[Row]:
             plan.config,
             "--data",
             str(data),
-            "--resume",
+            "--init",
             "none",
             "--output",
             str(work / f"run_{devices}"),

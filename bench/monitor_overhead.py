@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.monitor_overhead                       # the toy quickstart (models/cldm_toy.yaml)
     .venv/bin/python -m bench.monitor_overhead --max-steps 600       # a shorter toy run
     .venv/bin/python -m bench.monitor_overhead --config models/cldm_v15.yaml --accelerator gpu \
-        --data training/dogs --resume models/control_sd15_ini.ckpt --max-steps 2000
+        --data training/dogs --init models/control_sd15_ini.ckpt --max-steps 2000
 
 Any further flags go to tutorial_train.py as they are. Both runs write into a temporary folder that is removed
 afterwards. Printed: each run's wall time, the evals the monitor ran and their mean time, and the monitor's share

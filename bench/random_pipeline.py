@@ -16,7 +16,7 @@ import torch
 
 from cldm import convert
 from cldm.diffusers_io import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS
-from cldm.model import load_config
+from cldm.loading import load_config
 from cldm.weights import save_state
 from ldm.util import instantiate_from_config
 

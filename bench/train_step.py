@@ -18,7 +18,7 @@ from contextlib import nullcontext
 import torch
 
 from bench.run_memory import GB, status_kb
-from cldm.model import load_config
+from cldm.loading import load_config
 from cldm.optimizer import OPTIMIZERS
 from training.run import instantiate_model
 from training.settings import ModelOptions

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from cldm import convert
-from cldm.model import load_config
+from cldm.loading import load_config
 from ldm.models.diffusion.ddim import ddim_sample, guided_denoiser
 from ldm.util import instantiate_from_config
 

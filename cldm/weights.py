@@ -512,7 +512,7 @@ def build_control_init(
     strictly, e.g. `load_weights_from_file` with `exclude=(CONTROL_PREFIX,)`), then the encoder copied into the
     ControlNet, or, with `load_control`, the whole ControlNet taken from an existing one (to fine-tune it). The
     weights stream into the model, so the peak is the model plus one chunk. The same input and seed give the same
-    state, whichever process makes it (tool_add_control.py, or training's `sd_base` on every rank)."""
+    state, whichever process makes it (tool_add_control.py, or training's `base` on every rank)."""
     torch.manual_seed(seed)
     model = instantiate_from_config(model_config)
     report = load_sd(model)

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector, CannyThresholds
 from annotator.util import HWC3, resize_image, resized_size
 from cldm.edge_record import recorded_thresholds
-from cldm.model import load_config, load_model
+from cldm.loading import load_config, load_model
 from cldm.sampling import guess_mode_scales, hint_from_edges, images_to_uint8, sample
 from pairs.manifest import edge_thresholds
 

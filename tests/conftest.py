@@ -31,7 +31,7 @@ def repo_root() -> Path:
 @pytest.fixture
 def tiny_config() -> dict[str, Any]:
     """The `model:` node of cldm_tiny.yaml, a fresh copy each time."""
-    from cldm.model import load_config
+    from cldm.loading import load_config
 
     return load_config(TINY_CONFIG)["model"]
 
@@ -52,7 +52,7 @@ def build_tiny(tiny_config) -> Callable[..., Any]:
 
 @pytest.fixture(scope="session")
 def _tiny_model_template():
-    from cldm.model import create_model
+    from cldm.loading import create_model
 
     torch.manual_seed(0)
     return create_model(TINY_CONFIG)
@@ -75,7 +75,7 @@ def toy_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def base(tmp_path_factory) -> Path:
     """A stand-in for a pretrained SD: the tiny model with a random (not zero-initialised) UNet."""
-    from cldm.model import create_model
+    from cldm.loading import create_model
 
     torch.manual_seed(0)
     model = create_model(TINY_CONFIG)

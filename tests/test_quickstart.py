@@ -8,7 +8,7 @@ import pytest
 from repo_paths import TOY_BASE as BASE
 from repo_paths import TOY_CONFIG as TOY
 
-from cldm.model import load_model
+from cldm.loading import load_model
 from evaluation.evaluate_control import EvalSettings, evaluate
 from evaluation.onset import onset_threshold
 from tool_add_control import main as add_control_main
@@ -20,10 +20,10 @@ from tutorial_train import main as train_main
 @pytest.mark.slow
 def test_controlnet_learns_to_follow_the_edges(tmp_path):
     data = write_toy_dataset(tmp_path / "toy", n=600, size=64, seed=1)
-    init = tmp_path / "control_init.safetensors"
+    init = tmp_path / "init.safetensors"
     assert add_control_main([str(BASE), str(init), "--config", str(TOY)]) == 0
     run = tmp_path / "run"
-    args = ["--config", str(TOY), "--data", str(data), "--resume", str(init), "--output", str(run)]
+    args = ["--config", str(TOY), "--data", str(data), "--init", str(init), "--output", str(run)]
     # The demo's learning rate held constant, and empty prompts only: the edge map is then the only cue.
     quick = ["--max-steps", "750", "--lr", "2e-3", "--lr-schedule", "constant", "--empty-prompt-p", "1.0"]
     assert train_main([*args, *quick, "--logger-freq", "10000", "--ckpt-every", "10000", "--eval-every", "150"]) == 0

@@ -25,7 +25,7 @@ from tutorial_train import main
 
 def _args(data: Path, out: Path, base: Path, *extra: str) -> list[str]:
     common = ["--config", str(TINY), "--data", str(data), "--output", str(out), "--batch-size", "2"]
-    return [*common, "--logger-freq", "1000", "--workers", "0", "--resume", str(base), "--max-steps", "2", *extra]
+    return [*common, "--logger-freq", "1000", "--workers", "0", "--init", str(base), "--max-steps", "2", *extra]
 
 
 def _one_error_line(capsys) -> str:

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from annotator.canny import CannyThresholds
 from cldm.edge_record import recorded_thresholds
-from cldm.model import create_model, load_state_dict
+from cldm.loading import create_model
+from cldm.weights import load_state_dict
 from pairs.prompt_file import read_prompt_file
 from training.checkpoint import list_checkpoints
 from training.control_curve import BASELINE_FILE, read_curve
@@ -43,7 +44,7 @@ def _args(base):
             "1000",
             "--workers",
             "0",
-            "--resume",
+            "--init",
             str(base),
             *extra,
         ]
@@ -214,7 +215,7 @@ def test_ddp_two_cpu_processes(toy_data, tmp_path, _args):
 def test_bad_input_gives_one_clear_line(toy_data, tmp_path, _args, capsys):
     cases = [
         (["--data", str(tmp_path / "missing")], "does not exist"),
-        (["--resume", str(tmp_path / "nope.ckpt")], "does not exist"),
+        (["--init", str(tmp_path / "nope.ckpt")], "does not exist"),
     ]
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -223,7 +224,7 @@ def test_bad_input_gives_one_clear_line(toy_data, tmp_path, _args, capsys):
     other = create_model(ROOT / "models/cldm_tiny.yaml").state_dict()
     other["control_model.input_hint_block.0.weight"] = torch.zeros(16, 4, 3, 3)
     torch.save({"state_dict": other}, tmp_path / "other.ckpt")
-    cases.append((["--resume", str(tmp_path / "other.ckpt")], "shape mismatches"))
+    cases.append((["--init", str(tmp_path / "other.ckpt")], "shape mismatches"))
     for extra, message in cases:
         assert main(_args(toy_data, tmp_path / "out", *extra) + ["--max-steps", "1"]) == 2  # raises nothing
         err = capsys.readouterr().err.strip()
@@ -277,7 +278,7 @@ def test_fresh_start_saves_its_initial_weights(toy_data, tmp_path):
         "2",
         "--max-steps",
         "1",
-        "--resume",
+        "--init",
         "none",
     ]
     assert main(args) == 0
@@ -285,8 +286,8 @@ def test_fresh_start_saves_its_initial_weights(toy_data, tmp_path):
     assert any(k.startswith("model.diffusion_model.") for k in init)
 
 
-def test_missing_initial_checkpoint_is_made_from_sd_base(toy_data, tmp_path, base):
-    init = tmp_path / "made" / "control_init.safetensors"
+def test_missing_initial_checkpoint_is_made_from_the_base(toy_data, tmp_path, base):
+    init = tmp_path / "made" / "init.safetensors"
     args = [
         "--config",
         str(TINY),
@@ -298,9 +299,9 @@ def test_missing_initial_checkpoint_is_made_from_sd_base(toy_data, tmp_path, bas
         "2",
         "--max-steps",
         "1",
-        "--resume",
+        "--init",
         str(init),
-        "--sd-base",
+        "--base",
         str(base),
     ]
     assert main(args) == 0
@@ -312,7 +313,7 @@ def test_missing_initial_checkpoint_is_made_from_sd_base(toy_data, tmp_path, bas
     assert not made["control_model.zero_convs.0.0.weight"].any()
 
 
-def test_missing_sd_base_is_one_clear_line(toy_data, tmp_path, capsys):
+def test_a_missing_base_is_one_clear_line(toy_data, tmp_path, capsys):
     args = [
         "--config",
         str(TINY),
@@ -322,9 +323,9 @@ def test_missing_sd_base_is_one_clear_line(toy_data, tmp_path, capsys):
         str(tmp_path / "run"),
         "--max-steps",
         "1",
-        "--resume",
+        "--init",
         str(tmp_path / "init.safetensors"),
-        "--sd-base",
+        "--base",
         str(tmp_path / "v1-5-pruned.ckpt"),
     ]
     assert main(args) == 2
@@ -410,7 +411,7 @@ def test_a_run_ends_with_a_diffusers_controlnet_and_the_export_tool_makes_the_sa
 
 def test_control_from_starts_training_from_an_existing_diffusers_controlnet(toy_data, tmp_path, _args, tiny_model):
     from cldm.diffusers_io import save_diffusers_controlnet
-    from cldm.model import load_config
+    from cldm.loading import load_config
 
     with torch.no_grad():
         for p in tiny_model.control_model.parameters():

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from cldm.diffusers_io import save_diffusers_controlnet
-from cldm.logger import log_image
+from cldm.image_log import log_image
 from cldm.weights import CONTROL_PREFIX, export_control
 from evaluation.evaluate_control import EvalSettings, PairScore, evaluate, held_out_rows
 from evaluation.onset import CONFIRM, find_onset, onset_threshold

@@ -16,8 +16,8 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 
 from annotator.canny import DEFAULT_THRESHOLDS, CannyThresholds
 from cldm.edge_record import recorded_thresholds
-from cldm.logger import ImageLogger
-from cldm.model import load_base, load_control
+from cldm.image_log import ImageLogger
+from cldm.loading import load_base, load_control
 from cldm.weights import (
     CheckpointMismatchError,
     CorruptCheckpointError,
@@ -69,7 +69,7 @@ class RunPlan:
     model_config: dict[str, Any]
     output: Path
     dataset: PairDataset
-    base: Path | None  # full ControlLDM weights to start from (None: fresh init, saved as init.safetensors)
+    init: Path | None  # full ControlLDM weights to start from (None: fresh init, saved as init.safetensors)
     resume_from: Path | None  # a training checkpoint to continue
     start_step: int
     skipped: list[BadPair]  # pairs that failed the pre-flight check and are left out (settings.skip_bad)
@@ -176,18 +176,18 @@ def _refuse_occupied(output: Path, record: RunRecord | None) -> None:
 
 def make_missing_inputs(model_config: dict[str, Any], settings: TrainSettings, *, resume_from: str | None) -> None:
     """Write the inputs the config says to generate when missing: the toy data set (`toy_data`), and the initial
-    ControlNet checkpoint `resume`, made from `sd_base` as tool_add_control.py does (fresh starts only)."""
+    ControlLDM weights `init`, made from the SD weights `base` as tool_add_control.py does (fresh starts only)."""
     data = Path(settings.data)
     if not (data / PROMPT_FILE).is_file() and settings.toy_data and not data.exists():
         logger.info("generating toy data in %s (%s)", data, settings.toy_data)
         write_toy_dataset(data, **settings.toy_data)
-    base = Path(settings.resume) if settings.resume else None
+    init = Path(settings.init) if settings.init else None
     resuming = resume_from is not None and (
         resume_from not in ("last", "auto") or bool(list_checkpoints(Path(settings.output) / "checkpoints"))
     )
-    if base is not None and not resuming and not base.exists() and settings.sd_base:
+    if init is not None and not resuming and not init.exists() and settings.base:
         make_control_init(
-            model_config, Path(settings.sd_base), base, seed=settings.seed, allow_nonfinite=settings.allow_nonfinite
+            model_config, Path(settings.base), init, seed=settings.seed, allow_nonfinite=settings.allow_nonfinite
         )
 
 
@@ -217,32 +217,32 @@ def plan_run(
     resumed = _resolve_resume_from(resume_from, output, record)
     if resumed is None or not resumed.continues:
         _refuse_occupied(output, record)
-    base = Path(settings.resume) if settings.resume else None
+    init = Path(settings.init) if settings.init else None
     start_step = 0
     if resumed is not None:
         ckpt = resumed.checkpoint  # mapped: only what is used is read
-        base = Path(ckpt.get("cutenet_config", {}).get("base") or resumed.path.parent.parent / INIT_FILE)
+        init = checkpoint_init(ckpt.get("cutenet_config", {}), resumed.path)
         start_step = int(ckpt["global_step"])
         try:
             check_state_dict({k: model_state[k] for k in trainable}, ckpt["state_dict"])
         except CheckpointMismatchError as err:
             raise RunInputError(f"{resumed.path} was written for another config than {config_path}: {err}") from None
-    if base is not None:
-        if not base.is_file():
+    if init is not None:
+        if not init.is_file():
             raise RunInputError(
-                f"initial checkpoint {base} does not exist; make it with tool_add_control.py "
-                "(see docs/training.md) or set training.resume: null for a fresh start"
+                f"initial checkpoint {init} does not exist; make it with tool_add_control.py "
+                "(see docs/training.md) or set training.init: null for a fresh start"
             )
         try:
-            check_state_dict(model_state, load_state_dict(base, shapes_only=True))
+            check_state_dict(model_state, load_state_dict(init, shapes_only=True))
         except CheckpointMismatchError as err:
-            raise RunInputError(f"{base} does not fit {config_path}: {err}") from None
+            raise RunInputError(f"{init} does not fit {config_path}: {err}") from None
     return RunPlan(
         settings,
         model_config,
         output,
         dataset,
-        base,
+        init,
         resumed.path if resumed else None,
         start_step,
         skipped,
@@ -250,6 +250,13 @@ def plan_run(
         _branch_point(resumed) if resumed is not None and not resumed.continues else None,
         thresholds=thresholds,
     )
+
+
+def checkpoint_init(config: dict[str, Any], path: Path) -> Path:
+    """The initial weights a checkpoint's run started from: its config's `init` (`base` in checkpoints written
+    before the rename), else the run folder's saved fresh init."""
+    recorded = config.get("init") or config.get("base")
+    return Path(recorded) if recorded else path.parent.parent / INIT_FILE
 
 
 def _branch_point(resumed: Resume) -> dict[str, Any]:
@@ -270,8 +277,8 @@ def start_record(plan: RunPlan, resolved: dict[str, Any]) -> RunRecord:
     record = plan.record
     if record is None:
         record = RunRecord.new(data=data, data_root=str(plan.dataset.root), settings=resolved, parent=plan.branch_of)
-        if plan.base is not None:
-            record.init = FileRecord.of(plan.base)
+        if plan.init is not None:
+            record.init = FileRecord.of(plan.init)
         record.write(plan.output)
         logger.info("run %s in %s", record.run_id[:12], plan.output)
         return record
@@ -282,9 +289,9 @@ def start_record(plan: RunPlan, resolved: dict[str, Any]) -> RunRecord:
             f"modification times: cp -p, rsync -a), or branch into a new folder with --resume-from {plan.resume_from} "
             f"--output NEW"
         )
-    if record.init is not None and (plan.base is None or not plan.base.is_file() or not record.init.matches(plan.base)):
+    if record.init is not None and (plan.init is None or not plan.init.is_file() or not record.init.matches(plan.init)):
         raise RunInputError(
-            f"the initial weights {plan.base} are not the file run {record.run_id[:12]} started from "
+            f"the initial weights {plan.init} are not the file run {record.run_id[:12]} started from "
             f"(sha256 {record.init.sha256[:12]}): its frozen parts would reload other weights. Restore that file"
         )
     changed = record.changed_settings(resolved)
@@ -364,28 +371,28 @@ def write_skipped(plan: RunPlan) -> None:
 
 
 def make_control_init(
-    model_config: dict[str, Any], sd_base: Path, dst: Path, *, seed: int, allow_nonfinite: bool = False
+    model_config: dict[str, Any], base: Path, dst: Path, *, seed: int, allow_nonfinite: bool = False
 ) -> None:
     """What tool_add_control.py does: SD weights (a checkpoint file or a diffusers pipeline folder) + a ControlNet
     copied from the UNet encoder, written to dst."""
-    if not sd_base.exists():
+    if not base.exists():
         raise RunInputError(
-            f"training.sd_base {sd_base} does not exist; it is needed to make the initial checkpoint {dst} (see docs/training.md)"
+            f"training.base {base} does not exist; it is needed to make the initial checkpoint {dst} (see docs/training.md)"
         )
     try:
         init = build_control_init(
             model_config,
-            lambda model: load_base(model, sd_base, model_config, allow_nonfinite=allow_nonfinite),
+            lambda model: load_base(model, base, model_config, allow_nonfinite=allow_nonfinite),
             seed=seed,
         )
     except CheckpointMismatchError as err:
-        raise RunInputError(f"training.sd_base {sd_base} does not fit the config: {err}") from None
+        raise RunInputError(f"training.base {base} does not fit the config: {err}") from None
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_state(init.state, dst)
     logger.info(
         "made the initial ControlNet checkpoint %s from %s (%d tensors copied from the UNet encoder)",
         dst,
-        sd_base,
+        base,
         len(init.copied),
     )
 
@@ -412,33 +419,33 @@ class TrainData(pl.LightningDataModule):
 
 
 def instantiate_model(
-    model_config: dict[str, Any], base: Path | None = None, *, allow_nonfinite: bool = False
+    model_config: dict[str, Any], init: Path | None = None, *, allow_nonfinite: bool = False
 ) -> pl.LightningModule:
-    """The ControlLDM of a run's model node (see `ModelOptions.applied_to`), with `base`'s weights if given:
+    """The ControlLDM of a run's model node (see `ModelOptions.applied_to`), with `init`'s weights if given:
     how training, and the benchmarks that must measure what training runs, build the model."""
     model = instantiate_from_config(model_config)
-    if base is not None:
-        load_weights_from_file(model, base, allow_nonfinite=allow_nonfinite)
-        logger.info("loaded initial weights from %s", base)
+    if init is not None:
+        load_weights_from_file(model, init, allow_nonfinite=allow_nonfinite)
+        logger.info("loaded initial weights from %s", init)
     return model
 
 
 def build_model(plan: RunPlan) -> pl.LightningModule:
     """The ControlLDM with its starting weights; a fresh start saves them so resumes reload the same frozen parts.
     `control_from` replaces the initial ControlNet at a fresh start (a resume takes it from the checkpoint)."""
-    model = instantiate_model(plan.model_config, plan.base, allow_nonfinite=plan.settings.allow_nonfinite)
+    model = instantiate_model(plan.model_config, plan.init, allow_nonfinite=plan.settings.allow_nonfinite)
     if plan.settings.control_from and plan.resume_from is None:
         load_control(
             model, plan.settings.control_from, plan.model_config, allow_nonfinite=plan.settings.allow_nonfinite
         )
         logger.info("the ControlNet starts from %s", plan.settings.control_from)
-    if plan.base is None:
+    if plan.init is None:
         plan.fresh_init = True
         plan.output.mkdir(parents=True, exist_ok=True)
         init = plan.output / INIT_FILE
         if pl.utilities.rank_zero.rank_zero_only.rank == 0:
             save_state(model.state_dict(), init)
-        plan.base = init
+        plan.init = init
         logger.info("no initial checkpoint: fresh weights, saved to %s", init)
     if plan.settings.compile:
         model.compile_networks()
@@ -458,7 +465,7 @@ def prepare_latent_cache(plan: RunPlan, model: pl.LightningModule, device: torch
 def resolved_config(plan: RunPlan, config: dict[str, Any]) -> dict[str, Any]:
     resolved = copy.deepcopy(config)
     resolved["training"] = asdict(plan.settings)
-    resolved["base"] = str(plan.base) if plan.base else None
+    resolved["init"] = str(plan.init) if plan.init else None
     resolved["canny_thresholds"] = asdict(plan.thresholds)
     return resolved
 

@@ -11,6 +11,7 @@ import argparse
 import copy
 import dataclasses
 import importlib.util
+import logging
 import math
 import typing
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any
 
 from cldm.cldm import FROZEN_DTYPES
 from cldm.optimizer import LR_SCHEDULES, OPTIMIZERS, STATE_DTYPES
+
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("32", "16-mixed", "bf16-mixed")
 LOGGERS = ("tensorboard", "wandb", "csv")
@@ -32,12 +35,15 @@ def knob(
     help: str,
     *,
     flag: str | None = None,
+    aliases: tuple[str, ...] = (),
     choices: tuple[str, ...] | None = None,
     parse: typing.Callable[[str], Any] | None = None,
     cli: bool = True,
 ) -> Any:
-    """A settings field: `help` is its flag's help text; `flag` overrides the name derived from the field."""
-    return dataclasses.field(metadata={"help": help, "flag": flag, "choices": choices, "parse": parse, "cli": cli})
+    """A settings field: `help` is its flag's help text; `flag` overrides the name derived from the field, and
+    `aliases` are older names of the same flag that keep working."""
+    metadata = {"help": help, "flag": flag, "aliases": aliases, "choices": choices, "parse": parse, "cli": cli}
+    return dataclasses.field(metadata=metadata)
 
 
 @dataclass
@@ -46,11 +52,17 @@ class TrainSettings:
 
     data: str = knob("prepared folder with prompt.json, source/, target/")
     toy_data: dict[str, int] | None = knob("toy set generated into `data` when that folder is missing", cli=False)
-    resume: str | None = knob(
-        "initial ControlLDM checkpoint from tool_add_control.py ('none': fresh init)", parse=_optional_text
+    init: str | None = knob(
+        "initial ControlLDM weights, SD + a ControlNet copied from its encoder, from tool_add_control.py ('none': "
+        "fresh init); --resume is the original tutorial's name for it",
+        aliases=("--resume",),
+        parse=_optional_text,
     )
-    sd_base: str | None = knob(
-        "SD checkpoint to make --resume from (as tool_add_control.py) when that file is missing", parse=_optional_text
+    base: str | None = knob(
+        "Stable Diffusion weights (file or diffusers folder) that --init is made from, as tool_add_control.py does, "
+        "when that file is missing; --sd-base is its older name",
+        aliases=("--sd-base",),
+        parse=_optional_text,
     )
     batch_size: int = knob("samples per device per step")
     accumulate: int = knob("gradient accumulation steps")
@@ -90,6 +102,7 @@ class TrainSettings:
     def from_config(cls, node: dict[str, Any] | None, source: str) -> TrainSettings:
         if not isinstance(node, dict):
             raise ValueError(f"{source} has no 'training:' section; copy one from models/cldm_tiny.yaml")
+        node = _renamed_keys(node, source)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown, missing = sorted(set(node) - names), sorted(names - set(node))
         if unknown or missing:
@@ -150,6 +163,29 @@ class TrainSettings:
 
     def resolved_strategy(self) -> str:
         return "ddp" if self.strategy == "auto" and self.world_size > 1 else self.strategy
+
+
+# The training section's older key names (the original tutorial's `resume` for the initial weights): a config that
+# uses them still loads, and says once which name is now meant.
+RENAMED_KEYS = {"resume": "init", "sd_base": "base"}
+
+
+def _renamed_keys(node: dict[str, Any], source: str) -> dict[str, Any]:
+    renamed = {old: new for old, new in RENAMED_KEYS.items() if old in node}
+    both = sorted(old for old, new in renamed.items() if new in node)
+    if both:
+        raise ValueError(
+            f"{source} training section has both {', '.join(f'{o} and {RENAMED_KEYS[o]}' for o in both)}: keep "
+            f"only the new name ({', '.join(RENAMED_KEYS[o] for o in both)})"
+        )
+    if renamed:
+        logger.info(
+            "%s: training.%s read as training.%s (the new names)",
+            source,
+            ", training.".join(renamed),
+            ", training.".join(renamed.values()),
+        )
+    return {RENAMED_KEYS.get(k, k): v for k, v in node.items()}
 
 
 @dataclass
@@ -255,7 +291,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             options["type"] = f.metadata["parse"] or kind
             if f.metadata["choices"]:
                 options["choices"] = f.metadata["choices"]
-        parser.add_argument(f.metadata["flag"] or "--" + f.name.replace("_", "-"), **options)
+        parser.add_argument(f.metadata["flag"] or "--" + f.name.replace("_", "-"), *f.metadata["aliases"], **options)
 
 
 def given_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:

@@ -4,7 +4,7 @@ import torch
 from repo_paths import TINY_CONFIG
 
 from bench.random_pipeline import write_pipeline
-from cldm.model import load_model
+from cldm.loading import load_model
 from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
 from ldm.util import instantiate_from_config
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from repo_paths import TINY_CONFIG
 
-from cldm.model import load_base, load_config, load_state_dict
-from cldm.weights import build_control_init, save_state, unet_twin
+from cldm.loading import load_base, load_config
+from cldm.weights import build_control_init, load_state_dict, save_state, unet_twin
 from tool_add_control import main
 from training.run import make_control_init
 

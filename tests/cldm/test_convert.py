@@ -126,7 +126,7 @@ def test_weights_for_another_architecture_are_named(tiny_config, tiny_model):
 
 
 def test_the_sd21_text_encoder_is_refused_with_a_reason(repo_root):
-    from cldm.model import load_config
+    from cldm.loading import load_config
 
     config = load_config(repo_root / "models/cldm_v21.yaml")["model"]
     with pytest.raises(convert.ConversionError, match="OpenCLIP"):
@@ -137,7 +137,7 @@ def test_the_sd21_text_encoder_is_refused_with_a_reason(repo_root):
 
 @pytest.mark.slow
 def test_the_sd15_architecture_matches_diffusers(repo_root):
-    from cldm.model import create_model, load_config
+    from cldm.loading import create_model, load_config
 
     config = load_config(repo_root / "models/cldm_v15.yaml")["model"]
     torch.manual_seed(0)

@@ -11,7 +11,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from cldm import convert
 from cldm.diffusers_io import save_diffusers_controlnet
-from cldm.model import load_model
+from cldm.loading import load_model
 from cldm.weights import load_state_dict
 from tool_add_control import main as add_control
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from repo_paths import TINY_CONFIG
 
-from cldm.model import load_model
+from cldm.loading import load_model
 from cldm.weights import (
     CheckpointMismatchError,
     CorruptCheckpointError,

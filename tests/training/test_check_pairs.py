@@ -59,7 +59,7 @@ def test_whole_files_pass_and_a_cut_jpeg_does_not(tmp_path):
 
 
 def test_the_multiple_follows_the_config(tiny_config, repo_root):
-    from cldm.model import load_config
+    from cldm.loading import load_config
 
     assert size_multiple(load_config(repo_root / "models/cldm_v15.yaml")["model"]) == 64
     assert size_multiple(tiny_config) == 16

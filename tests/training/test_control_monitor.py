@@ -24,7 +24,7 @@ SCORES = ("edge_f1", "edge_precision", "edge_recall", "edge_f1_tolerant", "ssim"
 
 def _args(data: Path, out: Path, base: Path, *extra: str) -> list[str]:
     return [
-        *("--config", str(TINY), "--data", str(data), "--output", str(out), "--resume", str(base)),
+        *("--config", str(TINY), "--data", str(data), "--output", str(out), "--init", str(base)),
         *("--batch-size", "2", "--logger-freq", "1000", "--workers", "0", "--eval-n", "4"),
         *extra,
     ]
@@ -157,7 +157,7 @@ def test_wandb_without_the_package_is_one_line(toy_data, tmp_path, base, capsys,
 
 def _score_on_rank(rank: int, world_size: int, port: int, data: str, out: str) -> None:
     """One gloo rank: the monitor's scoring of its share, gathered; rank 0 saves what every rank got."""
-    from cldm.model import create_model
+    from cldm.loading import create_model
     from evaluation.evaluate_control import EvalSettings, evaluate
     from training.control_monitor import gather_scores
 
@@ -197,7 +197,7 @@ def test_two_gloo_ranks_score_the_held_out_set_as_one_process_does(toy_data, tmp
 
     import torch.multiprocessing as mp
 
-    from cldm.model import create_model
+    from cldm.loading import create_model
     from evaluation.evaluate_control import EvalSettings, evaluate
     from pairs.prompt_file import read_prompt_file, write_prompt_file
 

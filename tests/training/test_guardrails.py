@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from repo_paths import TINY_CONFIG as TINY
 
-from cldm.model import load_state_dict
+from cldm.weights import load_state_dict
 from training.checkpoint import PeriodicCheckpoint
 from training.dataset import PairDataset
 from training.guardrails import LearningCheck, TrainingStalled
@@ -20,7 +20,7 @@ from tutorial_train import main as train_main
 
 def _args(data, out, init, *extra):
     return [
-        *("--config", str(TINY), "--data", str(data), "--output", str(out), "--resume", str(init)),
+        *("--config", str(TINY), "--data", str(data), "--output", str(out), "--init", str(init)),
         *("--batch-size", "2", "--workers", "0", "--eval-every", "0", *extra),
     ]
 

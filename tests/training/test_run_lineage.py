@@ -15,7 +15,7 @@ from tutorial_train import main
 
 def _args(data: Path, out: Path, base: Path, *extra: str) -> list[str]:
     common = ["--config", str(TINY), "--data", str(data), "--output", str(out), "--batch-size", "2"]
-    return [*common, "--logger-freq", "1000", "--workers", "0", "--resume", str(base), "--ckpt-every", "2", *extra]
+    return [*common, "--logger-freq", "1000", "--workers", "0", "--init", str(base), "--ckpt-every", "2", *extra]
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -37,7 +37,7 @@ def test_a_new_run_in_an_occupied_folder_refuses_and_changes_nothing(toy_data, t
     err = _one_error_line(capsys)
     assert "already holds run" in err and "--resume-from last" in err
     assert _snapshot(out) == before
-    assert main(_args(toy_data, out, base, "--max-steps", "2", "--resume", "none")) == 2  # nor a fresh init
+    assert main(_args(toy_data, out, base, "--max-steps", "2", "--init", "none")) == 2  # nor a fresh init
     assert _snapshot(out) == before
 
 

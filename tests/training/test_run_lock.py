@@ -39,8 +39,9 @@ def test_a_dead_runs_lock_is_taken_over_with_a_message_and_released_at_exit(tmp_
     gone.wait()
     _lock_of(tmp_path, gone.pid)
     with caplog.at_level("WARNING"), run_lock(tmp_path):
-        assert json.loads((tmp_path / LOCK_FILE).read_text())["host"] == socket.gethostname()
-        with pytest.raises(RunFolderLocked), run_lock(tmp_path):  # held by this process now
+        held = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert (held["pid"], held["host"]) == (os.getpid(), socket.gethostname())  # this process holds it now
+        with pytest.raises(RunFolderLocked, match=f"pid {os.getpid()}"), run_lock(tmp_path):
             pass
     assert f"process {gone.pid} on this host is no longer running" in caplog.text
     assert not (tmp_path / LOCK_FILE).exists()
@@ -50,7 +51,9 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     _lock_of(tmp_path, 1, host="node-that-died", job="77")
     with run_lock(tmp_path):
-        pass
+        held = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert (held["pid"], held["host"], held["slurm_job"]) == (os.getpid(), socket.gethostname(), "77")
+    assert not (tmp_path / LOCK_FILE).exists()
 
 
 def test_an_empty_lock_left_by_a_failed_start_is_taken_over(tmp_path, caplog):

@@ -10,8 +10,8 @@ from repo_paths import ROOT
 from repo_paths import TINY_CONFIG as TINY
 from repo_paths import TOY_CONFIG as TOY
 
-from cldm.model import create_model, load_base, load_config, load_state_dict
-from cldm.weights import build_control_init, check_state_dict
+from cldm.loading import create_model, load_base, load_config
+from cldm.weights import build_control_init, check_state_dict, load_state_dict
 from ldm.models.diffusion.ddpm import LatentDiffusion
 from tool_train_toy_base import base_state
 from tool_train_toy_base import main as train_base_main

@@ -4,7 +4,7 @@ from PIL import Image
 from repo_paths import TINY_CONFIG, TOY_CONFIG
 from skimage import data
 
-from cldm.model import load_config
+from cldm.loading import load_config
 from demo.canny2image import (
     DemoModel,
     GenerationInputError,

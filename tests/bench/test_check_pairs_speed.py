@@ -1,8 +1,8 @@
-"""bench/check_pairs.py builds the folder it says and checks every pair in it."""
+"""bench/check_pairs_speed.py builds the folder it says and checks every pair in it."""
 
 import re
 
-from bench.check_pairs import main
+from bench.check_pairs_speed import main
 
 
 def test_it_checks_every_pair_of_the_folder_it_builds(capsys):

@@ -1,7 +1,7 @@
 """Time of the pre-flight check of training pairs (training.check_pairs) over a prepared folder of N pairs, and of
 the pairs' fingerprint that the run record and the latent cache compare.
 
-    .venv/bin/python -m bench.check_pairs --n 20000
+    .venv/bin/python -m bench.check_pairs_speed --n 20000
 
 The folder holds N pairs of a 512×512 JPEG target and its PNG canny map, as prepare_dogs writes them, made as
 hard links to one pair so that building it is quick: the files sit in the page cache, so the figure is the
