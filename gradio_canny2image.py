@@ -1,4 +1,4 @@
-"""Browser demo: canny edges of an uploaded image steer Stable Diffusion (or the tiny quickstart model).
+r"""Browser demo: canny edges of an uploaded image steer Stable Diffusion (or the tiny quickstart model).
 
     python gradio_canny2image.py                        # the toy quickstart model (make demo trains its ControlNet)
     python gradio_canny2image.py --config models/cldm_v15.yaml --ckpt models/control_sd15_canny.pth
@@ -19,16 +19,20 @@ from pathlib import Path
 from PIL import Image
 
 from annotator.canny import DEFAULT_THRESHOLDS
+from cldm.loading import load_config
 from demo.canny2image import (
     BOUNDS,
     MAX_RESOLUTION,
     DemoModel,
     GenerationInputError,
     GenerationRequest,
+    field_type,
     generate,
     load_demo_model,
     read_upload,
+    request_defaults,
 )
+from ldm.flags import HelpFormatter, add_flags, given_flags, preparse
 from ldm.util import check_writable
 
 TOY_CONFIG = "models/cldm_toy.yaml"
@@ -37,8 +41,9 @@ QUICKSTART_CONTROL = Path("runs/toy/control.safetensors")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=TOY_CONFIG, help="model config (default: the toy quickstart model)")
+    config_path = preparse(argv, "--config", TOY_CONFIG)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--config", default=TOY_CONFIG, help="model config (the toy quickstart model by default)")
     p.add_argument("--ckpt", help="full ControlLDM checkpoint, e.g. models/control_sd15_canny.pth")
     p.add_argument("--base", help="SD checkpoint to put under --control (e.g. models/v1-5-pruned.ckpt)")
     p.add_argument("--control", help="ControlNet-only .safetensors/.pth (what tutorial_train.py writes)")
@@ -53,20 +58,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--allow-nonfinite", action="store_true", help="load weights holding NaN or inf (refused by default)"
     )
-    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=int, default=7860, help="port")
     p.add_argument("--listen", action="store_true", help="accept connections from other machines (0.0.0.0)")
     p.add_argument("--share", action="store_true", help="create a public Gradio share link")
     p.add_argument("--auth", help="require a login, as user:password")
     p.add_argument("--input", type=Path, help="batch mode: an image to process without the browser")
     p.add_argument("--prompt", default="", help="batch mode: the prompt")
     p.add_argument("--out", type=Path, help="batch mode: folder for the edge map and images")
-    p.add_argument(
-        "--num-samples", type=int, help="batch mode: images to generate (default: the config's demo section)"
+    add_flags(
+        p.add_argument_group("batch mode's request (the page's controls; defaults: the config's demo section)"),
+        GenerationRequest,
+        defaults=config_request_defaults(config_path),
     )
-    p.add_argument("--resolution", type=int, help="batch mode: short side (default: the model's native size)")
-    p.add_argument("--steps", type=int, help="batch mode: DDIM steps (default: the config's demo section)")
-    p.add_argument("--seed", type=int, help="batch mode: seed, -1 = random (default: the config's demo section)")
     return p.parse_args(argv)
+
+
+def config_request_defaults(config_path: str) -> GenerationRequest | None:
+    """The request a config's demo section resolves to, for --help; none when the config cannot be read."""
+    try:
+        return request_defaults(load_config(config_path).get("demo"), config_path)
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def load_model(args: argparse.Namespace) -> DemoModel:
@@ -89,13 +101,7 @@ def load_model(args: argparse.Namespace) -> DemoModel:
 
 
 def run_batch(demo: DemoModel, args: argparse.Namespace) -> int:
-    given = {"num_samples": args.num_samples, "ddim_steps": args.steps, "seed": args.seed}
-    request = dataclasses.replace(
-        demo.defaults,
-        prompt=args.prompt,
-        image_resolution=args.resolution or demo.native_resolution,
-        **{name: value for name, value in given.items() if value is not None},
-    )
+    request = dataclasses.replace(demo.defaults, prompt=args.prompt, **given_flags(args, GenerationRequest))
     try:
         result = generate(demo, read_upload(args.input), request)
     except GenerationInputError as err:
@@ -130,7 +136,7 @@ def build_ui(demo: DemoModel):
     def process(image_path, *values, progress=gr.Progress()):  # noqa: B008 (Gradio's way to ask for a progress tracker)
         try:
             # Each control's value in the type of its GenerationRequest field (sliders send floats).
-            request = GenerationRequest(**{n: type(getattr(defaults, n))(v) for n, v in zip(controls, values)})
+            request = GenerationRequest(**{n: field_type(n)(v) for n, v in zip(controls, values)})
             image = None if image_path is None else read_upload(image_path)
             result = generate(demo, image, request, progress=lambda i, n: progress(i / n, desc=f"DDIM step {i}/{n}"))
         except (GenerationInputError, ValueError) as err:
@@ -152,21 +158,21 @@ def build_ui(demo: DemoModel):
                 run = gr.Button(value="Run", variant="primary")
                 with gr.Accordion("Advanced options", open=False):
                     controls |= {
-                        "num_samples": slider("num_samples", 1, 1),
+                        "num_samples": slider("num_samples", defaults.num_samples, 1),
                         "image_resolution": gr.Slider(
                             label="Image resolution",
                             minimum=min(256, native),
                             maximum=MAX_RESOLUTION,
-                            value=native,
+                            value=defaults.image_resolution or native,
                             step=64,
                         ),
-                        "strength": slider("strength", 1.0, 0.01),
-                        "guess_mode": gr.Checkbox(label="Guess mode", value=False),
+                        "strength": slider("strength", defaults.strength, 0.01),
+                        "guess_mode": gr.Checkbox(label="Guess mode", value=defaults.guess_mode),
                         "low_threshold": slider("low_threshold", defaults.low_threshold, 1),
                         "high_threshold": slider("high_threshold", defaults.high_threshold, 1),
                         "ddim_steps": slider("ddim_steps", defaults.ddim_steps, 1),
                         "scale": slider("scale", defaults.scale, 0.1),
-                        "seed": slider("seed", -1, 1),
+                        "seed": slider("seed", defaults.seed, 1),
                         "eta": slider("eta", defaults.eta, 0.01),
                         "a_prompt": gr.Textbox(label="Added prompt", value=defaults.a_prompt),
                         "n_prompt": gr.Textbox(label="Negative prompt", value=defaults.n_prompt),

@@ -1,4 +1,4 @@
-"""Turn a Stable Diffusion checkpoint into the initial ControlLDM checkpoint for training.
+r"""Turn a Stable Diffusion checkpoint into the initial ControlLDM checkpoint for training.
 
     python tool_add_control.py models/v1-5-pruned.ckpt models/control_sd15_ini.ckpt
     python tool_add_control.py models/stable-diffusion-v1-5 models/control_sd15_ini.safetensors   # diffusers folder
@@ -30,7 +30,9 @@ from cldm.weights import (
     load_state_dict,
     save_state,
 )
+from ldm.flags import HelpFormatter, add_flags, preparse
 from ldm.util import check_writable
+from training.settings import TrainSettings
 
 OUTPUT_SUFFIXES = (".ckpt", ".pth", ".safetensors")
 
@@ -91,23 +93,39 @@ def make_init(args: argparse.Namespace) -> ControlInit:
         raise ValueError(f"{args.input} is not an SD checkpoint for {args.config}: {err}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+DEFAULT_CONFIG = "models/cldm_v15.yaml"
+# The training settings this tool shares with training's own making of `init` (the same function, the same values).
+SHARED = ("seed", "control_from", "allow_nonfinite")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    config_path = preparse(argv, "--config", DEFAULT_CONFIG)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument(
         "input", type=Path, help="SD checkpoint (.ckpt, .pth or .safetensors) or diffusers pipeline folder"
     )
     parser.add_argument("output", type=Path, help="ControlLDM checkpoint to write (.ckpt, .pth or .safetensors)")
-    parser.add_argument("--config", type=Path, default=Path("models/cldm_v15.yaml"), help="model config")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fresh hint encoder (same input, same file)")
-    parser.add_argument(
-        "--control-from",
-        type=Path,
-        help="start the ControlNet from this one (control_model.* file or diffusers ControlNet) instead of the UNet encoder",
-    )
-    parser.add_argument(
-        "--allow-nonfinite", action="store_true", help="accept NaN or inf in INPUT (refused by default)"
-    )
+    parser.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG), help="model config")
+    defaults = training_defaults(config_path)
+    add_flags(parser, TrainSettings, only=SHARED, defaults=defaults)
     args = parser.parse_args(argv)
+    fallback = {"seed": 0, "control_from": None, "allow_nonfinite": False}  # a config without a training section
+    for name in SHARED:
+        if not hasattr(args, name):
+            setattr(args, name, getattr(defaults, name) if defaults is not None else fallback[name])
+    args.control_from = Path(args.control_from) if args.control_from else None
+    return args
+
+
+def training_defaults(config_path: str) -> TrainSettings | None:
+    try:
+        return TrainSettings.from_config(load_config(config_path).get("training"), config_path)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         init = make_init(args)
     except (FileNotFoundError, ValueError) as err:

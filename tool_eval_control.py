@@ -1,4 +1,4 @@
-"""Measure how well a ControlNet follows its canny control (ControlNet++ protocol) on a held-out set.
+r"""Measure how well a ControlNet follows its canny control (ControlNet++ protocol) on a held-out set.
 
     python tool_eval_control.py --data training/toy --base runs/tiny/init.safetensors \
         --control runs/tiny/control.safetensors --out runs/tiny/eval.json
@@ -28,6 +28,7 @@ from annotator.canny import CannyThresholds
 from cldm.edge_record import recorded_thresholds
 from cldm.loading import load_model
 from evaluation.evaluate_control import EvalSettings, evaluate
+from ldm.flags import HelpFormatter, add_flags, given_flags
 from ldm.util import check_writable
 from pairs.manifest import edge_thresholds
 from pairs.prompt_file import VAL_PROMPT_FILE
@@ -81,26 +82,16 @@ def data_thresholds(data: Path, control: str | None) -> CannyThresholds:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default="models/cldm_toy.yaml", help="model config")
     p.add_argument("--ckpt", help="full ControlLDM checkpoint")
     p.add_argument("--base", help="SD (base) checkpoint, with --control")
     p.add_argument("--control", help="ControlNet-only checkpoint")
     p.add_argument("--data", default="training/toy", help="prepared folder with the held-out prompt file")
-    p.add_argument("--prompt-file", default=VAL_PROMPT_FILE, help="held-out pairs (default prompt_val.json)")
-    p.add_argument("--n", type=int, default=EvalSettings.n, help="pairs to evaluate")
-    p.add_argument("--steps", type=int, default=EvalSettings.steps, help="DDIM steps")
-    p.add_argument("--scale", type=float, default=EvalSettings.guidance_scale, help="guidance scale")
+    p.add_argument("--prompt-file", default=VAL_PROMPT_FILE, help="held-out pairs")
     p.add_argument("--strengths", type=float, nargs="+", default=[1.0, 0.0], help="control strengths to compare")
-    p.add_argument(
-        "--tolerance", type=int, default=EvalSettings.tolerance, help="slack in pixels of the second, tolerant edge F1"
-    )
-    p.add_argument("--seed", type=int, default=EvalSettings.seed, help="seed of each pair's starting noise")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=EvalSettings.batch_size,
-        help="pairs sampled together (training's monitor uses the default; another size may change the last bits)",
+    add_flags(
+        p.add_argument_group("sampling and scoring (as training's monitor)"), EvalSettings, defaults=EvalSettings()
     )
     p.add_argument("--device", help="cuda or cpu")
     p.add_argument(
@@ -116,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             if output is not None:
                 check_writable(output)
         thresholds = data_thresholds(Path(args.data), args.control)
+        settings = EvalSettings(**given_flags(args, EvalSettings), thresholds=thresholds)
         model, description = load_model(
             args.config, ckpt=args.ckpt, base=args.base, control=args.control, allow_nonfinite=args.allow_nonfinite
         )
@@ -126,22 +118,14 @@ def main(argv: list[str] | None = None) -> int:
             args.data,
             tuple(args.strengths),
             prompt_file=args.prompt_file,
-            settings=EvalSettings(
-                n=args.n,
-                steps=args.steps,
-                guidance_scale=args.scale,
-                tolerance=args.tolerance,
-                seed=args.seed,
-                batch_size=args.batch_size,
-                thresholds=thresholds,
-            ),
+            settings=settings,
             grid_rows=rows,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"weights: {description}; samples' edges detected at canny {thresholds}")
-    print(format_table(results, args.tolerance))
+    print(format_table(results, settings.tolerance))
     if args.grid is not None:
         args.grid.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.concatenate([np.concatenate(r, axis=1) for r in rows[: args.grid_rows]], axis=0)).save(

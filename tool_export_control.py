@@ -20,6 +20,7 @@ from pathlib import Path
 from cldm.diffusers_io import save_diffusers_controlnet
 from cldm.loading import load_config, load_control
 from cldm.weights import CONTROL_PREFIX, export_control
+from ldm.flags import HelpFormatter
 from ldm.util import check_writable, instantiate_from_config
 from training.checkpoint import CONTROL_FILE
 
@@ -38,7 +39,7 @@ def resolve_source(src: Path, config: Path | None) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("src", type=Path, help="run folder, ControlNet file, full ControlLDM file or diffusers ControlNet")
     p.add_argument("out", type=Path, help="folder (--format diffusers) or .safetensors file (--format ldm)")
     p.add_argument("--format", choices=("diffusers", "ldm"), required=True, help="what to write")

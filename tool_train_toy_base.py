@@ -30,6 +30,7 @@ from cldm.loading import load_config
 from cldm.sampling import images_to_uint8
 from cldm.weights import load_state_dict, save_state
 from evaluation.evaluate_control import ControlScores
+from ldm.flags import HelpFormatter
 from ldm.models.autoencoder import AutoencoderKL
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE
 from pairs.toy_palette import COLOURS
@@ -84,7 +85,7 @@ def print_reconstruction_scores(ae: AutoencoderKL, data: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default="models/cldm_toy.yaml", help="ControlLDM config whose base to train")
     p.add_argument("--data", default="training/toy", help="toy folder (generated from the config when missing)")
     p.add_argument("--score", type=Path, help="only print the autoencoder round trip of this base file")

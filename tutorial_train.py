@@ -1,4 +1,4 @@
-"""Train a ControlNet with PyTorch Lightning, from one CPU to multi-node DDP.
+r"""Train a ControlNet with PyTorch Lightning, from one CPU to multi-node DDP.
 
 With no flags it runs the embedded default, the CPU quickstart: a ControlNet on the committed toy base
 (models/cldm_toy.yaml, models/toy_base.safetensors) learns to fill generated circles from their edges.
@@ -22,11 +22,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cldm.loading import load_config
 from cldm.weights import CheckpointMismatchError
 from evaluation.onset import onset_threshold
+from ldm.flags import HelpFormatter, add_flags, given_flags, preparse
 from ldm.util import remove_stale_temp_files
 from training.control_monitor import ControlMonitor
 from training.guardrails import TrainingStalled
@@ -47,16 +49,41 @@ from training.run import (
 )
 from training.run_lock import RunFolderLocked, run_lock
 from training.run_record import FileRecord
-from training.settings import ModelOptions, TrainSettings, add_flags, given_flags
+from training.settings import ModelOptions, TrainSettings
 from training.stop_signals import StopSignal, StopSignalsRaise
 
 FINISHING = "finishing"  # the phase after training ended and saved
 
 
+DEFAULT_CONFIG = "models/cldm_toy.yaml"
+
+
+def config_defaults(config_path: str) -> tuple[TrainSettings | None, ModelOptions | None]:
+    """The settings a config resolves to before any flag, for --help to show; none when it cannot be read (the
+    run itself then says why)."""
+    try:
+        config = load_config(config_path)
+        return (
+            TrainSettings.from_config(config.get("training"), config_path),
+            ModelOptions.from_model_config(config["model"], config_path),
+        )
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None, None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_path = preparse(argv, "--config", DEFAULT_CONFIG)
+    train_defaults, model_defaults = config_defaults(config_path)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument(
-        "--config", default="models/cldm_toy.yaml", help="model + training YAML (default: the toy quickstart model)"
+        "--config",
+        default=DEFAULT_CONFIG,
+        help="model + training YAML (the toy quickstart model by default); the defaults below are its values",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config (the YAML with every flag applied) and exit, writing nothing",
     )
     p.add_argument(
         "--resume-from",
@@ -67,8 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="write the sample indices each rank trained on to OUTPUT/samples/rank<R>.txt (audit)",
     )
-    add_flags(p.add_argument_group("training (the config's training: section)"), TrainSettings)
-    add_flags(p.add_argument_group("model (the config's model.params)"), ModelOptions)
+    add_flags(p.add_argument_group("training (the config's training: section)"), TrainSettings, defaults=train_defaults)
+    add_flags(p.add_argument_group("model (the config's model.params)"), ModelOptions, defaults=model_defaults)
     return p.parse_args(argv)
 
 
@@ -84,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def plan_and_train(args: argparse.Namespace, signals: StopSignalsRaise) -> int:
     signals.phase = "checking the inputs"
+    if args.print_config:
+        return print_config(args)
     try:
         config, plan = plan_from_args(args)
     except (RunInputError, FileNotFoundError, ValueError) as err:
@@ -111,6 +140,13 @@ def plan_and_train(args: argparse.Namespace, signals: StopSignalsRaise) -> int:
 
 def plan_from_args(args: argparse.Namespace) -> tuple[dict, RunPlan]:
     """The resolved config and the checked run plan: settings from the YAML and the flags, inputs made or found."""
+    config, settings = resolve_settings(args)
+    make_missing_inputs(config["model"], settings, resume_from=args.resume_from)
+    return config, plan_run(config["model"], settings, config_path=args.config, resume_from=args.resume_from)
+
+
+def resolve_settings(args: argparse.Namespace) -> tuple[dict, TrainSettings]:
+    """The config with the flags applied and checked: the model node with its options, and the training settings."""
     config = load_config(args.config)
     training = given_flags(args, TrainSettings)
     if "data" in training:
@@ -122,8 +158,18 @@ def plan_from_args(args: argparse.Namespace) -> tuple[dict, RunPlan]:
     settings.validate()
     options.check(settings)
     config["model"] = options.applied_to(config["model"], seed=settings.seed)
-    make_missing_inputs(config["model"], settings, resume_from=args.resume_from)
-    return config, plan_run(config["model"], settings, config_path=args.config, resume_from=args.resume_from)
+    return config, settings
+
+
+def print_config(args: argparse.Namespace) -> int:
+    """--print-config: the config as this command would run it (the YAML, its `extends`, every flag), as YAML."""
+    try:
+        config, settings = resolve_settings(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(OmegaConf.to_yaml(OmegaConf.create({**config, "training": dataclasses.asdict(settings)})), end="")
+    return 0
 
 
 def launches_global_rank_zero() -> bool:

@@ -20,6 +20,7 @@ import cv2
 from skimage import data
 
 from annotator.canny import CannyDetector
+from ldm.flags import HelpFormatter
 from pairs.prompt_file import write_prompt_file
 from training.check_pairs import check_pairs
 from training.dataset import PairDataset
@@ -43,7 +44,7 @@ def build_folder(root: Path, n: int) -> list[dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--n", type=int, default=20_000, help="pairs")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

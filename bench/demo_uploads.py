@@ -24,6 +24,7 @@ import psutil
 from PIL import Image
 
 from annotator.canny import DEFAULT_THRESHOLDS
+from ldm.flags import HelpFormatter
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1 << 20
@@ -147,8 +148,8 @@ def _send(client, upload, i: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--uploads", type=int, default=20, help="concurrent uploads (default 20)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--uploads", type=int, default=20, help="concurrent uploads")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the server and the answers")
     args = p.parse_args(argv)
     r = run(args.uploads, timeout=args.timeout)

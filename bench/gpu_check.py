@@ -42,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cldm.loading import load_config
 from cldm.sampling import sample
+from ldm.flags import HelpFormatter
 from training.run import instantiate_model
 from training.settings import ModelOptions
 from training.toy_data import write_toy_dataset
@@ -545,7 +546,7 @@ def format_table(rows: list[Row]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default="models/cldm_v15.yaml", help="model config (random weights)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
     p.add_argument("--resolution", type=int, help="image side (default 512 on CUDA, 64 on CPU)")

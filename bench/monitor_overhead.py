@@ -1,4 +1,4 @@
-"""The controllability monitor's cost: the same run twice, with the monitor off and at its configured interval.
+r"""The controllability monitor's cost: the same run twice, with the monitor off and at its configured interval.
 
     .venv/bin/python -m bench.monitor_overhead                       # the toy quickstart (models/cldm_toy.yaml)
     .venv/bin/python -m bench.monitor_overhead --max-steps 600       # a shorter toy run
@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ldm.flags import HelpFormatter
 from training.control_curve import read_curve
 from tutorial_train import main as train_main
 
@@ -32,7 +33,7 @@ def timed_run(flags: list[str], output: Path, eval_every: str | None) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--eval-every", help="the interval to measure (default: the config's)")
     args, flags = parser.parse_known_args(argv)
     with tempfile.TemporaryDirectory(prefix="monitor_overhead_") as tmp:

@@ -21,6 +21,7 @@ from PIL import Image
 from skimage import data
 
 from annotator.canny import CannyDetector
+from ldm.flags import HelpFormatter
 from training.data.crop import crop_square
 from training.data.discover import ImageRecord
 from training.data.prepare_dogs import ImageSettings, Summary, prepare_images
@@ -79,7 +80,7 @@ def timed(fn) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--n", type=int, default=200, help="number of JPEGs")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes for both measurements")
     parser.add_argument("--size", type=int, default=512, help="output side")

@@ -18,6 +18,7 @@ from cldm import convert
 from cldm.diffusers_io import DIFFUSERS_WEIGHTS, TRANSFORMERS_WEIGHTS
 from cldm.loading import load_config
 from cldm.weights import save_state
+from ldm.flags import HelpFormatter
 from ldm.util import instantiate_from_config
 
 
@@ -38,7 +39,7 @@ def write_pipeline(config_path: Path, out: Path, *, seed: int = 0) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", type=Path, default=Path("models/cldm_v15.yaml"))
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)

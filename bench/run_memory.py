@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ldm.flags import HelpFormatter
+
 GB = 1024**2  # /proc and ru_maxrss report kB
 
 
@@ -64,7 +66,7 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
     args = p.parse_args(argv)

@@ -20,8 +20,9 @@ import torch
 from bench.run_memory import GB, status_kb
 from cldm.loading import load_config
 from cldm.optimizer import OPTIMIZERS
+from ldm.flags import HelpFormatter, add_flags, given_flags, preparse
 from training.run import instantiate_model
-from training.settings import ModelOptions
+from training.settings import ModelOptions, TrainSettings
 
 
 def peak_rss_gb() -> float:
@@ -83,51 +84,41 @@ def make_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
     raise SystemExit(f"unknown optimizer {name!r}")
 
 
+SETTINGS = ("precision", "cache_latents")  # the training settings a step's cost depends on
+OPTIONS = ("frozen_dtype", "optimizer_state_dtype", "gradient_release", "checkpointing", "optimizer")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="models/cldm_v15.yaml")
+    """Training's own flags for what a step's cost depends on, with the config's values as defaults."""
+    config_path = preparse(argv, "--config", "models/cldm_v15.yaml")
+    config = load_config(config_path)
+    settings = TrainSettings.from_config(config.get("training"), config_path)
+    options = ModelOptions.from_model_config(config["model"], config_path)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--config", default="models/cldm_v15.yaml", help="model + training YAML (its values: the defaults)")
     p.add_argument("--resolution", type=int, default=128, help="image side (latents are side/8)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--precision", choices=("32", "bf16-mixed", "16-mixed"), default="32")
-    p.add_argument("--frozen-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument(
-        "--optimizer",
-        choices=(*OPTIMIZERS, "adamw-foreach"),
-        default="adamw",
-        help="adamw (fused) or adamw8bit (torchao): what training builds; adamw-foreach: torch's default kernel",
-    )
-    p.add_argument(
-        "--optimizer-states",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="dtype of AdamW's moments (ControlLDM optimizer_state_dtype)",
-    )
-    p.add_argument(
-        "--gradient-release",
-        action="store_true",
-        help="update inside backward and free each gradient at once (ControlLDM gradient_release)",
-    )
-    p.add_argument("--cached-latents", action="store_true", help="skip the VAE and text encoder (precomputed inputs)")
+    p.add_argument("--batch", type=int, default=1, help="samples per step")
+    add_flags(p, TrainSettings, only=SETTINGS, defaults=settings)
+    add_flags(p, ModelOptions, only=OPTIONS, defaults=options)
+    p.add_argument("--foreach", action="store_true", help="torch's default (foreach) AdamW kernel, for comparison")
     p.add_argument("--steps", type=int, default=4, help="timed steps (after one warm-up step)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return p.parse_args(argv)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    args = p.parse_args(argv)
+    for name in SETTINGS:
+        setattr(args, name, getattr(args, name, getattr(settings, name)))
+    args.options = dataclasses.replace(options, **given_flags(args, ModelOptions))
+    if args.foreach and args.options.optimizer != "adamw":
+        p.error("--foreach is a kernel of --optimizer adamw")
+    return args
 
 
 def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """Build the model as training does, time the steps, print the figures; returns the trained model and optimizer."""
     config = load_config(args.config)["model"]
-    options = dataclasses.replace(
-        ModelOptions.from_model_config(config, args.config),
-        frozen_dtype=args.frozen_dtype,
-        optimizer_state_dtype=args.optimizer_states,
-        gradient_release=args.gradient_release,
-        checkpointing=args.checkpointing,
-        optimizer="adamw8bit" if args.optimizer == "adamw8bit" else "adamw",
-    )
+    options = args.options
     torch.manual_seed(0)
     model = instantiate_model(options.applied_to(config, seed=0)).to(args.device).train()
-    optimizer = make_optimizer(args.optimizer, model)
+    optimizer = make_optimizer("adamw-foreach" if args.foreach else options.optimizer, model)
     build_peak = peak_memory_gb(args.device)
     split = reset_peak_memory(args.device)  # from here on the high-water mark is the training steps'
     dtype = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[args.precision]
@@ -142,7 +133,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.opti
         "hint": torch.rand(b, side, side, 3),
         "txt": ["a photography of a corgi on the grass"] * b,
     }
-    if args.cached_latents:  # the latent cache's batch format: the VAE posterior and the text context
+    if args.cache_latents:  # the latent cache's batch format: the VAE posterior and the text context
         with autocast, torch.no_grad():
             images = batch["jpg"].permute(0, 3, 1, 2).to(args.device)  # B×3×H×W
             posterior = model.encode_first_stage(images.to(next(model.first_stage_model.parameters()).dtype))
@@ -195,9 +186,10 @@ def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.opti
     kind = "peak CUDA allocated" if args.device == "cuda" else "peak RSS"
     print(
         f"config={args.config} resolution={side} batch={b} precision={args.precision} "
-        f"frozen_dtype={args.frozen_dtype} checkpointing={args.checkpointing} optimizer={args.optimizer} "
-        f"optimizer_states={args.optimizer_states} gradient_release={args.gradient_release} "
-        f"cached_latents={args.cached_latents} device={args.device} threads={torch.get_num_threads()}"
+        f"frozen_dtype={options.frozen_dtype} checkpointing={options.checkpointing} optimizer={options.optimizer}"
+        f"{' (foreach)' if args.foreach else ''} optimizer_states={options.optimizer_state_dtype} "
+        f"gradient_release={options.gradient_release} cache_latents={args.cache_latents} device={args.device} "
+        f"threads={torch.get_num_threads()}"
     )
     per_stage = ", ".join(f"{name} {statistics.median(t[name] for t in stage_times):.3f}" for name in stage_times[0])
     print(

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from cldm import convert
 from cldm.loading import load_config
+from ldm.flags import HelpFormatter
 from ldm.models.diffusion.ddim import ddim_sample, guided_denoiser
 from ldm.util import instantiate_from_config
 
@@ -179,7 +180,7 @@ def train_step(model, controlnet, unet, side: int, repeats: int) -> tuple[float,
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default="models/cldm_v15.yaml")
     p.add_argument("--sizes", type=int, nargs="*", default=[256, 512], help="image sides of the denoiser call")
     p.add_argument("--ddim-steps", type=int, default=20, help="DDIM steps (0: skip)")

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from cldm.diffusers_io import is_diffusers_controlnet, is_pipeline_folder, load_diffusers_controlnet, load_pipeline
 from cldm.weights import CONTROL_PREFIX, LoadReport, load_state_dict, load_weights_from_file
@@ -28,14 +28,24 @@ UNTRAINED = "UNTRAINED random weights (train first, or pass --ckpt / --base + --
 
 
 def load_config(config_path: str | Path) -> dict[str, Any]:
-    """Read a model YAML (`model: {target, params}`) into plain containers."""
+    """Read a model YAML (`model: {target, params}`) into plain containers. A top-level `extends: FILE` (beside
+    the YAML) is read first and this file's keys are merged over it: the shared `training:` recipe of models/."""
     path = Path(config_path)
     if not path.is_file():
         raise FileNotFoundError(
             f"model config {path} does not exist; the configs ship in models/ "
             "(cldm_v15.yaml, cldm_v21.yaml, cldm_tiny.yaml)"
         )
-    config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    node = OmegaConf.load(path)
+    if isinstance(node, DictConfig) and "extends" in node:
+        parent = path.parent / str(node.pop("extends"))
+        if not parent.is_file():
+            raise FileNotFoundError(f"{path} extends {parent}, which does not exist; restore it or drop `extends`")
+        shared = OmegaConf.load(parent)
+        if not isinstance(shared, DictConfig) or "extends" in shared or "model" in shared:
+            raise ValueError(f"{parent} (extended by {path}) must hold shared sections only: no model, no extends")
+        node = OmegaConf.merge(shared, node)
+    config = OmegaConf.to_container(node, resolve=True)
     if not isinstance(config, dict) or "model" not in config:
         raise ValueError(f"{path}: expected a top-level 'model:' node with 'target' and 'params'")
     return config

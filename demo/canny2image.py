@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from annotator.util import HWC3, resize_image, resized_size
 from cldm.edge_record import recorded_thresholds
 from cldm.loading import load_config, load_model
 from cldm.sampling import guess_mode_scales, hint_from_edges, images_to_uint8, sample
+from ldm.flags import knob
 from pairs.manifest import edge_thresholds
 
 logger = logging.getLogger(__name__)
@@ -47,21 +49,30 @@ class GenerationInputError(ValueError):
 
 @dataclass
 class GenerationRequest:
-    """The controls of the canny2image demo, with the original's defaults."""
+    """The controls of the canny2image demo, with the original's defaults: the page's sliders and the batch mode's
+    flags (gradio_canny2image.py) both come from these fields."""
 
-    prompt: str = ""
-    a_prompt: str = "best quality, extremely detailed"
-    n_prompt: str = "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality"
-    num_samples: int = 1
-    image_resolution: int = 512
-    ddim_steps: int = 20
-    guess_mode: bool = False
-    strength: float = 1.0
-    scale: float = 9.0
-    seed: int = -1
-    eta: float = 0.0
-    low_threshold: int = DEFAULT_THRESHOLDS.low
-    high_threshold: int = DEFAULT_THRESHOLDS.high
+    prompt: str = knob("the prompt", default="", cli=False)  # batch mode's --prompt has no config default
+    a_prompt: str = knob("added prompt", default="best quality, extremely detailed")
+    n_prompt: str = knob(
+        "negative prompt",
+        default="longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
+        "worst quality, low quality",
+    )
+    num_samples: int = knob("images to generate", default=1)
+    image_resolution: int | None = knob(
+        "short side in pixels (none: the model's native size)", default=None, flag="--resolution"
+    )
+    ddim_steps: int = knob("DDIM steps", default=20, flag="--steps")
+    guess_mode: bool = knob("guess mode: the control alone, without the prompt's guidance on it", default=False)
+    strength: float = knob("control strength", default=1.0)
+    scale: float = knob("guidance scale", default=9.0)
+    seed: int = knob("seed (-1: random)", default=-1)
+    eta: float = knob("DDIM eta", default=0.0)
+    low_threshold: int = knob(
+        "canny low threshold (the ControlNet's learned one wins over the config's)", default=DEFAULT_THRESHOLDS.low
+    )
+    high_threshold: int = knob("canny high threshold (likewise)", default=DEFAULT_THRESHOLDS.high)
 
 
 @dataclass
@@ -131,14 +142,22 @@ def request_defaults(node: dict[str, Any] | None, source: str | Path) -> Generat
     unknown = sorted(set(node) - known)
     if unknown:
         raise ValueError(f"{source}: demo section has unknown keys {unknown}; known: {sorted(known)}")
-    defaults = GenerationRequest()
     values = {}
     for name, value in node.items():
-        expected = type(getattr(defaults, name))
+        expected = field_type(name)
+        if value is None and name == "image_resolution":  # none: the model's native size
+            values[name] = None
+            continue
         if not (type(value) is expected or (expected is float and type(value) is int)):  # `scale: 9` is a float
             raise ValueError(f"{source}: demo.{name} must be a {expected.__name__}, got {value!r}")
         values[name] = expected(value)
-    return replace(defaults, **values)
+    return replace(GenerationRequest(), **values)
+
+
+def field_type(name: str) -> type:
+    """The type of a GenerationRequest field (int for `image_resolution: int | None`)."""
+    kind = typing.get_type_hints(GenerationRequest)[name]
+    return next((a for a in typing.get_args(kind) if a is not type(None)), kind)
 
 
 def learned_thresholds(
@@ -292,7 +311,8 @@ def generate(
         raise GenerationInputError(
             f"The canny low threshold ({r.low_threshold}) must not exceed the high one ({r.high_threshold})."
         )
-    img, notes = prepare_input(image, r.image_resolution, min_resolution=min(256, demo.native_resolution))
+    resolution = r.image_resolution or demo.native_resolution
+    img, notes = prepare_input(image, resolution, min_resolution=min(256, demo.native_resolution))
     edges = HWC3(CannyDetector()(img, r.low_threshold, r.high_threshold))  # H×W×3
     seed = random.randint(0, 2**31 - 1) if r.seed == -1 else int(r.seed)
     prompt = f"{r.prompt}, {r.a_prompt}" if r.a_prompt else r.prompt

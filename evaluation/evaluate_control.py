@@ -16,6 +16,7 @@ from annotator.util import read_rgb
 from cldm.sampling import hint_from_edges, images_to_uint8, sample
 from evaluation.controllability import EdgeCounts, edge_counts, edge_f1, ssim
 from evaluation.toy_scores import Palette, ToyPrompt, fill_colour, parse_toy_prompt, position_error
+from ldm.flags import knob
 from pairs.prompt_file import VAL_PROMPT_FILE, read_prompt_file
 from pairs.toy_palette import COLOURS
 
@@ -26,13 +27,15 @@ logger = logging.getLogger(__name__)
 class EvalSettings:
     """How samples are drawn and scored: one set for the offline tool and the monitor during training."""
 
-    n: int = 32
-    steps: int = 20
-    guidance_scale: float = 9.0
-    thresholds: CannyThresholds = DEFAULT_THRESHOLDS  # those that made the held-out edge maps (pairs.manifest)
-    tolerance: int = 1
-    seed: int = 0
-    batch_size: int = 8  # pairs sampled together; a pair's noise is its own, whatever batch it is in
+    n: int = knob("held-out pairs to evaluate", default=32)
+    steps: int = knob("DDIM steps", default=20)
+    guidance_scale: float = knob("guidance scale", default=9.0, flag="--scale")
+    # those that made the held-out edge maps (pairs.manifest), never a flag: scoring at others would be wrong
+    thresholds: CannyThresholds = knob("canny thresholds of the data", default=DEFAULT_THRESHOLDS, cli=False)
+    tolerance: int = knob("slack in pixels of the second, tolerant edge F1", default=1)
+    seed: int = knob("seed of each pair's starting noise", default=0)
+    # a pair's noise is its own, whatever batch it is in; another size may change the last bits of the samples
+    batch_size: int = knob("pairs sampled together (training's monitor uses the default)", default=8)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Settings of a training run, one source each: a dataclass field with its help text, its default in the YAML,
-and a `tutorial_train.py` flag generated from the field.
+and a `tutorial_train.py` flag generated from the field (ldm/flags.py).
 
 `TrainSettings` is the config's `training:` node. `ModelOptions` are the knobs of the `model:` node that a
 run may override (learning rate, locking, memory savers); each maps onto one or more `params` paths.
@@ -7,7 +7,6 @@ run may override (learning rate, locking, memory savers); each maps onto one or 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import importlib.util
@@ -19,6 +18,7 @@ from typing import Any
 
 from cldm.cldm import FROZEN_DTYPES
 from cldm.optimizer import LR_SCHEDULES, OPTIMIZERS, STATE_DTYPES
+from ldm.flags import knob
 
 logger = logging.getLogger(__name__)
 
@@ -29,21 +29,6 @@ LOGGERS = ("tensorboard", "wandb", "csv")
 def _optional_text(value: str) -> str | None:
     """'none' (or 'null') on the command line clears a path setting."""
     return None if value.lower() in ("none", "null") else value
-
-
-def knob(
-    help: str,
-    *,
-    flag: str | None = None,
-    aliases: tuple[str, ...] = (),
-    choices: tuple[str, ...] | None = None,
-    parse: typing.Callable[[str], Any] | None = None,
-    cli: bool = True,
-) -> Any:
-    """A settings field: `help` is its flag's help text; `flag` overrides the name derived from the field, and
-    `aliases` are older names of the same flag that keep working."""
-    metadata = {"help": help, "flag": flag, "aliases": aliases, "choices": choices, "parse": parse, "cli": cli}
-    return dataclasses.field(metadata=metadata)
 
 
 @dataclass
@@ -273,27 +258,3 @@ class ModelOptions:
                 "--gradient-release steps inside backward, so it needs --accumulate 1, one device on "
                 "one node, and no fp16 loss scaling (use --precision 32 or bf16-mixed)"
             )
-
-
-def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field of a settings dataclass, with the field's help; absent flags leave the YAML's value."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if not f.metadata.get("cli", True):
-            continue
-        kind = hints[f.name]
-        if typing.get_origin(kind) is not None:  # `X | None`: the flag parses X
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        options: dict[str, Any] = {"dest": f.name, "help": f.metadata["help"], "default": argparse.SUPPRESS}
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        else:
-            options["type"] = f.metadata["parse"] or kind
-            if f.metadata["choices"]:
-                options["choices"] = f.metadata["choices"]
-        parser.add_argument(f.metadata["flag"] or "--" + f.name.replace("_", "-"), *f.metadata["aliases"], **options)
-
-
-def given_flags(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The fields of `cls` that were set on the command line."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector, CannyThresholds
+from ldm.flags import HelpFormatter
 from ldm.util import write_bytes_atomically
 from pairs.manifest import DatasetManifest, HowMade
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
@@ -87,7 +88,7 @@ def toy_how_made(size: int, thresholds: CannyThresholds) -> HowMade:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("training/toy"), help="output folder")
     parser.add_argument("--n", type=int, default=2000, help="number of pairs")
     parser.add_argument("--size", type=int, default=64, help="image side, a multiple of 64")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector, CannyThresholds
 from annotator.util import read_rgb
+from ldm.flags import HelpFormatter
 from ldm.util import remove_stale_temp_files, tsv_text, write_bytes_atomically, write_text_atomically
 from pairs.manifest import MANIFEST_FILE, DatasetManifest, HowMade, SourceFile
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
@@ -330,14 +331,14 @@ def _changed_sources(records: Sequence[ImageRecord], manifest: DatasetManifest, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--images", type=Path, required=True, help="Stanford Dogs Images/ folder or any image folder")
     parser.add_argument("--annotations", type=Path, help="Stanford Dogs Annotation/ folder (dog boxes for --crop bbox)")
     parser.add_argument(
         "--test-list", type=Path, help="Stanford Dogs lists/test_list.mat: hold these out for validation"
     )
-    parser.add_argument("--out", type=Path, default=Path("training/dogs"), help="output folder (default training/dogs)")
-    parser.add_argument("--size", type=int, default=512, help="square output side, a multiple of 64 (default 512)")
+    parser.add_argument("--out", type=Path, default=Path("training/dogs"), help="output folder")
+    parser.add_argument("--size", type=int, default=512, help="square output side, a multiple of 64")
     parser.add_argument(
         "--crop",
         choices=CROP_MODES,
@@ -348,13 +349,13 @@ def main(argv: list[str] | None = None) -> int:
         "--low-threshold",
         type=int,
         default=DEFAULT_THRESHOLDS.low,
-        help=f"canny low threshold, recorded in dataset.json for training, evaluation and the demo (default {DEFAULT_THRESHOLDS.low})",
+        help="canny low threshold, recorded in dataset.json for training, evaluation and the demo",
     )
     parser.add_argument(
         "--high-threshold",
         type=int,
         default=DEFAULT_THRESHOLDS.high,
-        help=f"canny high threshold, recorded in dataset.json likewise (default {DEFAULT_THRESHOLDS.high})",
+        help="canny high threshold, recorded in dataset.json likewise",
     )
     parser.add_argument(
         "--captioner",
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         help="blip: BLIP captions with the breed woven in; breed: templates only",
     )
     parser.add_argument("--blip-model", default=BLIP_MODEL_ID, help="BLIP hub id or local folder")
-    parser.add_argument("--batch-size", type=int, default=16, help="BLIP batch size (default 16)")
+    parser.add_argument("--batch-size", type=int, default=16, help="BLIP batch size")
     parser.add_argument("--workers", type=int, default=None, help="processes for crop+canny (default: all cores)")
     parser.add_argument("--val-fraction", type=float, default=0.02, help="held-out share without --test-list")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (a quick look)")
