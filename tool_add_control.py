@@ -80,12 +80,12 @@ def make_init(args: argparse.Namespace) -> ControlInit:
     config = load_config(args.config)["model"]
 
     def control(model: torch.nn.Module) -> LoadReport:
-        return load_control(model, args.control_from, config, allow_nonfinite=args.allow_nonfinite)
+        return load_control(model, args.control_from, allow_nonfinite=args.allow_nonfinite)
 
     try:
         return build_control_init(
             config,
-            lambda model: load_base(model, args.input, config, allow_nonfinite=args.allow_nonfinite),
+            lambda model: load_base(model, args.input, allow_nonfinite=args.allow_nonfinite),
             seed=args.seed,
             load_control=control if args.control_from else None,
         )

@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 from cldm.diffusers_io import save_diffusers_controlnet
+from cldm.edge_record import recorded_thresholds
 from cldm.loading import load_config, load_control
-from cldm.weights import CONTROL_PREFIX, export_control
+from cldm.weights import export_control
 from ldm.flags import HelpFormatter
 from ldm.util import check_writable, instantiate_from_config
 from training.checkpoint import CONTROL_FILE
@@ -55,15 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(args.out, folder=args.format == "diffusers")
         config = load_config(config_path)["model"]
         model = instantiate_from_config(config)
-        load_control(model, weights, config, allow_nonfinite=args.allow_nonfinite)
+        load_control(model, weights, allow_nonfinite=args.allow_nonfinite)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.format == "ldm":
         export_control(model, args.out)
     else:
-        state = {k: v for k, v in model.state_dict().items() if k.startswith(CONTROL_PREFIX)}
-        save_diffusers_controlnet(state, config, args.out)
+        save_diffusers_controlnet(model, args.out, thresholds=recorded_thresholds(weights))
     print(f"wrote {args.out} ({args.format}) from {weights}")
     return 0
 

@@ -25,7 +25,8 @@ from ldm.util import instantiate_from_config
 def write_pipeline(config_path: Path, out: Path, *, seed: int = 0) -> None:
     config = load_config(config_path)["model"]
     torch.manual_seed(seed)
-    state = instantiate_from_config(config).state_dict()
+    model = instantiate_from_config(config)
+    state = model.state_dict()
     parts = {
         "unet": (convert.unet_to_diffusers, convert.diffusers_unet_config, DIFFUSERS_WEIGHTS[0]),
         "vae": (convert.vae_to_diffusers, convert.diffusers_vae_config, DIFFUSERS_WEIGHTS[0]),
@@ -33,8 +34,8 @@ def write_pipeline(config_path: Path, out: Path, *, seed: int = 0) -> None:
     }
     for name, (to_diffusers, part_config, weights) in parts.items():
         (out / name).mkdir(parents=True, exist_ok=True)
-        save_state({k: v.contiguous() for k, v in to_diffusers(state, config).items()}, out / name / weights)
-        (out / name / "config.json").write_text(json.dumps(part_config(config), indent=2))
+        save_state({k: v.contiguous() for k, v in to_diffusers(state, model).items()}, out / name / weights)
+        (out / name / "config.json").write_text(json.dumps(part_config(model), indent=2))
     (out / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
 
 

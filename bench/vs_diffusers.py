@@ -45,10 +45,10 @@ def build(config_path: str) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.
             if name.startswith(("control_model.", "model.")):
                 p.normal_(std=0.02)
     state = model.state_dict()
-    controlnet = ControlNetModel(**_public(convert.diffusers_controlnet_config(config))).eval()
-    controlnet.load_state_dict(convert.controlnet_to_diffusers(state, config), strict=True)
-    unet = UNet2DConditionModel(**_public(convert.diffusers_unet_config(config))).eval()
-    unet.load_state_dict(convert.unet_to_diffusers(state, config), strict=True)
+    controlnet = ControlNetModel(**_public(convert.diffusers_controlnet_config(model))).eval()
+    controlnet.load_state_dict(convert.controlnet_to_diffusers(state, model), strict=True)
+    unet = UNet2DConditionModel(**_public(convert.diffusers_unet_config(model))).eval()
+    unet.load_state_dict(convert.unet_to_diffusers(state, model), strict=True)
     unet.requires_grad_(False)
     return model, controlnet, unet, config
 

@@ -9,8 +9,9 @@ One named function per part and direction, written from the public key conventio
 - `cond_stage_model.transformer.text_model.*` ↔ transformers `CLIPTextModel` (with the hub files' `text_model.`
   prefix, or without it as transformers 5 `save_pretrained` writes it).
 
-The diffusers configs come from our YAML's `model` node. Nothing here imports diffusers: the tests check the
-mappings against it. Tensors are renamed, never copied, except the VAE attention weights, which are reshaped views.
+The architecture is read from the model itself (a ControlLDM, on the meta device when only keys and shapes
+matter): its UNet's and ControlNet's `UNetSpec`, the VAE's checked `ddconfig`, the text encoder's sizes. No config
+dict travels beside it. Nothing here imports diffusers: the tests check the mappings against it. Tensors are renamed, never copied, except the VAE attention weights, which are reshaped views.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from typing import Any
 
 import torch
 
-from ldm.models.autoencoder import DDCONFIG_DEFAULTS
+from ldm.modules.diffusionmodules.openaimodel import UNetSpec
+from ldm.modules.encoders.modules import FrozenCLIPEmbedder
 
 UNET_PREFIX = "model.diffusion_model."
 CONTROL_PREFIX = "control_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
-CLIP_EMBEDDER = "ldm.modules.encoders.modules.FrozenCLIPEmbedder"
 
 _RESNET = {
     "in_layers.0": "norm1",
@@ -58,11 +59,11 @@ class ConversionError(ValueError):
 # ---------------------------------------------------------------------------------------------------------- UNet
 
 
-def _architecture(unet_params: Mapping[str, Any]) -> tuple[int, int, list[bool]]:
-    """(levels, res blocks per level, whether each level has attention) of a UNet's `params`."""
-    levels = len(unet_params["channel_mult"])
-    attention = [2**level in unet_params["attention_resolutions"] for level in range(levels)]
-    return levels, unet_params["num_res_blocks"], attention
+def _architecture(spec: UNetSpec) -> tuple[int, int, list[bool]]:
+    """(levels, res blocks per level, whether each level has attention) of a UNet."""
+    levels = len(spec.channel_mult)
+    attention = [2**level in spec.attention_resolutions for level in range(levels)]
+    return levels, spec.num_res_blocks, attention
 
 
 def _resnet(rest: str) -> str:
@@ -72,9 +73,9 @@ def _resnet(rest: str) -> str:
     raise ConversionError(f"no diffusers name for the ResBlock key {rest!r}")
 
 
-def _encoder_key(key: str, unet_params: Mapping[str, Any]) -> str | None:
+def _encoder_key(key: str, spec: UNetSpec) -> str | None:
     """An encoder key (what the UNet and the ControlNet share) in diffusers' names, or None if not an encoder key."""
-    levels, blocks, _ = _architecture(unet_params)
+    levels, blocks, _ = _architecture(spec)
     if key.startswith("time_embed."):
         index, tail = key.split(".", 2)[1:]
         return f"time_embedding.linear_{1 if index == '0' else 2}.{tail}"
@@ -94,10 +95,10 @@ def _encoder_key(key: str, unet_params: Mapping[str, Any]) -> str | None:
     return None
 
 
-def unet_key(key: str, unet_params: Mapping[str, Any]) -> str:
-    if (name := _encoder_key(key, unet_params)) is not None:
+def unet_key(key: str, spec: UNetSpec) -> str:
+    if (name := _encoder_key(key, spec)) is not None:
         return name
-    levels, blocks, attention = _architecture(unet_params)
+    levels, blocks, attention = _architecture(spec)
     if m := re.fullmatch(r"output_blocks\.(\d+)\.(\d+)\.(.+)", key):
         k, layer, rest = int(m[1]), m[2], m[3]
         up, j = divmod(k, blocks + 1)
@@ -113,8 +114,8 @@ def unet_key(key: str, unet_params: Mapping[str, Any]) -> str:
     raise ConversionError(f"no diffusers name for the UNet key {key!r}")
 
 
-def control_key(key: str, unet_params: Mapping[str, Any]) -> str:
-    if (name := _encoder_key(key, unet_params)) is not None:
+def control_key(key: str, spec: UNetSpec) -> str:
+    if (name := _encoder_key(key, spec)) is not None:
         return name
     if m := re.fullmatch(r"input_hint_block\.(\d+)\.(.+)", key):
         return f"controlnet_cond_embedding.{_HINT[m[1]]}.{m[2]}"
@@ -181,151 +182,146 @@ def _from(dstate: Mapping[str, torch.Tensor], names: Mapping[str, str], what: st
     return {names[k]: v for k, v in dstate.items()}
 
 
-def our_keys(model_config: Mapping[str, Any], prefix: str) -> list[str]:
-    """The state_dict keys under `prefix` of the model a config builds (on the meta device: nothing allocated),
-    without the prefix."""
-    from ldm.util import instantiate_from_config
-
-    with torch.device("meta"):
-        model = instantiate_from_config(model_config)
+def model_keys(model: torch.nn.Module, prefix: str) -> list[str]:
+    """The state_dict keys of `model` under `prefix`, without it (a meta-device model gives them for free)."""
     return [k[len(prefix) :] for k in model.state_dict() if k.startswith(prefix)]
 
 
-def unet_to_diffusers(state: Mapping[str, torch.Tensor], model_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """`model.diffusion_model.*` → `UNet2DConditionModel` state dict."""
-    unet = model_config["params"]["unet_config"]["params"]
-    return _rename(state, UNET_PREFIX, lambda k: unet_key(k, unet))
+def vae_levels(model: torch.nn.Module) -> int:
+    return len(model.first_stage_model.ddconfig["ch_mult"])
 
 
-def unet_from_diffusers(dstate: Mapping[str, torch.Tensor], model_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """`UNet2DConditionModel` state dict → `model.diffusion_model.*`."""
-    unet = model_config["params"]["unet_config"]["params"]
-    names = _inverse(our_keys(model_config, UNET_PREFIX), lambda k: unet_key(k, unet), UNET_PREFIX)
+def unet_to_diffusers(state: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`model.diffusion_model.*` → `UNet2DConditionModel` state dict, for the architecture of `model`."""
+    spec = model.model.diffusion_model.spec
+    return _rename(state, UNET_PREFIX, lambda k: unet_key(k, spec))
+
+
+def unet_from_diffusers(dstate: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`UNet2DConditionModel` state dict → `model.diffusion_model.*` of `model`."""
+    spec = model.model.diffusion_model.spec
+    names = _inverse(model_keys(model, UNET_PREFIX), lambda k: unet_key(k, spec), UNET_PREFIX)
     return _from(dstate, names, "UNet")
 
 
-def controlnet_to_diffusers(
-    state: Mapping[str, torch.Tensor], model_config: Mapping[str, Any]
-) -> dict[str, torch.Tensor]:
+def controlnet_to_diffusers(state: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """`control_model.*` → `ControlNetModel` state dict."""
-    unet = model_config["params"]["unet_config"]["params"]
-    return _rename(state, CONTROL_PREFIX, lambda k: control_key(k, unet))
+    spec = model.control_model.spec
+    return _rename(state, CONTROL_PREFIX, lambda k: control_key(k, spec))
 
 
-def controlnet_from_diffusers(
-    dstate: Mapping[str, torch.Tensor], model_config: Mapping[str, Any]
-) -> dict[str, torch.Tensor]:
+def controlnet_from_diffusers(dstate: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """`ControlNetModel` state dict → `control_model.*`."""
-    unet = model_config["params"]["unet_config"]["params"]
-    names = _inverse(our_keys(model_config, CONTROL_PREFIX), lambda k: control_key(k, unet), CONTROL_PREFIX)
+    spec = model.control_model.spec
+    names = _inverse(model_keys(model, CONTROL_PREFIX), lambda k: control_key(k, spec), CONTROL_PREFIX)
     return _from(dstate, names, "ControlNet")
 
 
-def vae_to_diffusers(state: Mapping[str, torch.Tensor], model_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def vae_to_diffusers(state: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """`first_stage_model.*` → `AutoencoderKL` state dict (attention 1×1 convs become linear weights)."""
-    n = len(model_config["params"]["first_stage_config"]["params"]["ddconfig"]["ch_mult"])
+    n = vae_levels(model)
     return {
         vae_key(k, n): v[:, :, 0, 0] if is_vae_attention_weight(k) else v
         for k, v in ((k[len(VAE_PREFIX) :], v) for k, v in state.items() if k.startswith(VAE_PREFIX))
     }
 
 
-def vae_from_diffusers(dstate: Mapping[str, torch.Tensor], model_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+def vae_from_diffusers(dstate: Mapping[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """`AutoencoderKL` state dict → `first_stage_model.*` (linear attention weights become 1×1 convs)."""
-    n = len(model_config["params"]["first_stage_config"]["params"]["ddconfig"]["ch_mult"])
-    keys = our_keys(model_config, VAE_PREFIX)
-    names = _inverse(keys, lambda k: vae_key(k, n), VAE_PREFIX)
+    n = vae_levels(model)
+    names = _inverse(model_keys(model, VAE_PREFIX), lambda k: vae_key(k, n), VAE_PREFIX)
     return {k: vae_tensor_from_diffusers(k, v) for k, v in _from(dstate, names, "VAE").items()}
 
 
-def check_clip_text(model_config: Mapping[str, Any]) -> None:
-    target = model_config["params"]["cond_stage_config"]["target"]
-    if target != CLIP_EMBEDDER:
+def check_clip_text(model: torch.nn.Module) -> FrozenCLIPEmbedder:
+    """The model's text encoder when it is SD1.x's CLIP (the one with a transformers layout)."""
+    encoder = model.cond_stage_model
+    if not isinstance(encoder, FrozenCLIPEmbedder):
         raise ConversionError(
-            f"the text encoder {target} has no transformers CLIPTextModel mapping here (SD2.x uses OpenCLIP); "
-            "convert the UNet, ControlNet and VAE only, or use an SD1.x config"
+            f"the text encoder {type(encoder).__name__} has no transformers CLIPTextModel mapping here (SD2.x uses "
+            "OpenCLIP); convert the UNet, ControlNet and VAE only, or use an SD1.x config"
         )
+    return encoder
 
 
 def text_encoder_to_transformers(
-    state: Mapping[str, torch.Tensor], model_config: Mapping[str, Any], *, hub_layout: bool = True
+    state: Mapping[str, torch.Tensor], model: torch.nn.Module, *, hub_layout: bool = True
 ) -> dict[str, torch.Tensor]:
     """`cond_stage_model.transformer.text_model.*` → `CLIPTextModel` state dict: with the `text_model.` prefix
     the hub's files carry (`hub_layout`), or without it, as transformers 5 `save_pretrained` writes it."""
-    check_clip_text(model_config)
+    check_clip_text(model)
     prefix = "text_model." if hub_layout else ""
     return {prefix + k: v for k, v in _rename(state, TEXT_PREFIX, lambda k: k).items()}
 
 
 def text_encoder_from_transformers(
-    dstate: Mapping[str, torch.Tensor], model_config: Mapping[str, Any]
+    dstate: Mapping[str, torch.Tensor], model: torch.nn.Module
 ) -> dict[str, torch.Tensor]:
     """`CLIPTextModel` state dict, with or without the `text_model.` prefix → our keys. `position_ids` (a
     buffer older files carry) is dropped."""
-    check_clip_text(model_config)
+    check_clip_text(model)
     state = {k.removeprefix("text_model."): v for k, v in dstate.items() if not k.endswith("embeddings.position_ids")}
-    names = {k: TEXT_PREFIX + k for k in our_keys(model_config, TEXT_PREFIX)}
+    names = {k: TEXT_PREFIX + k for k in model_keys(model, TEXT_PREFIX)}
     return _from(state, names, "text encoder")
 
 
 # ------------------------------------------------------------------------------------------------------- configs
 
 
-def _unet_common(model_config: Mapping[str, Any]) -> dict[str, Any]:
-    """What `UNet2DConditionModel` and `ControlNetModel` configs share, from our UNet's `params`."""
-    unet = model_config["params"]["unet_config"]["params"]
-    levels, blocks, attention = _architecture(unet)
-    widths = [unet["model_channels"] * m for m in unet["channel_mult"]]
-    if unet.get("num_head_channels", -1) != -1:
-        heads: int | list[int] = [w // unet["num_head_channels"] for w in widths]
+def _unet_common(spec: UNetSpec) -> dict[str, Any]:
+    """What `UNet2DConditionModel` and `ControlNetModel` configs share, from a UNet's spec."""
+    levels, blocks, attention = _architecture(spec)
+    widths = [spec.model_channels * m for m in spec.channel_mult]
+    if spec.num_head_channels != -1:
+        heads: int | list[int] = [w // spec.num_head_channels for w in widths]
     else:
-        heads = unet["num_heads"]  # diffusers calls the SD1.x head count `attention_head_dim`
+        heads = spec.num_heads  # diffusers calls the SD1.x head count `attention_head_dim`
     return {
-        "in_channels": unet["in_channels"],
+        "in_channels": spec.in_channels,
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention],
         "block_out_channels": widths,
         "layers_per_block": blocks,
-        "cross_attention_dim": unet["context_dim"],
+        "cross_attention_dim": spec.context_dim,
         "attention_head_dim": heads,
-        "use_linear_projection": bool(unet.get("use_linear_in_transformer", False)),
-        "transformer_layers_per_block": unet.get("transformer_depth", 1),
+        "use_linear_projection": spec.use_linear_in_transformer,
+        "transformer_layers_per_block": spec.transformer_depth,
         "flip_sin_to_cos": True,
         "freq_shift": 0,
         "norm_num_groups": 32,
     }
 
 
-def diffusers_unet_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The `UNet2DConditionModel` config of our locked UNet."""
-    unet = model_config["params"]["unet_config"]["params"]
-    common = _unet_common(model_config)
+def diffusers_unet_config(model: torch.nn.Module) -> dict[str, Any]:
+    """The `UNet2DConditionModel` config of the model's locked UNet."""
+    unet = model.model.diffusion_model
+    common = _unet_common(unet.spec)
     attention = [t == "CrossAttnDownBlock2D" for t in common["down_block_types"]]
     return {
         "_class_name": "UNet2DConditionModel",
         **common,
-        "sample_size": model_config["params"]["image_size"],
-        "out_channels": unet["out_channels"],
+        "sample_size": model.image_size,
+        "out_channels": unet.out_channels,
         "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)],
     }
 
 
-def diffusers_controlnet_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The `ControlNetModel` config of our ControlNet."""
-    control = model_config["params"]["control_stage_config"]["params"]
+def diffusers_controlnet_config(model: torch.nn.Module) -> dict[str, Any]:
+    """The `ControlNetModel` config of the model's ControlNet."""
+    control = model.control_model
     return {
         "_class_name": "ControlNetModel",
-        **_unet_common(model_config),
-        "conditioning_channels": control["hint_channels"],
+        **_unet_common(control.spec),
+        "conditioning_channels": control.hint_channels,
         "conditioning_embedding_out_channels": [16, 32, 96, 256],
         "controlnet_conditioning_channel_order": "rgb",
     }
 
 
-def diffusers_vae_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The `AutoencoderKL` config of our first stage."""
-    first = model_config["params"]["first_stage_config"]["params"]
-    dd = first["ddconfig"]
-    if dd.get("attn_resolutions"):
+def diffusers_vae_config(model: torch.nn.Module) -> dict[str, Any]:
+    """The `AutoencoderKL` config of the model's first stage."""
+    vae = model.first_stage_model
+    dd = vae.ddconfig
+    if dd["attn_resolutions"]:
         raise ConversionError("an autoencoder with attention outside its middle block has no AutoencoderKL mapping")
     n = len(dd["ch_mult"])
     return {
@@ -336,25 +332,23 @@ def diffusers_vae_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
         "up_block_types": ["UpDecoderBlock2D"] * n,
         "block_out_channels": [dd["ch"] * m for m in dd["ch_mult"]],
         "layers_per_block": dd["num_res_blocks"],
-        "latent_channels": first["embed_dim"],
-        "norm_num_groups": dd.get("norm_groups", DDCONFIG_DEFAULTS["norm_groups"]),
+        "latent_channels": vae.embed_dim,
+        "norm_num_groups": dd["norm_groups"],
         "sample_size": dd["resolution"],
-        "scaling_factor": model_config["params"]["scale_factor"],
+        "scaling_factor": model.scale_factor,
     }
 
 
-def clip_text_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The transformers `CLIPTextConfig` of our SD1.x text encoder."""
-    check_clip_text(model_config)
-    params = model_config["params"]["cond_stage_config"].get("params") or {}
-    width = params.get("width", 768)
+def clip_text_config(model: torch.nn.Module) -> dict[str, Any]:
+    """The transformers `CLIPTextConfig` of the model's SD1.x text encoder."""
+    encoder = check_clip_text(model)
     return {
-        "vocab_size": 49408,
-        "hidden_size": width,
-        "intermediate_size": params.get("mlp_width", 3072),
-        "num_hidden_layers": params.get("layers", 12),
-        "num_attention_heads": params.get("heads", 12),
-        "max_position_embeddings": 77,
+        "vocab_size": encoder.vocab_size,
+        "hidden_size": encoder.width,
+        "intermediate_size": encoder.mlp_width,
+        "num_hidden_layers": encoder.layers,
+        "num_attention_heads": encoder.heads,
+        "max_position_embeddings": encoder.max_length,
         "hidden_act": "quick_gelu",
         "layer_norm_eps": 1e-5,
         "bos_token_id": 49406,

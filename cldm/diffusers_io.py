@@ -134,14 +134,7 @@ def _unchanged(key: str, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def _keys(model: torch.nn.Module, prefix: str) -> list[str]:
-    """The model's state_dict keys under `prefix`, without it (the model in hand: no meta build needed)."""
-    return [k[len(prefix) :] for k in model.state_dict() if k.startswith(prefix)]
-
-
-def load_pipeline(
-    model: torch.nn.Module, folder: str | Path, model_config: Mapping[str, Any], *, allow_nonfinite: bool = False
-) -> LoadReport:
+def load_pipeline(model: torch.nn.Module, folder: str | Path, *, allow_nonfinite: bool = False) -> LoadReport:
     """Copy a diffusers SD pipeline folder's UNet, VAE and text encoder into a ControlLDM (the ControlNet is left
     as it is). `tokenizer/`, `scheduler/` and the safety checker are not needed: CuteNet tokenizes with the CLIP BPE
     that open_clip ships and takes its schedule from the config; a `scheduler/` that disagrees is reported."""
@@ -156,20 +149,19 @@ def load_pipeline(
     unet, vae, text = folder / "unet", folder / "vae", folder / "text_encoder"
     _check_config(
         unet,
-        convert.diffusers_unet_config(model_config),
+        convert.diffusers_unet_config(model),
         ("cross_attention_dim", "block_out_channels", "layers_per_block", "in_channels"),
         "UNet",
     )
     _check_config(
         vae,
-        convert.diffusers_vae_config(model_config),
+        convert.diffusers_vae_config(model),
         ("block_out_channels", "latent_channels", "norm_num_groups"),
         "VAE",
     )
-    unet_params = model_config["params"]["unet_config"]["params"]
-    vae_levels = len(model_config["params"]["first_stage_config"]["params"]["ddconfig"]["ch_mult"])
+    unet_spec, vae_levels = model.model.diffusion_model.spec, convert.vae_levels(model)
     parts = [
-        (unet, DIFFUSERS_WEIGHTS, convert.UNET_PREFIX, lambda k: convert.unet_key(k, unet_params), _unchanged),
+        (unet, DIFFUSERS_WEIGHTS, convert.UNET_PREFIX, lambda k: convert.unet_key(k, unet_spec), _unchanged),
         (
             vae,
             DIFFUSERS_WEIGHTS,
@@ -180,34 +172,35 @@ def load_pipeline(
     ]
     report = LoadReport()
     for part_folder, files, prefix, name, fix in parts:
-        names = {name(k): prefix + k for k in _keys(model, prefix)}
+        names = {name(k): prefix + k for k in convert.model_keys(model, prefix)}
         part = _stream_into(
             model, _weights_file(part_folder, files), names, fix, prefix=prefix, allow_nonfinite=allow_nonfinite
         )
         report.loaded += part.loaded
         report.kept_fresh += part.kept_fresh
-    convert.check_clip_text(model_config)
+    convert.check_clip_text(model)
     text_file = _weights_file(text, TRANSFORMERS_WEIGHTS)
     hub_layout = any(k.startswith("text_model.") for k in load_state_dict(text_file, shapes_only=True))
     names = {
-        ("text_model." if hub_layout else "") + k: convert.TEXT_PREFIX + k for k in _keys(model, convert.TEXT_PREFIX)
+        ("text_model." if hub_layout else "") + k: convert.TEXT_PREFIX + k
+        for k in convert.model_keys(model, convert.TEXT_PREFIX)
     }
     report.loaded += _stream_into(
         model, text_file, names, _unchanged, prefix=convert.TEXT_PREFIX, allow_nonfinite=allow_nonfinite
     ).loaded
-    _report_scheduler(folder, model_config)
+    _report_scheduler(folder, model)
     return report
 
 
-def _report_scheduler(folder: Path, model_config: Mapping[str, Any]) -> None:
+def _report_scheduler(folder: Path, model: torch.nn.Module) -> None:
     path = folder / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         return
-    theirs, params = _read_json(path), model_config["params"]
+    theirs = _read_json(path)
     ours = {
-        "num_train_timesteps": params.get("timesteps", 1000),
-        "beta_start": params.get("linear_start"),
-        "beta_end": params.get("linear_end"),
+        "num_train_timesteps": model.num_timesteps,
+        "beta_start": model.linear_start,
+        "beta_end": model.linear_end,
         "beta_schedule": "scaled_linear",
     }
     differ = [
@@ -221,44 +214,40 @@ def _report_scheduler(folder: Path, model_config: Mapping[str, Any]) -> None:
         )
 
 
-def load_diffusers_controlnet(
-    model: torch.nn.Module, path: str | Path, model_config: Mapping[str, Any], *, allow_nonfinite: bool = False
-) -> LoadReport:
+def load_diffusers_controlnet(model: torch.nn.Module, path: str | Path, *, allow_nonfinite: bool = False) -> LoadReport:
     """Copy a diffusers ControlNet (a folder with config.json, or its weights file) into `control_model.*`."""
     path = Path(path)
     if path.is_dir():
         _check_config(
             path,
-            convert.diffusers_controlnet_config(model_config),
+            convert.diffusers_controlnet_config(model),
             ("cross_attention_dim", "block_out_channels", "layers_per_block", "conditioning_channels"),
             "ControlNet",
         )
         path = _weights_file(path, DIFFUSERS_WEIGHTS)
-    unet_params = model_config["params"]["unet_config"]["params"]
+    spec = model.control_model.spec
     names = {
-        convert.control_key(k, unet_params): convert.CONTROL_PREFIX + k for k in _keys(model, convert.CONTROL_PREFIX)
+        convert.control_key(k, spec): convert.CONTROL_PREFIX + k
+        for k in convert.model_keys(model, convert.CONTROL_PREFIX)
     }
     return _stream_into(model, path, names, _unchanged, prefix=convert.CONTROL_PREFIX, allow_nonfinite=allow_nonfinite)
 
 
 def save_diffusers_controlnet(
-    state: Mapping[str, torch.Tensor],
-    model_config: Mapping[str, Any],
-    folder: str | Path,
-    *,
-    thresholds: CannyThresholds | None = None,
+    model: torch.nn.Module, folder: str | Path, *, thresholds: CannyThresholds | None = None
 ) -> Path:
-    """Write `control_model.*` as a diffusers ControlNet folder: config.json + diffusion_pytorch_model.safetensors
-    (fp32, with the training data's canny `thresholds` in its header), each file atomically.
-    `ControlNetModel.from_pretrained(folder)` loads it."""
+    """Write the model's `control_model.*` as a diffusers ControlNet folder: config.json +
+    diffusion_pytorch_model.safetensors (fp32, with the training data's canny `thresholds` in its header), each file
+    atomically. `ControlNetModel.from_pretrained(folder)` loads it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    dstate = convert.controlnet_to_diffusers({k: v.detach().float().cpu() for k, v in state.items()}, model_config)
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items() if k.startswith(convert.CONTROL_PREFIX)}
+    dstate = convert.controlnet_to_diffusers(state, model)
     if not dstate:
         raise DiffusersLayoutError("no control_model.* tensors to export")
     metadata = {"format": "pt", "source": "cutenet", **threshold_metadata(thresholds)}
     save_state(dstate, folder / DIFFUSERS_WEIGHTS[0], metadata=metadata)
-    config = {**convert.diffusers_controlnet_config(model_config), "_diffusers_version": "0.42.1"}
+    config = {**convert.diffusers_controlnet_config(model), "_diffusers_version": "0.42.1"}
     with atomic_write(folder / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n")
     return folder

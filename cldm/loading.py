@@ -58,13 +58,11 @@ def create_model(config_path: str | Path) -> Any:
     return model
 
 
-def load_base(
-    model: Any, path: str | Path, model_config: dict[str, Any], *, allow_nonfinite: bool = False
-) -> LoadReport:
+def load_base(model: Any, path: str | Path, *, allow_nonfinite: bool = False) -> LoadReport:
     """Stable Diffusion weights into a ControlLDM, its ControlNet untouched: from an ldm checkpoint (a ControlNet it
     holds is ignored) or a diffusers pipeline folder."""
     if is_pipeline_folder(path):
-        return load_pipeline(model, path, model_config, allow_nonfinite=allow_nonfinite)
+        return load_pipeline(model, path, allow_nonfinite=allow_nonfinite)
     if Path(path).is_dir():
         raise ValueError(
             f"{path} is a folder but not a diffusers pipeline (no model_index.json or unet/); give a "
@@ -75,13 +73,11 @@ def load_base(
     )
 
 
-def load_control(
-    model: Any, path: str | Path, model_config: dict[str, Any], *, allow_nonfinite: bool = False
-) -> LoadReport:
+def load_control(model: Any, path: str | Path, *, allow_nonfinite: bool = False) -> LoadReport:
     """ControlNet weights into a ControlLDM: `control_model.*` out of a ControlNet-only or full ldm file
     (control.safetensors, control_sd15_canny.pth, control_v11p_sd15_canny.pth), or a diffusers ControlNet."""
     if is_diffusers_controlnet(path):
-        return load_diffusers_controlnet(model, path, model_config, allow_nonfinite=allow_nonfinite)
+        return load_diffusers_controlnet(model, path, allow_nonfinite=allow_nonfinite)
     if Path(path).is_dir():
         raise ValueError(f"{path} is a folder but not a diffusers ControlNet (no config.json of a ControlNetModel)")
     return load_weights_from_file(
@@ -109,10 +105,10 @@ def load_model(
         load_weights_from_file(model, ckpt, allow_nonfinite=allow_nonfinite)
         parts.append(f"weights {ckpt}")
     if base is not None:
-        load_base(model, base, config, allow_nonfinite=allow_nonfinite)
+        load_base(model, base, allow_nonfinite=allow_nonfinite)
         parts.append(f"base {base}")
     if control is not None:
-        load_control(model, control, config, allow_nonfinite=allow_nonfinite)
+        load_control(model, control, allow_nonfinite=allow_nonfinite)
         parts.append(f"ControlNet {control}")
     if len(parts) == 1:
         parts.append(UNTRAINED)

@@ -15,7 +15,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from annotator.canny import CannyThresholds
 from cldm.diffusers_io import save_diffusers_controlnet
-from cldm.weights import CONTROL_PREFIX, CorruptCheckpointError, export_control, nonfinite_keys, reading_weights
+from cldm.weights import CorruptCheckpointError, export_control, nonfinite_keys, reading_weights
 from ldm.util import atomic_write
 from training.run_record import RunRecord
 
@@ -145,10 +145,7 @@ class PeriodicCheckpoint(pl.Callback):
     @rank_zero_only
     def _export_diffusers(self, pl_module: pl.LightningModule) -> None:
         """The final ControlNet as a diffusers folder beside control.safetensors."""
-        state = {k: v for k, v in pl_module.state_dict().items() if k.startswith(CONTROL_PREFIX)}
-        folder = save_diffusers_controlnet(
-            state, self.config["model"], self.folder.parent / DIFFUSERS_FOLDER, thresholds=self.thresholds
-        )
+        folder = save_diffusers_controlnet(pl_module, self.folder.parent / DIFFUSERS_FOLDER, thresholds=self.thresholds)
         logger.info("saved the diffusers ControlNet %s", folder)
 
     def save_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

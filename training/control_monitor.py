@@ -33,7 +33,7 @@ from PIL import Image
 
 from cldm.diffusers_io import save_diffusers_controlnet
 from cldm.image_log import log_image
-from cldm.weights import CONTROL_PREFIX, export_control
+from cldm.weights import export_control
 from evaluation.evaluate_control import EvalSettings, PairScore, evaluate, held_out_rows
 from evaluation.onset import CONFIRM, find_onset, onset_threshold
 from ldm.util import write_bytes_atomically, write_text_atomically
@@ -122,7 +122,6 @@ class ControlMonitor(pl.Callback):
         *,
         every: int,
         settings: EvalSettings,
-        model_config: dict[str, Any],
         patience: int = 0,
         init_digest: str | None = None,
         prompt_file: str = VAL_PROMPT_FILE,
@@ -130,12 +129,7 @@ class ControlMonitor(pl.Callback):
         if every < 1 or patience < 0:
             raise ValueError(f"need eval interval >= 1 and patience >= 0, got every={every}, patience={patience}")
         self.output, self.data, self.every, self.settings = Path(output), Path(data), every, settings
-        self.model_config, self.patience, self.init_digest, self.prompt_file = (
-            model_config,
-            patience,
-            init_digest,
-            prompt_file,
-        )
+        self.patience, self.init_digest, self.prompt_file = patience, init_digest, prompt_file
         self.rows: list[Row] = []
         self.baseline: dict[str, Any] | None = None
         self.progress = Progress()
@@ -296,8 +290,7 @@ class ControlMonitor(pl.Callback):
         (folder / BEST_FILE).unlink(missing_ok=True)  # the files below are the new best's only once it is back
         thresholds = self.settings.thresholds
         export_control(pl_module, folder / "control.safetensors", thresholds=thresholds)
-        state = {k: v for k, v in pl_module.state_dict().items() if k.startswith(CONTROL_PREFIX)}
-        save_diffusers_controlnet(state, self.model_config, folder / "control_diffusers", thresholds=thresholds)
+        save_diffusers_controlnet(pl_module, folder / "control_diffusers", thresholds=thresholds)
         write_text_atomically(folder / BEST_FILE, json.dumps({"step": row["step"], "edge_f1": row["edge_f1"]}) + "\n")
 
     def _report_onset(self, onset: int | None, row: Row) -> None:

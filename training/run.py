@@ -382,7 +382,7 @@ def make_control_init(
     try:
         init = build_control_init(
             model_config,
-            lambda model: load_base(model, base, model_config, allow_nonfinite=allow_nonfinite),
+            lambda model: load_base(model, base, allow_nonfinite=allow_nonfinite),
             seed=seed,
         )
     except CheckpointMismatchError as err:
@@ -435,9 +435,7 @@ def build_model(plan: RunPlan) -> pl.LightningModule:
     `control_from` replaces the initial ControlNet at a fresh start (a resume takes it from the checkpoint)."""
     model = instantiate_model(plan.model_config, plan.init, allow_nonfinite=plan.settings.allow_nonfinite)
     if plan.settings.control_from and plan.resume_from is None:
-        load_control(
-            model, plan.settings.control_from, plan.model_config, allow_nonfinite=plan.settings.allow_nonfinite
-        )
+        load_control(model, plan.settings.control_from, allow_nonfinite=plan.settings.allow_nonfinite)
         logger.info("the ControlNet starts from %s", plan.settings.control_from)
     if plan.init is None:
         plan.fresh_init = True
@@ -515,7 +513,6 @@ def make_trainer(
                 plan.dataset.root,
                 every=s.eval_every,
                 settings=EvalSettings(n=s.eval_n, thresholds=plan.thresholds),
-                model_config=plan.model_config,
                 patience=s.early_stop_patience,
                 init_digest=record.init.sha256 if record is not None and record.init is not None else None,
             )

@@ -80,6 +80,7 @@ class AutoencoderKL(nn.Module):
         self.quant_conv = nn.Conv2d(2 * cfg["z_channels"], 2 * embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, cfg["z_channels"], 1)
         self.embed_dim = embed_dim
+        self.ddconfig = cfg  # checked, with its defaults filled in: what the weight layouts read
         self.downsample_factor = 2 ** (len(cfg["ch_mult"]) - 1)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussianDistribution:

@@ -39,7 +39,7 @@ def test_twin_mapping():
 
 def test_every_encoder_weight_is_copied_and_the_rest_kept_fresh(tiny_model, tiny_config, sd_file):
     path, sd_state = sd_file
-    init = build_control_init(tiny_config, lambda m: load_base(m, path, tiny_config), seed=0)
+    init = build_control_init(tiny_config, lambda m: load_base(m, path), seed=0)
     for key in init.copied:
         assert torch.equal(init.state[key], sd_state[unet_twin(key)])
     encoder = {

@@ -27,17 +27,17 @@ def _close(ours, theirs, scale):
     assert (ours - theirs).abs().max() <= 1e-4 * scale, ((ours - theirs).abs().max(), scale)
 
 
-def _check_controlled_eps(model, config, steps=(3, 801)):
+def _check_controlled_eps(model, steps=(3, 801)):
     state = model.state_dict()
-    controlnet = _diffusers(ControlNetModel, convert.diffusers_controlnet_config(config))
-    controlnet.load_state_dict(convert.controlnet_to_diffusers(state, config), strict=True)
-    unet = _diffusers(UNet2DConditionModel, convert.diffusers_unet_config(config))
-    unet.load_state_dict(convert.unet_to_diffusers(state, config), strict=True)
+    controlnet = _diffusers(ControlNetModel, convert.diffusers_controlnet_config(model))
+    controlnet.load_state_dict(convert.controlnet_to_diffusers(state, model), strict=True)
+    unet = _diffusers(UNet2DConditionModel, convert.diffusers_unet_config(model))
+    unet.load_state_dict(convert.unet_to_diffusers(state, model), strict=True)
     g = torch.Generator().manual_seed(1)
     h = 8
     x = torch.randn(2, 4, h, h, generator=g)  # B×C×H×W
     hint = torch.rand(2, 3, 8 * h, 8 * h, generator=g)  # B×3×8H×8W
-    context = torch.randn(2, 77, config["params"]["unet_config"]["params"]["context_dim"], generator=g)  # B×L×D
+    context = torch.randn(2, 77, model.control_model.spec.context_dim, generator=g)  # B×L×D
     for step in steps:
         t = torch.full((2,), step)
         with torch.no_grad():
@@ -58,28 +58,28 @@ def _check_controlled_eps(model, config, steps=(3, 801)):
             _close(eps, theirs, float(eps.abs().max()))
 
 
-def test_controlnet_and_unet_exports_match_diffusers(tiny_model, tiny_config):
-    _check_controlled_eps(_randomised(tiny_model), tiny_config)
+def test_controlnet_and_unet_exports_match_diffusers(tiny_model):
+    _check_controlled_eps(_randomised(tiny_model))
 
 
 def test_vae_with_fewer_norm_groups_matches_diffusers(tiny_config):
     tiny_config["params"]["first_stage_config"]["params"]["ddconfig"]["norm_groups"] = 8  # as cldm_toy.yaml
     torch.manual_seed(0)
     model = _randomised(instantiate_from_config(tiny_config))
-    vae = _diffusers(AutoencoderKL, convert.diffusers_vae_config(tiny_config))
+    vae = _diffusers(AutoencoderKL, convert.diffusers_vae_config(model))
     assert vae.config.norm_num_groups == 8
-    vae.load_state_dict(convert.vae_to_diffusers(model.state_dict(), tiny_config), strict=True)
+    vae.load_state_dict(convert.vae_to_diffusers(model.state_dict(), model), strict=True)
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))  # B×4×h×w
     with torch.no_grad():
         decoded = model.first_stage_model.decode(z)
         _close(decoded, vae.decode(z).sample, float(decoded.abs().max()))
 
 
-def test_vae_and_text_encoder_exports_match_diffusers_and_transformers(tiny_model, tiny_config, tmp_path):
+def test_vae_and_text_encoder_exports_match_diffusers_and_transformers(tiny_model, tmp_path):
     model = _randomised(tiny_model)
     state = model.state_dict()
-    vae = _diffusers(AutoencoderKL, convert.diffusers_vae_config(tiny_config))
-    vae.load_state_dict(convert.vae_to_diffusers(state, tiny_config), strict=True)
+    vae = _diffusers(AutoencoderKL, convert.diffusers_vae_config(model))
+    vae.load_state_dict(convert.vae_to_diffusers(state, model), strict=True)
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1  # B×3×H×W
     with torch.no_grad():
         ours = model.first_stage_model.encode(image).mean
@@ -88,9 +88,9 @@ def test_vae_and_text_encoder_exports_match_diffusers_and_transformers(tiny_mode
         _close(decoded, vae.decode(ours).sample, float(decoded.abs().max()))
     for hub_layout in (True, False):  # the hub's `text_model.*` files, and transformers 5's own layout
         folder = tmp_path / f"text_encoder_{hub_layout}"
-        CLIPTextConfig(**convert.clip_text_config(tiny_config)).save_pretrained(folder)
+        CLIPTextConfig(**convert.clip_text_config(model)).save_pretrained(folder)
         save_file(
-            convert.text_encoder_to_transformers(state, tiny_config, hub_layout=hub_layout),
+            convert.text_encoder_to_transformers(state, model, hub_layout=hub_layout),
             str(folder / "model.safetensors"),
         )
         text, info = CLIPTextModel.from_pretrained(folder, output_loading_info=True)
@@ -101,7 +101,7 @@ def test_vae_and_text_encoder_exports_match_diffusers_and_transformers(tiny_mode
             _close(ours, text(ids).last_hidden_state, float(ours.abs().max()))
 
 
-def test_ldm_to_diffusers_and_back_is_bit_exact(tiny_model, tiny_config):
+def test_ldm_to_diffusers_and_back_is_bit_exact(tiny_model):
     state = _randomised(tiny_model).state_dict()
     back = {}
     for to, back_from in (
@@ -110,36 +110,36 @@ def test_ldm_to_diffusers_and_back_is_bit_exact(tiny_model, tiny_config):
         (convert.vae_to_diffusers, convert.vae_from_diffusers),
         (convert.text_encoder_to_transformers, convert.text_encoder_from_transformers),
     ):
-        back |= back_from(to(state, tiny_config), tiny_config)
+        back |= back_from(to(state, tiny_model), tiny_model)
     from ldm.models.diffusion.ddpm import SCHEDULE_BUFFERS
 
     assert set(back) == set(state) - set(SCHEDULE_BUFFERS)  # everything but the schedule, which is the config's
     assert all(torch.equal(back[k], state[k]) for k in back)
 
 
-def test_weights_for_another_architecture_are_named(tiny_config, tiny_model):
-    dstate = convert.controlnet_to_diffusers(tiny_model.state_dict(), tiny_config)
+def test_weights_for_another_architecture_are_named(tiny_model):
+    dstate = convert.controlnet_to_diffusers(tiny_model.state_dict(), tiny_model)
     dstate["controlnet_down_blocks.99.weight"] = torch.zeros(1)
     del dstate["controlnet_mid_block.weight"]
     with pytest.raises(convert.ConversionError, match=r"missing \['controlnet_mid_block.weight'\].*99"):
-        convert.controlnet_from_diffusers(dstate, tiny_config)
+        convert.controlnet_from_diffusers(dstate, tiny_model)
 
 
 def test_the_sd21_text_encoder_is_refused_with_a_reason(repo_root):
     from cldm.loading import load_config
 
-    config = load_config(repo_root / "models/cldm_v21.yaml")["model"]
+    with torch.device("meta"):  # the architecture alone: nothing allocated
+        model = instantiate_from_config(load_config(repo_root / "models/cldm_v21.yaml")["model"])
     with pytest.raises(convert.ConversionError, match="OpenCLIP"):
-        convert.clip_text_config(config)
-    assert convert.diffusers_unet_config(config)["attention_head_dim"] == [5, 10, 20, 20]
-    assert convert.diffusers_unet_config(config)["use_linear_projection"] is True
+        convert.clip_text_config(model)
+    assert convert.diffusers_unet_config(model)["attention_head_dim"] == [5, 10, 20, 20]
+    assert convert.diffusers_unet_config(model)["use_linear_projection"] is True
 
 
 @pytest.mark.slow
 def test_the_sd15_architecture_matches_diffusers(repo_root):
-    from cldm.loading import create_model, load_config
+    from cldm.loading import create_model
 
-    config = load_config(repo_root / "models/cldm_v15.yaml")["model"]
     torch.manual_seed(0)
     model = _randomised(create_model(repo_root / "models/cldm_v15.yaml"))
-    _check_controlled_eps(model, config, steps=(3, 801))
+    _check_controlled_eps(model, steps=(3, 801))

@@ -28,18 +28,18 @@ def _build(cls, config, seed):
 
 
 @pytest.fixture
-def pipeline(tiny_config, tmp_path):
+def pipeline(tiny_model, tmp_path):
     """A diffusers SD pipeline folder at the tiny architecture with random weights, as save_pretrained writes it."""
     folder = tmp_path / "sd-pipeline"
     parts = {
-        "unet": _build(UNet2DConditionModel, convert.diffusers_unet_config(tiny_config), 1),
-        "vae": _build(AutoencoderKL, convert.diffusers_vae_config(tiny_config), 2),
-        "controlnet": _build(ControlNetModel, convert.diffusers_controlnet_config(tiny_config), 3),
+        "unet": _build(UNet2DConditionModel, convert.diffusers_unet_config(tiny_model), 1),
+        "vae": _build(AutoencoderKL, convert.diffusers_vae_config(tiny_model), 2),
+        "controlnet": _build(ControlNetModel, convert.diffusers_controlnet_config(tiny_model), 3),
     }
     for name, model in parts.items():
         model.save_pretrained(tmp_path / name if name == "controlnet" else folder / name)
     torch.manual_seed(4)
-    text = CLIPTextModel(CLIPTextConfig(**convert.clip_text_config(tiny_config))).eval()
+    text = CLIPTextModel(CLIPTextConfig(**convert.clip_text_config(tiny_model))).eval()
     text.save_pretrained(folder / "text_encoder")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     return folder, parts | {"text_encoder": text}
@@ -109,12 +109,12 @@ def test_tool_add_control_takes_a_pipeline_folder_and_a_controlnet_to_fine_tune(
     )
 
 
-def test_an_exported_controlnet_loads_in_diffusers_and_comes_back_bit_exact(tiny_model, tiny_config, tmp_path):
+def test_an_exported_controlnet_loads_in_diffusers_and_comes_back_bit_exact(tiny_model, tmp_path):
     with torch.no_grad():
         for p in tiny_model.control_model.parameters():
             p.normal_(std=0.05)
     state = {k: v for k, v in tiny_model.state_dict().items() if k.startswith("control_model.")}
-    folder = save_diffusers_controlnet(state, tiny_config, tmp_path / "exported")
+    folder = save_diffusers_controlnet(tiny_model, tmp_path / "exported")
     loaded, info = ControlNetModel.from_pretrained(folder, output_loading_info=True)
     assert not any(info.values()), info
     model, _ = load_model(TINY, control=folder)
@@ -150,7 +150,7 @@ def test_a_foreign_or_broken_pipeline_is_one_line_and_nothing_is_written(pipelin
     assert not out.exists()
 
 
-def test_a_lora_or_a_controlnet_for_another_base_is_refused_by_name(tiny_config, tmp_path, capsys):
+def test_a_lora_or_a_controlnet_for_another_base_is_refused_by_name(tiny_model, tmp_path, capsys):
     from safetensors.torch import save_file
 
     lora = tmp_path / "dog_lora.safetensors"
@@ -163,7 +163,7 @@ def test_a_lora_or_a_controlnet_for_another_base_is_refused_by_name(tiny_config,
         load_model(TINY, control=lora)
     sd2 = tmp_path / "controlnet_sd21"
     _build(
-        ControlNetModel, {**convert.diffusers_controlnet_config(tiny_config), "cross_attention_dim": 1024}, 5
+        ControlNetModel, {**convert.diffusers_controlnet_config(tiny_model), "cross_attention_dim": 1024}, 5
     ).save_pretrained(sd2)
     with pytest.raises(ValueError, match="controlnet_sd21 holds a ControlNet with cross_attention_dim=1024"):
         load_model(TINY, control=sd2)
@@ -180,3 +180,20 @@ def test_a_scheduler_that_disagrees_with_the_config_is_reported(pipeline, caplog
     with caplog.at_level("WARNING"):
         load_model(TINY, base=folder)
     assert "disagrees with the config's diffusion schedule" in caplog.text and "beta_start: 0.0001" in caplog.text
+
+
+def test_no_weight_loader_takes_a_config_dict_beside_the_model():
+    """The architecture comes from the model itself (its UNetSpec, the VAE's ddconfig), never a YAML dict passed
+    along with it, which could disagree with the model in hand."""
+    import inspect
+
+    from cldm import diffusers_io, loading
+
+    loaders = [loading.load_base, loading.load_control, diffusers_io.load_pipeline]
+    loaders += [diffusers_io.load_diffusers_controlnet, diffusers_io.save_diffusers_controlnet]
+    assert all("model_config" not in inspect.signature(f).parameters for f in loaders)
+    assert all(
+        "model_config" not in inspect.signature(getattr(convert, n)).parameters
+        for n in dir(convert)
+        if callable(getattr(convert, n)) and not n[0].isupper()
+    )

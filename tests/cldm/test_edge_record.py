@@ -6,14 +6,13 @@ import torch
 from annotator.canny import CannyThresholds
 from cldm.diffusers_io import save_diffusers_controlnet
 from cldm.edge_record import recorded_thresholds
-from cldm.weights import CONTROL_PREFIX, export_control, save_state
+from cldm.weights import export_control, save_state
 
 
-def test_exports_record_the_thresholds_and_weights_from_elsewhere_record_none(tiny_model, tiny_config, tmp_path):
+def test_exports_record_the_thresholds_and_weights_from_elsewhere_record_none(tiny_model, tmp_path):
     at = CannyThresholds(50, 150)
     export_control(tiny_model, tmp_path / "control.safetensors", thresholds=at)
-    state = {k: v for k, v in tiny_model.state_dict().items() if k.startswith(CONTROL_PREFIX)}
-    folder = save_diffusers_controlnet(state, tiny_config, tmp_path / "diffusers", thresholds=at)
+    folder = save_diffusers_controlnet(tiny_model, tmp_path / "diffusers", thresholds=at)
     assert recorded_thresholds(tmp_path / "control.safetensors") == at
     assert recorded_thresholds(folder) == at
     export_control(tiny_model, tmp_path / "unknown.safetensors")

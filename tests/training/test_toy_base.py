@@ -162,7 +162,7 @@ def test_saved_base_is_an_sd_style_checkpoint_for_tool_add_control(toy_data, tmp
     state = load_state_dict(out)
     model = create_model(TINY)
     config = load_config(TINY)["model"]
-    init = build_control_init(config, lambda m: load_base(m, out, config), seed=0)  # what tool_add_control.py runs
+    init = build_control_init(config, lambda m: load_base(m, out), seed=0)  # what tool_add_control.py runs
     assert init.copied and not any(k.startswith("control_model.") for k in state)
     assert state["model.diffusion_model.out.2.weight"].dtype == torch.float16
     assert state["alphas_cumprod"].dtype == torch.float32  # the schedule stays exact

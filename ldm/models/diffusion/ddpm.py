@@ -108,6 +108,7 @@ class LatentDiffusion(nn.Module):
         self.first_stage_key = first_stage_key
         self.cond_stage_key = cond_stage_key
         self.image_size = image_size
+        self.linear_start, self.linear_end = linear_start, linear_end  # the schedule, as a scheduler config says it
         self.channels = channels
         self.scale_factor = scale_factor
         self.log_every_t = log_every_t

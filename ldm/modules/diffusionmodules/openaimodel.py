@@ -188,6 +188,7 @@ class UNetEncoder(nn.Module):
 
     def __init__(self, spec: UNetSpec) -> None:
         super().__init__()
+        self.spec = spec  # what the weight layouts (cldm/convert.py) read the architecture from
         self.model_channels = spec.model_channels
         time_dim = spec.model_channels * 4
         self.time_embed = nn.Sequential(
@@ -230,6 +231,7 @@ class UNetModel(UNetEncoder):
         super().__init__(spec)
         if not isinstance(out_channels, int) or out_channels < 1:
             raise ValueError(f"out_channels must be a positive int, got {out_channels!r}")
+        self.out_channels = out_channels
         skips = list(self.skip_channels)
         ch = self.middle_channels
         ds = self.num_downsamples

@@ -52,6 +52,9 @@ class FrozenCLIPEmbedder(_FrozenEncoder):
         mlp_width: int = 3072,
     ) -> None:
         super().__init__()
+        # The architecture, for the transformers layout (cldm/convert.py's clip_text_config).
+        self.vocab_size, self.width = vocab_size, width
+        self.layers, self.heads, self.mlp_width = layers, heads, mlp_width
         # SD1.x pads with the end-of-text id (the HF tokenizer's pad token), not 0.
         self.tokenizer = CLIPTokenizer(max_length=max_length, pad_id=EOS_ID)
         self.transformer = CLIPTextTransformer(
