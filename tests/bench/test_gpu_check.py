@@ -6,8 +6,10 @@ import pytest
 import torch
 from repo_paths import TINY_CONFIG as TINY
 
-import bench.gpu_check as gpu_check
-from bench.gpu_check import known_peak, main, training_row
+import bench.gpu_check.correctness as correctness
+from bench.gpu_check.environment import known_peak
+from bench.gpu_check.report import main
+from bench.gpu_check.training_cost import training_row
 
 
 @pytest.mark.slow
@@ -28,7 +30,7 @@ def test_cpu_mode_runs_every_section_and_passes(tmp_path, capsys):
 
 
 def test_a_failed_check_is_reported_and_sets_the_exit_code(monkeypatch, capsys):
-    monkeypatch.setattr(gpu_check, "BF16_TOLERANCE", 0.0)  # bf16 can never be that close to fp32
+    monkeypatch.setattr(correctness, "BF16_TOLERANCE", 0.0)  # bf16 can never be that close to fp32
     code = main(["--config", str(TINY), "--device", "cpu", "--skip", "training", "sampling", "script"])
     printed = capsys.readouterr().out
     assert code == 1 and "FAILED" in printed and "1 check(s) failed" in printed

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from bench.gpu_check import wake_zero_inits
+from bench.gpu_check.common import wake_zero_inits
 
 
 @pytest.mark.slow
