@@ -1,7 +1,7 @@
 # One entry point for the common tasks. Every target sets itself up from nothing.
 #   make setup      - create .venv/ with the runtime requirements (quick when already done)
 #   make test       - setup + test extras + the browser the demo test drives + lint + the whole test suite
-#   make test-fast  - the inner loop: every test but the slow, browser and distributed ones (about a minute)
+#   make test-fast  - the inner loop: every test but the slow, browser and distributed ones (a few minutes)
 #   make lint       - ruff (lint + format check) and deptry (requirements against imports)
 #   make format     - apply ruff's fixes and formatting
 #   make demo       - setup + the main job on its embedded default (toy model, generated data, CPU)

@@ -38,6 +38,7 @@ from training.run import (
     RunPlan,
     TrainData,
     build_model,
+    import_data,
     make_missing_inputs,
     make_trainer,
     plan_run,
@@ -141,6 +142,7 @@ def plan_and_train(args: argparse.Namespace, signals: StopSignalsRaise) -> int:
 def plan_from_args(args: argparse.Namespace) -> tuple[dict, RunPlan]:
     """The resolved config and the checked run plan: settings from the YAML and the flags, inputs made or found."""
     config, settings = resolve_settings(args)
+    settings = import_data(settings, rank_zero=launches_global_rank_zero())
     make_missing_inputs(config["model"], settings, resume_from=args.resume_from)
     return config, plan_run(config["model"], settings, config_path=args.config, resume_from=args.resume_from)
 

@@ -29,7 +29,7 @@ class HowMade:
     detector: str
     low_threshold: int
     high_threshold: int
-    size: int
+    size: int | None  # None: the sizes the source images have (an imported dataset)
     crop: str
     jpeg_quality: int | None  # None: the targets are PNG (the toy set)
     captioner: str

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fill50k import write_fill50k_like
 from repo_paths import ROOT
 from repo_paths import TINY_CONFIG as TINY
 from safetensors.torch import load_file
@@ -99,6 +100,17 @@ def test_data_made_at_other_thresholds_is_scored_and_exported_at_them(tmp_path, 
         assert recorded_thresholds(out / exported) == at, exported
     ckpt = torch.load(out / "checkpoints" / "step-0000002.ckpt", weights_only=True)
     assert ckpt["cutenet_config"]["canny_thresholds"] == {"low": 50, "high": 150}
+
+
+def test_a_diffusers_user_trains_on_a_fill50k_layout_with_one_command(tmp_path, _args):
+    src, rows = write_fill50k_like(tmp_path / "fill50k", n=8)
+    out = tmp_path / "run"
+    assert main(_args(src, out, "--max-steps", "2", "--eval-every", "2", "--eval-n", "1", "--ckpt-every", "2")) == 0
+    imported = read_prompt_file(out / "data" / "prompt.json") + read_prompt_file(out / "data" / "prompt_val.json")
+    assert sorted(r["prompt"] for r in imported) == sorted(r["text"] for r in rows)
+    assert (out / "control.safetensors").is_file() and read_curve(out)  # trained, and the monitor scored it
+    # Going on finds the same import (the folder's record matches the dataset): no second copy, the same data.
+    assert main(_args(src, out, "--max-steps", "3", "--resume-from", "last", "--eval-every", "2", "--eval-n", "1")) == 0
 
 
 @pytest.mark.slow

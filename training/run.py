@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,11 +42,13 @@ from training.checkpoint import (
     open_checkpoint,
 )
 from training.control_monitor import ControlMonitor
+from training.data.hf_import import Columns, HFDataError, import_hf, is_hf_dataset
 from training.dataset import PairDataset
 from training.guardrails import LearningCheck
 from training.latent_cache import CachedPairs, build_latent_cache
 from training.loader import make_train_loader
 from training.preemption import Preemption
+from training.run_lock import RunFolderLocked
 from training.run_record import RUN_FILE, FileRecord, RunRecord, RunRecordError
 from training.settings import TrainSettings
 from training.toy_data import write_toy_dataset
@@ -53,6 +56,7 @@ from training.toy_data import write_toy_dataset
 logger = logging.getLogger(__name__)
 
 INIT_FILE = "init.safetensors"
+IMPORT_DIR = "data"  # a Hugging Face --data, imported as a prepared folder
 SKIPPED_FILE = "skipped_pairs.tsv"
 CACHE_DIR = "latent_cache"
 
@@ -172,6 +176,28 @@ def _refuse_occupied(output: Path, record: RunRecord | None) -> None:
             f"{output} already holds {which} ({held[-1].name}, ...): continue it with --resume-from last, or start "
             "this run in another --output (nothing in that folder is changed)"
         )
+
+
+def import_data(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
+    """A Hugging Face dataset given as `data` (local, or hf:ID), imported once into the prepared folder
+    OUTPUT/data (training/data/hf_import.py, which refuses a folder imported from other data); the settings with
+    that folder as the data. The other ranks find rank 0's import."""
+    if not is_hf_dataset(settings.data):
+        return settings
+    columns = Columns(settings.image_column, settings.conditioning_image_column, settings.caption_column)
+    folder = Path(settings.output) / IMPORT_DIR
+    try:
+        if rank_zero:
+            import_hf(settings.data, folder, columns=columns)
+        elif not (folder / PROMPT_FILE).is_file():
+            raise RunInputError(
+                f"{settings.data} is not imported into {folder} yet: where the ranks start together (torchrun, "
+                f"srun), import it once first: python -m training.data.hf_import {settings.data} {folder}"
+            )
+    except (HFDataError, RunFolderLocked) as err:
+        raise RunInputError(f"data: {err}") from None
+    logger.info("training on %s as imported into %s", settings.data, folder)
+    return dataclasses.replace(settings, data=str(folder))
 
 
 def make_missing_inputs(model_config: dict[str, Any], settings: TrainSettings, *, resume_from: str | None) -> None:

@@ -35,7 +35,15 @@ def _optional_text(value: str) -> str | None:
 class TrainSettings:
     """Every knob of a training run (the `training:` node); defaults live in the YAML, not here."""
 
-    data: str = knob("prepared folder with prompt.json, source/, target/")
+    data: str = knob(
+        "prepared folder with prompt.json, source/, target/; or a Hugging Face dataset (save_to_disk folder, parquet "
+        "or arrow files, imagefolder with metadata.jsonl, or hf:HUB_ID), imported once into training/imported/"
+    )
+    image_column: str = knob("a Hugging Face dataset's column of target images (diffusers' --image_column)")
+    conditioning_image_column: str = knob(
+        "its column of edge maps (diffusers' --conditioning_image_column); without one, canny maps are made"
+    )
+    caption_column: str = knob("its column of prompts (diffusers' --caption_column)")
     toy_data: dict[str, int] | None = knob("toy set generated into `data` when that folder is missing", cli=False)
     init: str | None = knob(
         "initial ControlLDM weights, SD + a ControlNet copied from its encoder, from tool_add_control.py ('none': "

@@ -54,7 +54,7 @@ def format_table(rows: list[Row]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--config", default="models/cldm_v15.yaml", help="model config (random weights)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
     p.add_argument("--resolution", type=int, help="image side (default 512 on CUDA, 64 on CPU)")

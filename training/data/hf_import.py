@@ -1,0 +1,293 @@
+"""Hugging Face datasets as CuteNet pairs: a `save_to_disk` folder, parquet or arrow files, an imagefolder with
+`metadata.jsonl`, or a hub id (through `load_dataset`), with diffusers' `train_controlnet.py` column names.
+
+The dataset is written once into the prepared-folder layout (source/ target/ prompt.json prompt_val.json
+dataset.json), so training, its pre-flight checks, the latent cache, the monitor and exact resume work on it
+unchanged. Image bytes are copied as they are; a dataset without a conditioning column gets the canny map of
+its image at the default thresholds, and dataset.json records them. `dataset.json` also records the source
+dataset's fingerprint: a folder imported from other data is never reused.
+
+    python -m training.data.hf_import fusing/fill50k training/fill50k          # a hub id (needs the network)
+    python -m training.data.hf_import path/to/imagefolder training/mine --caption-column prompt
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector, CannyThresholds
+from ldm.flags import HelpFormatter
+from ldm.util import remove_stale_temp_files, write_bytes_atomically, write_text_atomically
+from pairs.manifest import DatasetManifest, HowMade
+from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
+from training.run_lock import LOCK_FILE, RunFolderLocked, run_lock
+
+logger = logging.getLogger(__name__)
+
+SOURCE_FILE = "hf_source.json"  # which dataset (and which fingerprint of it) a folder was imported from
+HUB_PREFIX = "hf:"  # --data hf:fusing/fill50k: a hub id (a bare id could be a mistyped local path)
+HELD_OUT_SPLITS = ("validation", "test")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """diffusers' train_controlnet.py flags and defaults: --image_column, --conditioning_image_column,
+    --caption_column."""
+
+    image: str = "image"
+    conditioning_image: str = "conditioning_image"
+    caption: str = "text"
+
+
+class HFDataError(ValueError):
+    """A dataset that cannot be imported; the message names it, the row or column, and what to do."""
+
+
+def is_hf_dataset(source: str | Path) -> bool:
+    """Whether `source` is a local Hugging Face dataset (not a prepared folder): a save_to_disk folder, parquet
+    or arrow files, or an imagefolder with metadata.jsonl."""
+    if is_hub_id(str(source)):
+        return True
+    path = Path(source)
+    if path.is_file():
+        return path.suffix in (".parquet", ".arrow")
+    if not path.is_dir() or (path / PROMPT_FILE).is_file():
+        return False
+    markers = ("dataset_dict.json", "dataset_info.json", "state.json", "metadata.jsonl", "metadata.csv")
+    return any((path / m).is_file() for m in markers) or any(path.glob("*.parquet")) or any(path.glob("*.arrow"))
+
+
+def is_hub_id(source: str) -> bool:
+    return source.startswith(HUB_PREFIX)
+
+
+def open_hf(source: str, split: str) -> Any:
+    """`source`'s split as a `datasets.Dataset` (a DatasetDict's `split`); a hub id goes through load_dataset."""
+    import datasets
+
+    path = Path(source)
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+            loaded = datasets.load_from_disk(str(path))
+        elif path.is_file():
+            loaded = datasets.load_dataset(path.suffix[1:], data_files=str(path))
+        elif path.is_dir() and ((path / "metadata.jsonl").is_file() or (path / "metadata.csv").is_file()):
+            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+        elif path.is_dir():
+            kind = "parquet" if any(path.glob("*.parquet")) else "arrow"
+            loaded = datasets.load_dataset(kind, data_files=sorted(str(p) for p in path.glob(f"*.{kind}")))
+        else:
+            # a hub id: the real code path (needs the network, or the dataset in the HF cache)
+            loaded = datasets.load_dataset(source.removeprefix(HUB_PREFIX))
+    except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise HFDataError(f"{source} cannot be opened as a Hugging Face dataset ({err})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise HFDataError(f"{source} has no split {split!r} (it has {sorted(loaded)}); pass --split")
+        return loaded[split], {s: loaded[s] for s in HELD_OUT_SPLITS if s in loaded}
+    return loaded, {}
+
+
+def check_columns(dataset: Any, columns: Columns, source: str) -> bool:
+    """Refuse a missing image or caption column by name; say whether a conditioning column is there."""
+    have = list(dataset.column_names)
+    for flag, name in (("--image-column", columns.image), ("--caption-column", columns.caption)):
+        if name not in have:
+            raise HFDataError(f"{source} has no column {name!r} (its columns: {have}); name the right one with {flag}")
+    if len(dataset) == 0:
+        raise HFDataError(f"{source} holds no rows; nothing to train on")
+    return columns.conditioning_image in have
+
+
+def image_bytes(value: Any, base: Path, where: str) -> bytes:
+    """The stored bytes of an image cell: an Image feature read with decode=False ({bytes, path}) or a path
+    (an imagefolder's extra image columns are paths relative to its folder)."""
+    if isinstance(value, dict) and value.get("bytes"):
+        return bytes(value["bytes"])
+    path = value.get("path") if isinstance(value, dict) else value
+    if not isinstance(path, str) or not path:
+        raise HFDataError(f"{where}: no image in the cell (got {type(value).__name__})")
+    file = Path(path) if Path(path).is_absolute() else base / path
+    try:
+        return file.read_bytes()
+    except OSError as err:
+        raise HFDataError(f"{where}: cannot read {file} ({err.strerror})") from None
+
+
+def decoded(data: bytes, where: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))  # H×W×3 uint8
+    except (UnidentifiedImageError, OSError) as err:
+        raise HFDataError(f"{where}: not a readable image ({err})") from None
+
+
+def extension(data: bytes, where: str) -> str:
+    """The file extension of an image's bytes, once they decode whole (a corrupt cell is refused by name)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}.get(image.format or "", ".png")
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise HFDataError(f"{where}: not a readable image ({err}); fix or drop that row") from None
+
+
+def import_split(
+    dataset: Any,
+    out: Path,
+    columns: Columns,
+    *,
+    prefix: str,
+    base: Path,
+    thresholds: CannyThresholds,
+    source: str,
+) -> list[dict[str, str]]:
+    """Write one split's pairs into `out` (target/, source/); the prompt-file rows, in the dataset's order."""
+    import datasets
+
+    has_hint = columns.conditioning_image in dataset.column_names
+    raw = dataset.cast_column(columns.image, datasets.Image(decode=False))
+    if has_hint and isinstance(raw.features[columns.conditioning_image], datasets.Image):
+        raw = raw.cast_column(columns.conditioning_image, datasets.Image(decode=False))
+    rows = []
+    for i, item in enumerate(raw):
+        where = f"{source} row {i} ({prefix})"
+        target = image_bytes(item[columns.image], base, f"{where} column {columns.image!r}")
+        caption = item[columns.caption]
+        if not isinstance(caption, str):
+            raise HFDataError(f"{where} column {columns.caption!r}: a caption must be text, got {caption!r}")
+        name = f"{prefix}{i:08d}"
+        target_rel = f"target/{name}{extension(target, f'{where} column {columns.image!r}')}"
+        if has_hint:
+            hint_where = f"{where} column {columns.conditioning_image!r}"
+            hint = image_bytes(item[columns.conditioning_image], base, hint_where)
+            source_rel = f"source/{name}{extension(hint, hint_where)}"
+        else:  # the canny map of the image, as the prepared data's are made
+            edges = CannyDetector()(decoded(target, where), thresholds.low, thresholds.high)  # H×W
+            hint, source_rel = cv2.imencode(".png", edges)[1].tobytes(), f"source/{name}.png"
+        if not (out / source_rel).is_file():
+            write_bytes_atomically(out / target_rel, target)
+            write_bytes_atomically(out / source_rel, hint)  # written last: its presence marks the pair done
+        rows.append({"source": source_rel, "target": target_rel, "prompt": caption})
+    return rows
+
+
+def import_hf(
+    source: str,
+    out: str | Path,
+    *,
+    columns: Columns = Columns(),
+    split: str = "train",
+    val_fraction: float = 0.02,
+    thresholds: CannyThresholds = DEFAULT_THRESHOLDS,
+) -> Path:
+    """Import `source` into the prepared folder `out` (resumable: pairs already written are kept); returns `out`.
+    The held-out pairs are the dataset's validation (or test) split when it has one, else a stable share of
+    `val_fraction`. A folder imported from another dataset, or with other settings, is refused."""
+    dataset, held_out = open_hf(source, split)
+    out = Path(out)
+    has_hint = check_columns(dataset, columns, source)
+    record = {"source": str(source), "fingerprint": getattr(dataset, "_fingerprint", None), "columns": vars(columns)}
+    made = HowMade("canny", thresholds.low, thresholds.high, None, "none", None, f"hf column {columns.caption}", None)
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):
+        remove_stale_temp_files(out)
+        if _check_reuse(out, record, made) and (out / PROMPT_FILE).is_file():
+            return out  # imported whole before, from this very dataset
+        for sub in ("source", "target"):
+            (out / sub).mkdir(exist_ok=True)
+        base = Path(source) if Path(source).is_dir() else Path(source).parent
+        rows = import_split(dataset, out, columns, prefix="", base=base, thresholds=thresholds, source=source)
+        val_rows: list[dict[str, str]] = []
+        for name, part in held_out.items():
+            check_columns(part, columns, f"{source} ({name})")
+            val_rows += import_split(
+                part, out, columns, prefix=f"{name}-", base=base, thresholds=thresholds, source=source
+            )
+        if not val_rows:
+            rows, val_rows = held_out_share(rows, val_fraction)
+        if not has_hint:
+            logger.info(
+                "%s has no %r column: its edge maps are canny %s of the images",
+                source,
+                columns.conditioning_image,
+                thresholds,
+            )
+        write_prompt_file(out / VAL_PROMPT_FILE, val_rows)
+        write_prompt_file(out / PROMPT_FILE, rows)  # last: its presence marks a finished import
+    logger.info("imported %d training and %d held-out pairs from %s into %s", len(rows), len(val_rows), source, out)
+    return out
+
+
+def held_out_share(rows: list[dict[str, str]], fraction: float) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(training, held-out) rows: a pair is held out by a stable hash of its name, at least one on each side."""
+    if len(rows) < 2:
+        raise HFDataError("a dataset of one pair cannot be split into training and held-out pairs")
+    held = [_hash_share(r["target"]) < fraction for r in rows]
+    if not any(held):
+        held[0] = True
+    if all(held):
+        held[0] = False
+    return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
+
+
+def _hash_share(key: str) -> float:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def _check_reuse(out: Path, record: dict[str, Any], made: HowMade) -> bool:
+    """Whether `out` was started from this dataset (an import resumes only into a folder of the same dataset,
+    fingerprint and settings: another is refused); a new folder is marked with the source."""
+    recorded = out / SOURCE_FILE
+    if recorded.is_file():
+        before = json.loads(recorded.read_text())
+        if before != record:
+            raise HFDataError(
+                f"{out} was imported from other data or columns ({before['source']}, fingerprint "
+                f"{before['fingerprint']}); import into a new folder, or delete {out} to import again"
+            )
+        manifest = DatasetManifest.read(out)
+        if manifest is not None and manifest.made != made:
+            raise HFDataError(f"{out} was imported with other settings: {'; '.join(manifest.made.differences(made))}")
+        return True
+    if any(p.name != LOCK_FILE for p in out.iterdir()):
+        raise HFDataError(f"{out} is not empty and holds no {SOURCE_FILE}: import into a new or empty folder")
+    write_text_atomically(recorded, json.dumps(record, indent=1) + "\n")
+    DatasetManifest(made).write(out)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("source", help="a save_to_disk folder, parquet/arrow files, an imagefolder, or a hub id")
+    p.add_argument("out", type=Path, help="the prepared folder to write")
+    p.add_argument("--image-column", default=Columns.image, help="the target images")
+    p.add_argument("--conditioning-image-column", default=Columns.conditioning_image, help="the edge maps")
+    p.add_argument("--caption-column", default=Columns.caption, help="the prompts")
+    p.add_argument("--split", default="train", help="the split to train on (validation/test become held-out)")
+    p.add_argument("--val-fraction", type=float, default=0.02, help="held-out share when there is no such split")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    columns = Columns(args.image_column, args.conditioning_image_column, args.caption_column)
+    try:
+        import_hf(args.source, args.out, columns=columns, split=args.split, val_fraction=args.val_fraction)
+    except (HFDataError, RunFolderLocked, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
