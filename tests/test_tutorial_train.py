@@ -454,6 +454,63 @@ def _resume_matches_a_straight_run(toy_data, tmp_path, _args, *lever: str) -> di
     return straight
 
 
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """48 training pairs (and 2 held out) as 5 WebDataset shards of up to 10 pairs."""
+    from training.data.shard_writer import write_shards
+    from training.toy_data import write_toy_dataset
+
+    folder = write_toy_dataset(tmp_path_factory.mktemp("toy50"), n=50, size=64, seed=1)
+    out = tmp_path_factory.mktemp("shards")
+    write_shards(folder, out, shard_size=10)
+    return out
+
+
+@pytest.mark.slow
+def test_a_sharded_run_with_two_workers_resumes_bit_exactly(shards, tmp_path, _args):
+    _resume_matches_a_straight_run(shards, tmp_path, _args, "--workers", "2", "--eval-every", "3", "--eval-n", "1")
+
+
+def test_a_corrupt_sample_in_a_shard_stops_the_run_by_name_or_is_left_out_with_skip_bad(
+    shards, tmp_path, _args, capsys
+):
+    import shutil
+
+    from training.shard_dataset import ShardPairs
+
+    data = tmp_path / "shards"
+    shutil.copytree(shards, data)
+    (data / "shard_index.npz").unlink(missing_ok=True)
+    index = ShardPairs(data).index
+    shard, offset = data / "pairs-000001.tar", int(index.offsets[12, 0])  # sample 12 lies in the second shard
+    raw = bytearray(shard.read_bytes())
+    raw[offset : offset + 16] = bytes(16)
+    shard.write_bytes(bytes(raw))
+    assert main(_args(data, tmp_path / "run", "--max-steps", "1", "--eval-every", "0")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pairs-000001.tar:000000012" in err and "--skip-bad" in err
+    assert main(_args(data, tmp_path / "run", "--max-steps", "1", "--eval-every", "0", "--skip-bad")) == 0
+    assert "pairs-000001.tar:000000012" in (tmp_path / "run" / "skipped_pairs.tsv").read_text()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_sharded_ddp_covers_each_sample_once_an_epoch_and_resumes_bit_exactly(shards, tmp_path, _args):
+    # 2 ranks × batch 2 = 4 samples a step: 12 steps are one epoch of the 48 pairs.
+    ddp = ["--devices", "2", "--accelerator", "cpu", "--strategy", "ddp", "--workers", "2", "--eval-every", "0"]
+    common = [*ddp, "--ckpt-every", "6", "--seed", "4", "--log-samples"]
+    straight = _run(_args(shards, tmp_path / "straight", *common, "--max-steps", "12"))
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()
+    seen = [[int(x) for x in (tmp_path / f"straight/samples/rank{r}.txt").read_text().split()] for r in (0, 1)]
+    assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(48))
+    parts = _run(_args(shards, tmp_path / "parts", *common, "--max-steps", "6"))
+    assert parts.wait(timeout=600) == 0, parts.stdout.read()
+    resumed = _run(_args(shards, tmp_path / "parts", *common, "--max-steps", "12", "--resume-from", "last"))
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+    a, b = (load_file(str(tmp_path / run / "control.safetensors")) for run in ("straight", "parts"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.slow
 def test_adamw8bit_trains_near_adamw_and_resumes_exactly(toy_data, tmp_path, _args):
     eight_bit = _resume_matches_a_straight_run(toy_data, tmp_path / "8bit", _args, "--optimizer", "adamw8bit")

@@ -3,6 +3,7 @@ sides fit the model. Headers and trailers are read instead of decoding, so 20,00
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,10 +35,11 @@ class UnusableImage(ValueError):
     """The file is not a whole image; the message says why."""
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file from its header, after checking that the file is complete."""
+def image_size(path: Path | bytes) -> tuple[int, int]:
+    """(width, height) of an image file (or an image's bytes: a shard member) from its header, after checking that
+    it is complete."""
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
             size, kind = image.size, image.format
             if kind not in END_MARKERS:
                 image.load()  # other formats have no cheap completeness check: decode them
@@ -46,10 +48,14 @@ def image_size(path: Path) -> tuple[int, int]:
     except (OSError, SyntaxError) as err:  # PIL raises SyntaxError for some broken headers
         raise UnusableImage(f"cannot decode ({err})") from None
     if kind in END_MARKERS:
-        with open(path, "rb") as f:
-            f.seek(max(0, path.stat().st_size - TAIL_BYTES))
-            if END_MARKERS[kind] not in f.read():
-                raise UnusableImage(f"truncated {kind} (no end marker)")
+        if isinstance(path, bytes):
+            tail = path[-TAIL_BYTES:]
+        else:
+            with open(path, "rb") as f:
+                f.seek(max(0, path.stat().st_size - TAIL_BYTES))
+                tail = f.read()
+        if END_MARKERS[kind] not in tail:
+            raise UnusableImage(f"truncated {kind} (no end marker)")
     return size
 
 
@@ -63,10 +69,17 @@ def size_multiple(model_config: Mapping[str, Any]) -> int:
 
 def check_pair(root: Path, row: Mapping[str, str], index: int, multiple: int) -> BadPair | tuple[int, int]:
     """The pair's (width, height), or why it cannot be trained on."""
+    return _check_files(index, row, {k: root / row[k] for k in ("source", "target")}, multiple)
+
+
+def _check_files(
+    index: int, row: Mapping[str, str], files: Mapping[str, Path | bytes], multiple: int
+) -> BadPair | tuple[int, int]:
+    """(width, height) of a pair whose hint and target are `files` (named as `row` says), or why it is bad."""
     sizes = {}
     for key in ("source", "target"):
         try:
-            sizes[key] = image_size(root / row[key])
+            sizes[key] = image_size(files[key])
         except UnusableImage as err:
             return BadPair(index, row["source"], row["target"], f"{row[key]}: {err}")
     (w, h), target = sizes["source"], sizes["target"]
@@ -83,9 +96,24 @@ def check_pairs(root: str | Path, rows: Sequence[Mapping[str, str]], *, multiple
     """The pairs of a prepared folder that cannot be trained on (empty when all are usable). A batch holds one
     size, so pairs of another size than most are bad too (e.g. left by an earlier preparation at another --size)."""
     root = Path(root)
+    return _one_size([check_pair(root, row, i, multiple) for i, row in enumerate(rows)], rows)
+
+
+def check_shard_pairs(dataset: Any, *, multiple: int) -> list[BadPair]:
+    """check_pairs for the samples of a ShardPairs: their members' bytes, read through the shard index."""
+    results, rows = [], []
+    for i in range(len(dataset)):
+        key = dataset.key(i)
+        row = {"source": f"{key}.hint.png", "target": f"{key} (target)"}
+        target, hint = dataset.member_bytes(i)
+        results.append(_check_files(i, row, {"source": hint, "target": target}, multiple))
+        rows.append(row)
+    return _one_size(results, rows)
+
+
+def _one_size(results: list[BadPair | tuple[int, int]], rows: Sequence[Mapping[str, str]]) -> list[BadPair]:
     bad, sizes = [], {}
-    for i, row in enumerate(rows):
-        result = check_pair(root, row, i, multiple)
+    for i, result in enumerate(results):
         if isinstance(result, BadPair):
             bad.append(result)
         else:

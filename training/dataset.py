@@ -89,6 +89,9 @@ class PairDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def prompt(self, index: int) -> str:
+        return self.rows[index]["prompt"]
+
     def __len__(self) -> int:
         return len(self.rows)
 

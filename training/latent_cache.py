@@ -82,7 +82,7 @@ def build_latent_cache(model: torch.nn.Module, dataset: PairDataset, folder: Pat
             posterior = model.encode_first_stage(images.to(next(model.first_stage_model.parameters()).dtype))
             rows = posterior.parameters.float().cpu().numpy()  # B×2C×h×w
             context = model.get_learned_conditioning(
-                [dataset.rows[i]["prompt"] for i in range(start, start + len(items))]
+                [dataset.prompt(i) for i in range(start, start + len(items))]
             )  # B×L×D
             if not arrays:
                 arrays = {

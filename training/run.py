@@ -32,7 +32,7 @@ from evaluation.evaluate_control import EvalSettings, held_out_rows
 from ldm.util import instantiate_from_config, tsv_text, write_text_atomically
 from pairs.manifest import edge_thresholds
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE
-from training.check_pairs import BadPair, check_pairs, size_multiple
+from training.check_pairs import BadPair, check_pairs, check_shard_pairs, size_multiple
 from training.checkpoint import (
     CONTROL_FILE,
     DIFFUSERS_FOLDER,
@@ -51,6 +51,7 @@ from training.preemption import Preemption
 from training.run_lock import RunFolderLocked
 from training.run_record import RUN_FILE, FileRecord, RunRecord, RunRecordError
 from training.settings import TrainSettings
+from training.shard_dataset import ShardPairs, is_shard_source
 from training.toy_data import write_toy_dataset
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class RunPlan:
     settings: TrainSettings
     model_config: dict[str, Any]
     output: Path
-    dataset: PairDataset
+    dataset: PairDataset | ShardPairs
     init: Path | None  # full ControlLDM weights to start from (None: fresh init, saved as init.safetensors)
     resume_from: Path | None  # a training checkpoint to continue
     start_step: int
@@ -224,9 +225,8 @@ def plan_run(
     settings.validate()
     output = Path(settings.output)
     try:
-        dataset = PairDataset(
-            settings.data, hflip=settings.hflip, empty_prompt_p=settings.empty_prompt_p, seed=settings.seed
-        )
+        kind = ShardPairs if is_shard_source(settings.data) else PairDataset
+        dataset = kind(settings.data, hflip=settings.hflip, empty_prompt_p=settings.empty_prompt_p, seed=settings.seed)
     except (FileNotFoundError, ValueError) as err:
         raise RunInputError(f"data: {err}") from None
     dataset, skipped = _check_data(dataset, model_config, skip_bad=settings.skip_bad)
@@ -329,13 +329,17 @@ def start_record(plan: RunPlan, resolved: dict[str, Any]) -> RunRecord:
 
 
 def _check_data(
-    dataset: PairDataset, model_config: dict[str, Any], *, skip_bad: bool
-) -> tuple[PairDataset, list[BadPair]]:
+    dataset: PairDataset | ShardPairs, model_config: dict[str, Any], *, skip_bad: bool
+) -> tuple[PairDataset | ShardPairs, list[BadPair]]:
     """Every pair checked before the model is built: refused with the first bad pairs, or left out with skip_bad."""
-    bad = check_pairs(dataset.root, dataset.rows, multiple=size_multiple(model_config))
+    multiple = size_multiple(model_config)
+    if isinstance(dataset, ShardPairs):
+        bad, where = check_shard_pairs(dataset, multiple=multiple), f"the shards in {dataset.root}"
+    else:
+        bad, where = check_pairs(dataset.root, dataset.rows, multiple=multiple), str(dataset.root / PROMPT_FILE)
     if not bad:
         return dataset, []
-    where = f"{len(bad)} of {len(dataset)} pairs in {dataset.root / PROMPT_FILE}"
+    where = f"{len(bad)} of {len(dataset)} pairs in {where}"
     first = "; ".join(b.line() for b in bad[:3])
     if not skip_bad:
         raise RunInputError(

@@ -9,6 +9,7 @@ from repo_paths import ROOT
 
 from annotator.canny import CannyThresholds
 from pairs.manifest import edge_thresholds
+from training.shard_dataset import ShardPairs
 
 
 @pytest.mark.slow
@@ -19,7 +20,7 @@ def test_notebook_executes_on_a_tiny_tree(dogs_tree, tmp_path):
     out = tmp_path / "prepared"
     params[0].source += (
         f"\nIMAGES_DIR = {str(dogs_tree['images'])!r}\nANNOTATIONS_DIR = {str(dogs_tree['annotations'])!r}"
-        f"\nOUT_DIR = {str(out)!r}\nSIZE = 64\nWORKERS = 1\nCANNY = (50, 150)"
+        f"\nOUT_DIR = {str(out)!r}\nSIZE = 64\nWORKERS = 1\nCANNY = (50, 150)\nSHARD_SIZE = 2"
     )
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
@@ -29,6 +30,7 @@ def test_notebook_executes_on_a_tiny_tree(dogs_tree, tmp_path):
     assert rows and all((out / r["source"]).is_file() for r in rows)
     assert (out / "quarantine.tsv").read_text().count("\n") == 4
     assert edge_thresholds(out) == CannyThresholds(50, 150)  # recorded for training, the evaluation and the demo
+    assert len(ShardPairs(out / "shards")) == len(rows)  # and the shards hold every training pair
 
 
 def test_notebook_is_committed_without_outputs():

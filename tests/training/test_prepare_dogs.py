@@ -186,3 +186,16 @@ def test_an_unwritable_out_is_one_error_line(dogs_tree, tmp_path, capsys):
     assert prepare_main([*args, "--size", "64", "--workers", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot make the folder {blocker / 'out'}") and err.count("\n") == 0
+
+
+def test_the_cli_also_writes_webdataset_shards_of_the_pairs(dogs_tree, tmp_path):
+    from pairs.prompt_file import read_prompt_file
+    from training.shard_dataset import ShardPairs
+
+    out = tmp_path / "prepared"
+    args = ["--images", str(dogs_tree["images"]), "--out", str(out), "--captioner", "breed", "--size", "64"]
+    assert prepare_main([*args, "--workers", "1", "--format", "webdataset", "--shard-size", "2"]) == 0
+    rows = read_prompt_file(out / "prompt.json")
+    shards = ShardPairs(out / "shards")
+    assert len(shards) == len(rows) and len(shards.shards) == (len(rows) + 1) // 2
+    assert [shards.prompt(i) for i in range(len(rows))] == [r["prompt"] for r in rows]

@@ -87,7 +87,7 @@ def open_hf(source: str, split: str) -> Any:
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
         elif path.is_dir():
             kind = "parquet" if any(path.glob("*.parquet")) else "arrow"
-            loaded = datasets.load_dataset(kind, data_files=sorted(str(p) for p in path.glob(f"*.{kind}")))
+            loaded = datasets.load_dataset(kind, data_files=split_files(sorted(path.glob(f"*.{kind}"))))
         else:
             # a hub id: the real code path (needs the network, or the dataset in the HF cache)
             loaded = datasets.load_dataset(source.removeprefix(HUB_PREFIX))
@@ -98,6 +98,16 @@ def open_hf(source: str, split: str) -> Any:
             raise HFDataError(f"{source} has no split {split!r} (it has {sorted(loaded)}); pass --split")
         return loaded[split], {s: loaded[s] for s in HELD_OUT_SPLITS if s in loaded}
     return loaded, {}
+
+
+def split_files(files: list[Path]) -> dict[str, list[str]]:
+    """Data files by split, as the hub names them (`train-00000-of-00002.parquet`, `validation.parquet`): a file
+    whose name starts with a split's name belongs to it; the others are the training split."""
+    splits: dict[str, list[str]] = {}
+    for file in files:
+        split = next((s for s in ("train", *HELD_OUT_SPLITS) if file.name.startswith(s)), "train")
+        splits.setdefault(split, []).append(str(file))
+    return splits
 
 
 def check_columns(dataset: Any, columns: Columns, source: str) -> bool:

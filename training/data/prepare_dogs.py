@@ -34,6 +34,7 @@ from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
 from training.data.captions import BLIP_MODEL_ID, finalise_caption, load_blip
 from training.data.crop import CROP_MODES, crop_square
 from training.data.discover import ImageRecord, discover, read_split_list
+from training.data.shard_writer import write_shards
 from training.data.validate import UnreadableImage, load_rgb
 from training.run_lock import RunFolderLocked, run_lock
 from training.stop_signals import StopSignal, StopSignalsRaise
@@ -41,6 +42,7 @@ from training.stop_signals import StopSignal, StopSignalsRaise
 logger = logging.getLogger(__name__)
 
 CAPTIONS_FILE = "captions.jsonl"
+SHARDS_DIR = "shards"  # --format webdataset: the shards, beside the prepared folder they were packed from
 QUARANTINE_FILE = "quarantine.tsv"
 
 
@@ -368,7 +370,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="processes for crop+canny (default: all cores)")
     parser.add_argument("--val-fraction", type=float, default=0.02, help="held-out share without --test-list")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (a quick look)")
+    parser.add_argument(
+        "--format",
+        choices=("folder", "webdataset"),
+        default="folder",
+        help="webdataset: also pack the pairs as WebDataset shards in OUT/shards (train with --data OUT/shards)",
+    )
+    parser.add_argument("--shard-size", type=int, default=1000, help="pairs per shard with --format webdataset")
     args = parser.parse_args(argv)
+    if args.shard_size < 1:
+        parser.error(f"--shard-size must be at least 1, got {args.shard_size}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         with StopSignalsRaise():
@@ -385,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
                 val_fraction=args.val_fraction,
                 limit=args.limit,
             )
+            if args.format == "webdataset":
+                shards = write_shards(args.out, args.out / SHARDS_DIR, shard_size=args.shard_size)
+                logger.info("packed the pairs into %d shards in %s", len(shards), args.out / SHARDS_DIR)
     except (FileNotFoundError, ValueError, RunFolderLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,127 @@
+"""Prepared pairs written as WebDataset shards, and shards read back as a prepared folder.
+
+    python -m training.data.shard_writer training/dogs training/dogs_shards --shard-size 1000
+
+`write_shards` packs a prepared folder's training pairs, `shard_size` to a tar (pairs-000000.tar, ...), and copies
+its held-out pairs and dataset.json beside them (see pairs/shards.py). Image bytes and prompts are kept exactly:
+`shards_to_folder` gives them back (tested).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+
+from annotator.util import read_rgb
+from ldm.flags import HelpFormatter
+from ldm.util import write_bytes_atomically
+from pairs.manifest import MANIFEST_FILE
+from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, read_prompt_file, write_prompt_file
+from pairs.shards import SHARD_NAME, ShardIndex, expand_shards, sample_members, write_shard
+
+
+def _target(path: Path) -> tuple[bytes, str]:
+    """A target's bytes as stored, as jpg or png (another format is written as PNG)."""
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in ("jpg", "jpeg"):
+        return path.read_bytes(), "jpg"
+    if suffix == "png":
+        return path.read_bytes(), "png"
+    return cv2.imencode(".png", cv2.cvtColor(read_rgb(path), cv2.COLOR_RGB2BGR))[1].tobytes(), "png"
+
+
+def _hint(path: Path) -> bytes:
+    if path.suffix.lower() == ".png":
+        return path.read_bytes()
+    return cv2.imencode(".png", cv2.cvtColor(read_rgb(path), cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def write_shards(folder: str | Path, out: str | Path, *, shard_size: int = 1000) -> list[Path]:
+    """Pack `folder`'s training pairs into shards in `out`, with its held-out folder and manifest; the shards."""
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
+    folder, out = Path(folder), Path(out)
+    rows = read_prompt_file(folder / PROMPT_FILE)
+    if not rows:
+        raise ValueError(f"{folder / PROMPT_FILE} lists no pairs")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for number, start in enumerate(range(0, len(rows), shard_size)):
+        members = []
+        for i, row in enumerate(rows[start : start + shard_size], start=start):
+            target, ext = _target(folder / row["target"])
+            members += sample_members(f"{i:09d}", target, ext, _hint(folder / row["source"]), row["prompt"])
+        path = out / SHARD_NAME.format(number)
+        write_shard(path, members)
+        written.append(path)
+    _copy_held_out(folder, out)
+    return written
+
+
+def _copy_held_out(folder: Path, out: Path) -> None:
+    """The held-out pairs stay a prepared folder (the monitor and tool_eval_control read them), with the manifest."""
+    if (folder / MANIFEST_FILE).is_file():
+        shutil.copy2(folder / MANIFEST_FILE, out / MANIFEST_FILE)
+    if not (folder / VAL_PROMPT_FILE).is_file():
+        return
+    rows = read_prompt_file(folder / VAL_PROMPT_FILE)
+    for row in rows:
+        for rel in (row["source"], row["target"]):
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomically(out / rel, (folder / rel).read_bytes())
+    write_prompt_file(out / VAL_PROMPT_FILE, rows)
+
+
+def shards_to_folder(spec: str, out: str | Path) -> Path:
+    """Unpack shards (a folder of them, or a `{000000..000099}` spec) into a prepared folder: the same bytes."""
+    out = Path(out)
+    shards = expand_shards(spec)
+    index = ShardIndex.build(shards, [(0, 0)] * len(shards))
+    (out / "source").mkdir(parents=True, exist_ok=True)
+    (out / "target").mkdir(exist_ok=True)
+    rows = []
+    handles = {}
+    try:
+        for i in range(len(index)):
+            shard = shards[index.shard[i]]
+            f = handles.setdefault(shard, open(shard, "rb"))  # noqa: SIM115 (closed below, one per shard)
+            target, hint, text = (_read(f, index.offsets[i, j], index.sizes[i, j]) for j in range(3))
+            key, ext = str(index.keys[i]), "png" if index.png[i] else "jpg"
+            write_bytes_atomically(out / "target" / f"{key}.{ext}", target)
+            write_bytes_atomically(out / "source" / f"{key}.png", hint)
+            rows.append({"source": f"source/{key}.png", "target": f"target/{key}.{ext}", "prompt": text.decode()})
+    finally:
+        for f in handles.values():
+            f.close()
+    source = Path(spec) if Path(spec).is_dir() else Path(shards[0]).parent
+    _copy_held_out(source, out)
+    write_prompt_file(out / PROMPT_FILE, rows)
+    return out
+
+
+def _read(f, offset: int, size: int) -> bytes:
+    f.seek(int(offset))
+    return f.read(int(size))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("folder", type=Path, help="a prepared folder (prompt.json, source/, target/)")
+    p.add_argument("out", type=Path, help="the shard folder to write")
+    p.add_argument("--shard-size", type=int, default=1000, help="pairs per shard")
+    args = p.parse_args(argv)
+    try:
+        shards = write_shards(args.folder, args.out, shard_size=args.shard_size)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(shards)} shards to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The training Dataset over WebDataset shards (pairs/shards.py): the items, draws and interface of PairDataset,
+read by seeking into the shards through their index, so any rank and any DataLoader worker reads any sample.
+
+The run's loader (training/loader.py) asks for samples by their place in the run, so ranks and workers read
+disjoint samples, an epoch covers each once, and a resumed run starts at the very sample where it stopped, as it
+does over a folder. Memory holds the index (about 60 bytes a sample) and one open file per shard and worker.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from pairs.shards import INDEX_FILE, ShardError, ShardIndex, expand_shards
+
+
+def is_shard_source(data: str | Path) -> bool:
+    """A folder of `*.tar` shards (without a prompt.json: that is a prepared folder), or a `{a..b}` spec."""
+    text = str(data)
+    if "{" in text and ".." in text:
+        return True
+    path = Path(text)
+    return path.is_dir() and not (path / "prompt.json").is_file() and any(path.glob("*.tar"))
+
+
+class ShardPairs(torch.utils.data.Dataset):
+    """Items `dict(jpg=H×W×3 float32 in [−1, 1], txt=str, hint=H×W×3 float32 in [0, 1])`, as PairDataset's."""
+
+    def __init__(self, data: str | Path, *, hflip: bool = False, empty_prompt_p: float = 0.0, seed: int = 0) -> None:
+        text = str(data)
+        if text.startswith(("http://", "https://", "pipe:", "s3://", "gs://")):
+            raise ShardError(
+                f"{text}: shards are read from a local or mounted folder (a sample is one seek into its shard); "
+                "copy or mount them and pass the folder"
+            )
+        self.shards = expand_shards(text)
+        if not self.shards:
+            raise ShardError(f"{text} names no *.tar shards")
+        self.root = Path(text) if Path(text).is_dir() else Path(self.shards[0]).parent
+        if not 0.0 <= empty_prompt_p <= 1.0:
+            raise ValueError(f"empty_prompt_p must be in [0, 1], got {empty_prompt_p}")
+        self.index = ShardIndex.of(self.shards, cache=self.root / INDEX_FILE)
+        self.keep = np.arange(len(self.index))  # the samples trained on (all, unless some were left out)
+        self.hflip, self.empty_prompt_p, self.seed, self.epoch = hflip, empty_prompt_p, seed, 0
+        self._files: dict[int, object] = {}
+        self._pid = os.getpid()
+
+    def subset(self, keep: Sequence[int]) -> ShardPairs:
+        kept = copy.copy(self)
+        kept.keep = self.keep[np.asarray(keep, dtype=np.int64)]
+        kept._files = {}
+        return kept
+
+    def fingerprint(self) -> str:
+        return self.index.fingerprint() + f":{len(self.keep)}"
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def key(self, index: int) -> str:
+        """The sample's shard and key, for messages."""
+        i = int(self.keep[index])
+        return f"{self.shards[self.index.shard[i]]}:{self.index.keys[i]}"
+
+    def prompt(self, index: int) -> str:
+        return self._member(int(self.keep[index]), 2).decode("utf-8")
+
+    def _member(self, i: int, field: int) -> bytes:
+        if os.getpid() != self._pid:  # a DataLoader worker: its own file handles, never the parent's
+            self._files, self._pid = {}, os.getpid()
+        shard = int(self.index.shard[i])
+        f = self._files.get(shard)
+        if f is None:
+            f = self._files[shard] = open(self.shards[shard], "rb")  # noqa: SIM115 (kept open: one per shard)
+        f.seek(int(self.index.offsets[i, field]))
+        data = f.read(int(self.index.sizes[i, field]))
+        if len(data) != self.index.sizes[i, field]:
+            raise ShardError(
+                f"shard {self.shards[shard]} is shorter than its index says at {str(self.index.keys[i])!r}"
+            )
+        return data
+
+    def member_bytes(self, index: int) -> tuple[bytes, bytes]:
+        """The stored (target, hint) bytes of sample `index`, for the pre-flight check."""
+        i = int(self.keep[index])
+        return self._member(i, 0), self._member(i, 1)
+
+    def _image(self, i: int, field: int) -> np.ndarray:
+        image = cv2.imdecode(np.frombuffer(self._member(i, field), np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            which = ("target", "hint.png")[field]
+            raise ShardError(
+                f"shard {self.shards[self.index.shard[i]]}, sample {str(self.index.keys[i])!r}: its {which} does not decode; "
+                "write the shard again, or train with --skip-bad"
+            )
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # H×W×3 uint8
+
+    def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """(target, hint, prompt) of sample `index`: H×W×3 uint8 images."""
+        i = int(self.keep[index])
+        return self._image(i, 0), self._image(i, 1), self._member(i, 2).decode("utf-8")
+
+    def __getitem__(self, index: int) -> dict:
+        return self.get(index, self.epoch)
+
+    def get(self, index: int, epoch: int) -> dict:
+        """Item `index` with the flip/empty-prompt draws of `epoch` (the same draws as PairDataset's)."""
+        target, hint, prompt = self.read_pair(index)
+        if target.shape != hint.shape:
+            raise ShardError(f"{self.key(index)}: target {target.shape} and hint {hint.shape} differ in size")
+        rng = np.random.default_rng([self.seed, epoch, index])
+        if self.hflip and rng.random() < 0.5:
+            target, hint = target[:, ::-1], hint[:, ::-1]
+        prompt = "" if rng.random() < self.empty_prompt_p else prompt
+        return {
+            "jpg": np.ascontiguousarray(target, dtype=np.float32) / 127.5 - 1.0,
+            "txt": prompt,
+            "hint": np.ascontiguousarray(hint, dtype=np.float32) / 255.0,
+        }
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_files": {}}  # open files stay in their process
