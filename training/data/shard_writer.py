@@ -1,6 +1,5 @@
-"""Prepared pairs written as WebDataset shards, and shards read back as a prepared folder.
-
-    python -m training.data.shard_writer training/dogs training/dogs_shards --shard-size 1000
+"""Prepared pairs written as WebDataset shards, and shards read back as a prepared folder (tool_convert_data.py and
+prepare_dogs --format webdataset call these).
 
 `write_shards` packs a prepared folder's training pairs, `shard_size` to a tar (pairs-000000.tar, ...), and copies
 its held-out pairs and dataset.json beside them (see pairs/shards.py). Image bytes and prompts are kept exactly:
@@ -9,15 +8,12 @@ its held-out pairs and dataset.json beside them (see pairs/shards.py). Image byt
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import cv2
 
 from annotator.util import read_rgb
-from ldm.flags import HelpFormatter
 from ldm.util import write_bytes_atomically
 from pairs.manifest import MANIFEST_FILE
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, read_prompt_file, write_prompt_file
@@ -106,22 +102,3 @@ def shards_to_folder(spec: str, out: str | Path) -> Path:
 def _read(f, offset: int, size: int) -> bytes:
     f.seek(int(offset))
     return f.read(int(size))
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("folder", type=Path, help="a prepared folder (prompt.json, source/, target/)")
-    p.add_argument("out", type=Path, help="the shard folder to write")
-    p.add_argument("--shard-size", type=int, default=1000, help="pairs per shard")
-    args = p.parse_args(argv)
-    try:
-        shards = write_shards(args.folder, args.out, shard_size=args.shard_size)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(shards)} shards to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
