@@ -189,7 +189,7 @@ def import_data(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
     folder = Path(settings.output) / IMPORT_DIR
     try:
         if rank_zero:
-            import_hf(settings.data, folder, columns=columns)
+            import_hf(settings.data, folder, columns=columns, skip_bad=settings.skip_bad)
         elif not (folder / PROMPT_FILE).is_file():
             raise RunInputError(
                 f"{settings.data} is not imported into {folder} yet: where the ranks start together (torchrun, "

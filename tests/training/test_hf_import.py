@@ -65,3 +65,37 @@ def test_an_import_folder_is_never_reused_for_other_data(tmp_path):
     (tmp_path / "busy" / "mine.txt").write_text("x")
     with pytest.raises(HFDataError, match="not empty"):
         import_hf(str(first), tmp_path / "busy")
+
+
+def test_skip_bad_leaves_out_and_lists_the_rows_that_cannot_be_imported(tmp_path):
+    src, rows = write_fill50k_like(tmp_path / "fill50k", n=6)
+    (src / "conditioning_images" / "2.png").write_bytes(b"not a png")
+    out = import_hf(str(src), tmp_path / "pairs", skip_bad=True, val_fraction=0.3)
+    imported = read_prompt_file(out / PROMPT_FILE) + read_prompt_file(out / VAL_PROMPT_FILE)
+    assert sorted(r["prompt"] for r in imported) == sorted(r["text"] for i, r in enumerate(rows) if i != 2)
+    assert "row 2" in (out / "import_skipped.txt").read_text()
+
+
+def test_an_empty_dataset_is_refused_and_a_hub_id_goes_through_load_dataset(tmp_path, monkeypatch):
+    import datasets
+
+    src, _ = write_fill50k_like(tmp_path / "fill50k", n=4)
+    local = datasets.load_dataset("imagefolder", data_dir=str(src))
+    local["train"].select([]).save_to_disk(str(tmp_path / "empty"))
+    local["train"].select([]).to_parquet(str(tmp_path / "empty.parquet"))
+    for empty in ("empty", "empty.parquet"):
+        with pytest.raises(HFDataError, match=f"{empty} cannot be opened .* it must hold rows"):
+            import_hf(str(tmp_path / empty), tmp_path / f"out_{empty}")
+    asked = []
+    # As on the hub, both images are Image features holding their bytes.
+    as_hub = local.map(lambda r: {"conditioning_image": str(src / r["conditioning_image"])})
+    as_hub = as_hub.cast_column("conditioning_image", datasets.Image())
+
+    def hub(name, *args, **kwargs):  # stands in for the hub: the tests never need the network
+        asked.append(name)
+        return as_hub
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    assert is_hf_dataset("hf:fusing/fill50k")
+    out = import_hf("hf:fusing/fill50k", tmp_path / "from_hub", val_fraction=0.5)
+    assert asked == ["fusing/fill50k"] and read_prompt_file(out / PROMPT_FILE)

@@ -37,6 +37,7 @@ from training.run_lock import LOCK_FILE, RunFolderLocked, run_lock
 logger = logging.getLogger(__name__)
 
 SOURCE_FILE = "hf_source.json"  # which dataset (and which fingerprint of it) a folder was imported from
+SKIPPED_FILE = "import_skipped.txt"  # rows left out by --skip-bad, one line each
 HUB_PREFIX = "hf:"  # --data hf:fusing/fill50k: a hub id (a bare id could be a mistyped local path)
 HELD_OUT_SPLITS = ("validation", "test")
 
@@ -91,8 +92,12 @@ def open_hf(source: str, split: str) -> Any:
         else:
             # a hub id: the real code path (needs the network, or the dataset in the HF cache)
             loaded = datasets.load_dataset(source.removeprefix(HUB_PREFIX))
-    except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise HFDataError(f"{source} cannot be opened as a Hugging Face dataset ({err})") from None
+    except (FileNotFoundError, ValueError, OSError, IndexError, datasets.exceptions.DatasetNotFoundError) as err:
+        # IndexError: what datasets raises for a save_to_disk folder of no rows
+        raise HFDataError(
+            f"{source} cannot be opened as a Hugging Face dataset ({type(err).__name__}: {err}); it must hold rows, "
+            "as a save_to_disk folder, parquet/arrow files, an imagefolder with metadata.jsonl, or hf:HUB_ID"
+        ) from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise HFDataError(f"{source} has no split {split!r} (it has {sorted(loaded)}); pass --split")
@@ -163,35 +168,48 @@ def import_split(
     base: Path,
     thresholds: CannyThresholds,
     source: str,
-) -> list[dict[str, str]]:
-    """Write one split's pairs into `out` (target/, source/); the prompt-file rows, in the dataset's order."""
+    skip_bad: bool = False,
+) -> tuple[list[dict[str, str]], list[str]]:
+    """Write one split's pairs into `out` (target/, source/): the prompt-file rows, in the dataset's order, and the
+    rows left out (with `skip_bad`; else the first bad row raises HFDataError)."""
     import datasets
 
     has_hint = columns.conditioning_image in dataset.column_names
     raw = dataset.cast_column(columns.image, datasets.Image(decode=False))
     if has_hint and isinstance(raw.features[columns.conditioning_image], datasets.Image):
         raw = raw.cast_column(columns.conditioning_image, datasets.Image(decode=False))
-    rows = []
+    rows, skipped = [], []
     for i, item in enumerate(raw):
         where = f"{source} row {i} ({prefix})"
-        target = image_bytes(item[columns.image], base, f"{where} column {columns.image!r}")
-        caption = item[columns.caption]
-        if not isinstance(caption, str):
-            raise HFDataError(f"{where} column {columns.caption!r}: a caption must be text, got {caption!r}")
-        name = f"{prefix}{i:08d}"
-        target_rel = f"target/{name}{extension(target, f'{where} column {columns.image!r}')}"
-        if has_hint:
-            hint_where = f"{where} column {columns.conditioning_image!r}"
-            hint = image_bytes(item[columns.conditioning_image], base, hint_where)
-            source_rel = f"source/{name}{extension(hint, hint_where)}"
-        else:  # the canny map of the image, as the prepared data's are made
-            edges = CannyDetector()(decoded(target, where), thresholds.low, thresholds.high)  # H×W
-            hint, source_rel = cv2.imencode(".png", edges)[1].tobytes(), f"source/{name}.png"
-        if not (out / source_rel).is_file():
-            write_bytes_atomically(out / target_rel, target)
-            write_bytes_atomically(out / source_rel, hint)  # written last: its presence marks the pair done
-        rows.append({"source": source_rel, "target": target_rel, "prompt": caption})
-    return rows
+        try:
+            rows.append(_import_row(item, f"{prefix}{i:08d}", out, columns, base, thresholds, where))
+        except HFDataError as err:
+            if not skip_bad:
+                raise
+            skipped.append(str(err))
+    return rows, skipped
+
+
+def _import_row(
+    item: dict, name: str, out: Path, columns: Columns, base: Path, thresholds: CannyThresholds, where: str
+) -> dict[str, str]:
+    """Write one row's pair (or find it written); its prompt-file row."""
+    target = image_bytes(item[columns.image], base, f"{where} column {columns.image!r}")
+    caption = item[columns.caption]
+    if not isinstance(caption, str):
+        raise HFDataError(f"{where} column {columns.caption!r}: a caption must be text, got {caption!r}")
+    target_rel = f"target/{name}{extension(target, f'{where} column {columns.image!r}')}"
+    if columns.conditioning_image in item:
+        hint_where = f"{where} column {columns.conditioning_image!r}"
+        hint = image_bytes(item[columns.conditioning_image], base, hint_where)
+        source_rel = f"source/{name}{extension(hint, hint_where)}"
+    else:  # the canny map of the image, as the prepared data's are made
+        edges = CannyDetector()(decoded(target, where), thresholds.low, thresholds.high)  # H×W
+        hint, source_rel = cv2.imencode(".png", edges)[1].tobytes(), f"source/{name}.png"
+    if not (out / source_rel).is_file():
+        write_bytes_atomically(out / target_rel, target)
+        write_bytes_atomically(out / source_rel, hint)  # written last: its presence marks the pair done
+    return {"source": source_rel, "target": target_rel, "prompt": caption}
 
 
 def import_hf(
@@ -202,6 +220,7 @@ def import_hf(
     split: str = "train",
     val_fraction: float = 0.02,
     thresholds: CannyThresholds = DEFAULT_THRESHOLDS,
+    skip_bad: bool = False,
 ) -> Path:
     """Import `source` into the prepared folder `out` (resumable: pairs already written are kept); returns `out`.
     The held-out pairs are the dataset's validation (or test) split when it has one, else a stable share of
@@ -218,13 +237,22 @@ def import_hf(
             return out  # imported whole before, from this very dataset
         for sub in ("source", "target"):
             (out / sub).mkdir(exist_ok=True)
-        base = Path(source) if Path(source).is_dir() else Path(source).parent
-        rows = import_split(dataset, out, columns, prefix="", base=base, thresholds=thresholds, source=source)
+        # where a column of paths (an imagefolder's extra images) is relative to; a hub dataset holds bytes
+        base = Path(source) if Path(source).is_dir() else Path(source).parent if Path(source).exists() else Path.cwd()
+        options = dict(base=base, thresholds=thresholds, source=source, skip_bad=skip_bad)
+        rows, skipped = import_split(dataset, out, columns, prefix="", **options)
         val_rows: list[dict[str, str]] = []
         for name, part in held_out.items():
             check_columns(part, columns, f"{source} ({name})")
-            val_rows += import_split(
-                part, out, columns, prefix=f"{name}-", base=base, thresholds=thresholds, source=source
+            part_rows, part_skipped = import_split(part, out, columns, prefix=f"{name}-", **options)
+            val_rows, skipped = val_rows + part_rows, skipped + part_skipped
+        if skipped:
+            write_text_atomically(out / SKIPPED_FILE, "".join(line + "\n" for line in skipped))
+            logger.warning(
+                "left out %d rows that cannot be imported (listed in %s), first: %s",
+                len(skipped),
+                out / SKIPPED_FILE,
+                skipped[0],
             )
         if not val_rows:
             rows, val_rows = held_out_share(rows, val_fraction)
@@ -288,11 +316,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caption-column", default=Columns.caption, help="the prompts")
     p.add_argument("--split", default="train", help="the split to train on (validation/test become held-out)")
     p.add_argument("--val-fraction", type=float, default=0.02, help="held-out share when there is no such split")
+    p.add_argument("--skip-bad", action="store_true", help="leave out rows that cannot be imported (listed)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     columns = Columns(args.image_column, args.conditioning_image_column, args.caption_column)
     try:
-        import_hf(args.source, args.out, columns=columns, split=args.split, val_fraction=args.val_fraction)
+        import_hf(
+            args.source,
+            args.out,
+            columns=columns,
+            split=args.split,
+            val_fraction=args.val_fraction,
+            skip_bad=args.skip_bad,
+        )
     except (HFDataError, RunFolderLocked, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
