@@ -493,6 +493,23 @@ def test_a_corrupt_sample_in_a_shard_stops_the_run_by_name_or_is_left_out_with_s
     assert "pairs-000001.tar:000000012" in (tmp_path / "run" / "skipped_pairs.tsv").read_text()
 
 
+def test_a_run_trains_on_shards_named_by_url(shards, tmp_path, _args):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(shards))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # loopback only
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = f"http://127.0.0.1:{server.server_address[1]}/pairs-{{000000..000004}}.tar"
+        out = tmp_path / "run"
+        assert main(_args(spec, out, "--max-steps", "1", "--eval-every", "1", "--eval-n", "1")) == 0
+    finally:
+        server.shutdown()
+    assert len(list((out / "data").glob("*.tar"))) == 5 and read_curve(out)
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_sharded_ddp_covers_each_sample_once_an_epoch_and_resumes_bit_exactly(shards, tmp_path, _args):

@@ -32,6 +32,7 @@ from evaluation.evaluate_control import EvalSettings, held_out_rows
 from ldm.util import instantiate_from_config, tsv_text, write_text_atomically
 from pairs.manifest import edge_thresholds
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE
+from pairs.shards import ShardError
 from training.check_pairs import BadPair, check_pairs, check_shard_pairs, size_multiple
 from training.checkpoint import (
     CONTROL_FILE,
@@ -52,6 +53,7 @@ from training.run_lock import RunFolderLocked
 from training.run_record import RUN_FILE, FileRecord, RunRecord, RunRecordError
 from training.settings import TrainSettings
 from training.shard_dataset import ShardPairs, is_shard_source
+from training.shard_fetch import fetch_shards, is_url_spec
 from training.toy_data import write_toy_dataset
 
 logger = logging.getLogger(__name__)
@@ -183,6 +185,8 @@ def import_data(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
     """A Hugging Face dataset given as `data` (local, or hf:ID), imported once into the prepared folder
     OUTPUT/data (training/data/hf_import.py, which refuses a folder imported from other data); the settings with
     that folder as the data. The other ranks find rank 0's import."""
+    if is_url_spec(settings.data):
+        return _fetched(settings, rank_zero=rank_zero)
     if not is_hf_dataset(settings.data):
         return settings
     columns = Columns(settings.image_column, settings.conditioning_image_column, settings.caption_column)
@@ -198,6 +202,20 @@ def import_data(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
     except (HFDataError, RunFolderLocked) as err:
         raise RunInputError(f"data: {err}") from None
     logger.info("training on %s as imported into %s", settings.data, folder)
+    return dataclasses.replace(settings, data=str(folder))
+
+
+def _fetched(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
+    """Shards named by URL, fetched once into OUTPUT/data (training/shard_fetch.py)."""
+    folder = Path(settings.output) / IMPORT_DIR
+    try:
+        if rank_zero:
+            fetch_shards(settings.data, folder)
+        elif not any(folder.glob("*.tar")):
+            raise RunInputError(f"{settings.data} is not fetched into {folder} yet: fetch it on rank 0 first")
+    except ShardError as err:
+        raise RunInputError(f"data: {err}") from None
+    logger.info("training on %s as fetched into %s", settings.data, folder)
     return dataclasses.replace(settings, data=str(folder))
 
 

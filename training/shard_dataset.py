@@ -37,7 +37,7 @@ class ShardPairs(torch.utils.data.Dataset):
         if text.startswith(("http://", "https://", "pipe:", "s3://", "gs://")):
             raise ShardError(
                 f"{text}: shards are read from a local or mounted folder (a sample is one seek into its shard); "
-                "copy or mount them and pass the folder"
+                "training fetches http(s) shards into OUTPUT/data first; mount or copy others"
             )
         self.shards = expand_shards(text)
         if not self.shards:
