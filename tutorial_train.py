@@ -31,6 +31,7 @@ from evaluation.onset import onset_threshold
 from ldm.flags import HelpFormatter, add_flags, given_flags, preparse
 from ldm.util import remove_stale_temp_files
 from training.control_monitor import ControlMonitor
+from training.data_source import import_data
 from training.guardrails import TrainingStalled
 from training.preemption import Preemption, requeue_slurm_job
 from training.run import (
@@ -38,7 +39,6 @@ from training.run import (
     RunPlan,
     TrainData,
     build_model,
-    import_data,
     make_missing_inputs,
     make_trainer,
     plan_run,

@@ -105,7 +105,7 @@ def check_shard_pairs(dataset: Any, *, multiple: int) -> list[BadPair]:
     for i in range(len(dataset)):
         key = dataset.key(i)
         row = {"source": f"{key}.hint.png", "target": f"{key} (target)"}
-        target, hint = dataset.member_bytes(i)
+        target, hint = dataset.member_ends(i)
         results.append(_check_files(i, row, {"source": hint, "target": target}, multiple))
         rows.append(row)
     return _one_size(results, rows)

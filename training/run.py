@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,6 @@ from evaluation.evaluate_control import EvalSettings, held_out_rows
 from ldm.util import instantiate_from_config, tsv_text, write_text_atomically
 from pairs.manifest import edge_thresholds
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE
-from pairs.shards import ShardError
 from training.check_pairs import BadPair, check_pairs, check_shard_pairs, size_multiple
 from training.checkpoint import (
     CONTROL_FILE,
@@ -43,23 +41,20 @@ from training.checkpoint import (
     open_checkpoint,
 )
 from training.control_monitor import ControlMonitor
-from training.data.hf_import import Columns, HFDataError, import_hf, is_hf_dataset
+from training.data_source import open_pairs
 from training.dataset import PairDataset
 from training.guardrails import LearningCheck
 from training.latent_cache import CachedPairs, build_latent_cache
 from training.loader import make_train_loader
 from training.preemption import Preemption
-from training.run_lock import RunFolderLocked
 from training.run_record import RUN_FILE, FileRecord, RunRecord, RunRecordError
 from training.settings import TrainSettings
-from training.shard_dataset import ShardPairs, is_shard_source
-from training.shard_fetch import fetch_shards, is_url_spec
+from training.shard_dataset import ShardPairs
 from training.toy_data import write_toy_dataset
 
 logger = logging.getLogger(__name__)
 
 INIT_FILE = "init.safetensors"
-IMPORT_DIR = "data"  # a Hugging Face --data, imported as a prepared folder
 SKIPPED_FILE = "skipped_pairs.tsv"
 CACHE_DIR = "latent_cache"
 
@@ -181,44 +176,6 @@ def _refuse_occupied(output: Path, record: RunRecord | None) -> None:
         )
 
 
-def import_data(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
-    """A Hugging Face dataset given as `data` (local, or hf:ID), imported once into the prepared folder
-    OUTPUT/data (training/data/hf_import.py, which refuses a folder imported from other data); the settings with
-    that folder as the data. The other ranks find rank 0's import."""
-    if is_url_spec(settings.data):
-        return _fetched(settings, rank_zero=rank_zero)
-    if not is_hf_dataset(settings.data):
-        return settings
-    columns = Columns(settings.image_column, settings.conditioning_image_column, settings.caption_column)
-    folder = Path(settings.output) / IMPORT_DIR
-    try:
-        if rank_zero:
-            import_hf(settings.data, folder, columns=columns, skip_bad=settings.skip_bad)
-        elif not (folder / PROMPT_FILE).is_file():
-            raise RunInputError(
-                f"{settings.data} is not imported into {folder} yet: where the ranks start together (torchrun, "
-                f"srun), import it once first: python -m training.data.hf_import {settings.data} {folder}"
-            )
-    except (HFDataError, RunFolderLocked) as err:
-        raise RunInputError(f"data: {err}") from None
-    logger.info("training on %s as imported into %s", settings.data, folder)
-    return dataclasses.replace(settings, data=str(folder))
-
-
-def _fetched(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
-    """Shards named by URL, fetched once into OUTPUT/data (training/shard_fetch.py)."""
-    folder = Path(settings.output) / IMPORT_DIR
-    try:
-        if rank_zero:
-            fetch_shards(settings.data, folder)
-        elif not any(folder.glob("*.tar")):
-            raise RunInputError(f"{settings.data} is not fetched into {folder} yet: fetch it on rank 0 first")
-    except ShardError as err:
-        raise RunInputError(f"data: {err}") from None
-    logger.info("training on %s as fetched into %s", settings.data, folder)
-    return dataclasses.replace(settings, data=str(folder))
-
-
 def make_missing_inputs(model_config: dict[str, Any], settings: TrainSettings, *, resume_from: str | None) -> None:
     """Write the inputs the config says to generate when missing: the toy data set (`toy_data`), and the initial
     ControlLDM weights `init`, made from the SD weights `base` as tool_add_control.py does (fresh starts only)."""
@@ -243,8 +200,7 @@ def plan_run(
     settings.validate()
     output = Path(settings.output)
     try:
-        kind = ShardPairs if is_shard_source(settings.data) else PairDataset
-        dataset = kind(settings.data, hflip=settings.hflip, empty_prompt_p=settings.empty_prompt_p, seed=settings.seed)
+        dataset = open_pairs(settings)
     except (FileNotFoundError, ValueError) as err:
         raise RunInputError(f"data: {err}") from None
     dataset, skipped = _check_data(dataset, model_config, skip_bad=settings.skip_bad)

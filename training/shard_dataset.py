@@ -18,6 +18,10 @@ import numpy as np
 import torch
 
 from pairs.shards import INDEX_FILE, ShardError, ShardIndex, expand_shards
+from training.check_pairs import TAIL_BYTES
+
+PROBE_HEAD = 64 * 1024  # an image header (PNG's IHDR, JPEG's markers up to its frame) lies well within this
+PROBE_TAIL = TAIL_BYTES  # where check_pairs looks for the end marker
 
 
 def is_shard_source(data: str | Path) -> bool:
@@ -74,13 +78,17 @@ class ShardPairs(torch.utils.data.Dataset):
     def prompt(self, index: int) -> str:
         return self._member(int(self.keep[index]), 2).decode("utf-8")
 
-    def _member(self, i: int, field: int) -> bytes:
+    def _file(self, shard: int):
         if os.getpid() != self._pid:  # a DataLoader worker: its own file handles, never the parent's
             self._files, self._pid = {}, os.getpid()
-        shard = int(self.index.shard[i])
         f = self._files.get(shard)
         if f is None:
             f = self._files[shard] = open(self.shards[shard], "rb")  # noqa: SIM115 (kept open: one per shard)
+        return f
+
+    def _member(self, i: int, field: int) -> bytes:
+        shard = int(self.index.shard[i])
+        f = self._file(shard)
         f.seek(int(self.index.offsets[i, field]))
         data = f.read(int(self.index.sizes[i, field]))
         if len(data) != self.index.sizes[i, field]:
@@ -89,10 +97,23 @@ class ShardPairs(torch.utils.data.Dataset):
             )
         return data
 
-    def member_bytes(self, index: int) -> tuple[bytes, bytes]:
-        """The stored (target, hint) bytes of sample `index`, for the pre-flight check."""
+    def member_ends(self, index: int) -> tuple[bytes, bytes]:
+        """For the pre-flight check, which reads an image's header and its end marker: the (target, hint) bytes of
+        sample `index`, whole when small, else their first PROBE_HEAD and last PROBE_TAIL bytes joined (a check
+        of every sample then reads kilobytes of each, not the dataset)."""
         i = int(self.keep[index])
-        return self._member(i, 0), self._member(i, 1)
+        return self._ends(i, 0), self._ends(i, 1)
+
+    def _ends(self, i: int, field: int) -> bytes:
+        size = int(self.index.sizes[i, field])
+        if size <= PROBE_HEAD + PROBE_TAIL:
+            return self._member(i, field)
+        f = self._file(int(self.index.shard[i]))
+        start = int(self.index.offsets[i, field])
+        f.seek(start)
+        head = f.read(PROBE_HEAD)
+        f.seek(start + size - PROBE_TAIL)
+        return head + f.read(PROBE_TAIL)
 
     def _image(self, i: int, field: int) -> np.ndarray:
         image = cv2.imdecode(np.frombuffer(self._member(i, field), np.uint8), cv2.IMREAD_COLOR)

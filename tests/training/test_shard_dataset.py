@@ -42,3 +42,29 @@ def test_a_sample_that_does_not_decode_is_named_and_urls_are_refused(toy_data, t
         broken.get(i, 0)
     with pytest.raises(ShardError, match="local or mounted folder"):
         ShardPairs("https://example.com/pairs-{000000..000009}.tar")
+
+
+def test_the_check_reads_a_large_members_header_and_end_only_and_still_finds_a_cut_one(tmp_path):
+    import cv2
+
+    from pairs.shards import sample_members, write_shard
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)  # incompressible: a PNG of about 800 kB
+    target = cv2.imencode(".png", noise)[1].tobytes()
+    hint = cv2.imencode(".png", (noise[:, :, 0] > 128).astype(np.uint8) * 255)[1].tobytes()
+    members = sample_members("000000000", target, "png", hint, "noise") + sample_members(
+        "000000001", target, "png", hint, "noise"
+    )
+    (tmp_path / "s").mkdir()
+    write_shard(tmp_path / "s" / "pairs-000000.tar", members)
+    dataset = ShardPairs(tmp_path / "s")
+    assert len(target) > 10 * 65 * 1024 and len(dataset.member_ends(0)[0]) < 70 * 1024  # only the ends are read
+    assert check_shard_pairs(dataset, multiple=64) == []
+    shard = tmp_path / "s" / "pairs-000000.tar"
+    end = int(dataset.index.offsets[1, 0] + dataset.index.sizes[1, 0])
+    raw = bytearray(shard.read_bytes())
+    raw[end - 12 : end] = bytes(12)  # sample 1's target loses its IEND chunk
+    shard.write_bytes(bytes(raw))
+    bad = check_shard_pairs(ShardPairs(tmp_path / "s"), multiple=64)
+    assert [b.index for b in bad] == [1] and "truncated PNG" in bad[0].reason

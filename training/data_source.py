@@ -1,0 +1,69 @@
+"""What --data names, made readable by the run: a prepared folder or WebDataset shards are read where they are; a
+Hugging Face dataset is imported, and shards named by URL are fetched, once into OUTPUT/data."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from pairs.prompt_file import PROMPT_FILE
+from pairs.shards import ShardError
+from training.data.hf_import import Columns, HFDataError, import_hf, is_hf_dataset
+from training.dataset import PairDataset
+from training.run_lock import RunFolderLocked
+from training.settings import TrainSettings
+from training.shard_dataset import ShardPairs, is_shard_source
+from training.shard_fetch import fetch_shards, is_url_spec
+
+logger = logging.getLogger(__name__)
+
+IMPORT_DIR = "data"  # OUTPUT/data: a Hugging Face --data imported, or URL shards fetched
+
+
+class DataSourceError(ValueError):
+    """--data cannot be brought in; the message says what and what to do."""
+
+
+def open_pairs(settings: TrainSettings) -> PairDataset | ShardPairs:
+    """The training pairs of `settings.data` (a prepared folder or shards: see `import_data` for the others)."""
+    kind = ShardPairs if is_shard_source(settings.data) else PairDataset
+    return kind(settings.data, hflip=settings.hflip, empty_prompt_p=settings.empty_prompt_p, seed=settings.seed)
+
+
+def import_data(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
+    """A Hugging Face dataset given as `data` (local, or hf:ID), imported once into the prepared folder
+    OUTPUT/data (training/data/hf_import.py, which refuses a folder imported from other data); the settings with
+    that folder as the data. The other ranks find rank 0's import."""
+    if is_url_spec(settings.data):
+        return _fetched(settings, rank_zero=rank_zero)
+    if not is_hf_dataset(settings.data):
+        return settings
+    columns = Columns(settings.image_column, settings.conditioning_image_column, settings.caption_column)
+    folder = Path(settings.output) / IMPORT_DIR
+    try:
+        if rank_zero:
+            import_hf(settings.data, folder, columns=columns, skip_bad=settings.skip_bad)
+        elif not (folder / PROMPT_FILE).is_file():
+            raise DataSourceError(
+                f"{settings.data} is not imported into {folder} yet: where the ranks start together (torchrun, "
+                f"srun), import it once first: python -m training.data.hf_import {settings.data} {folder}"
+            )
+    except (HFDataError, RunFolderLocked) as err:
+        raise DataSourceError(f"data: {err}") from None
+    logger.info("training on %s as imported into %s", settings.data, folder)
+    return dataclasses.replace(settings, data=str(folder))
+
+
+def _fetched(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
+    """Shards named by URL, fetched once into OUTPUT/data (training/shard_fetch.py)."""
+    folder = Path(settings.output) / IMPORT_DIR
+    try:
+        if rank_zero:
+            fetch_shards(settings.data, folder)
+        elif not any(folder.glob("*.tar")):
+            raise DataSourceError(f"{settings.data} is not fetched into {folder} yet: fetch it on rank 0 first")
+    except ShardError as err:
+        raise DataSourceError(f"data: {err}") from None
+    logger.info("training on %s as fetched into %s", settings.data, folder)
+    return dataclasses.replace(settings, data=str(folder))
