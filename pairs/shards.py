@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import re
 import tarfile
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ldm.util import atomic_write
+
+logger = logging.getLogger(__name__)
 
 SHARD_NAME = "pairs-{:06d}.tar"
 INDEX_FILE = "shard_index.npz"
@@ -91,8 +94,12 @@ class ShardIndex:
         if cache is not None:
             try:
                 index.save(cache)
-            except OSError:
-                pass  # a read-only shard folder: the index is rebuilt at each start, which is only slower
+            except OSError as err:  # a read-only shard folder: the index is rebuilt at each start, only slower
+                logger.info(
+                    "the shard index cannot be cached at %s (%s): it is read from the shards each start",
+                    cache,
+                    err.strerror,
+                )
         return index
 
     @classmethod

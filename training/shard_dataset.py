@@ -9,6 +9,7 @@ does over a folder. Memory holds the index (about 60 bytes a sample) and one ope
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,7 +63,10 @@ class ShardPairs(torch.utils.data.Dataset):
         return kept
 
     def fingerprint(self) -> str:
-        return self.index.fingerprint() + f":{len(self.keep)}"
+        """The shards' names, sizes and mtimes, and which of their samples are trained on (a subset left by
+        --skip-bad is other data, even at the same count): what the latent cache and a resume check against."""
+        kept = hashlib.sha256(np.ascontiguousarray(self.keep, dtype=np.int64).tobytes()).hexdigest()
+        return f"{self.index.fingerprint()}:{kept}"
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -29,6 +29,24 @@ def test_cached_inputs_equal_encoding_on_the_fly(tiny_model, toy_data, tmp_path)
     assert build_latent_cache(tiny_model, dataset, folder) == folder  # complete caches are reused
 
 
+def test_a_cache_of_shards_equals_the_cache_of_the_same_folder(tiny_model, toy_data, tmp_path):
+    from training.data.shard_writer import write_shards
+    from training.shard_dataset import ShardPairs
+
+    write_shards(toy_data, tmp_path / "shards", shard_size=16)
+    folder, shards = (
+        PairDataset(toy_data, empty_prompt_p=0.5, seed=1),
+        ShardPairs(tmp_path / "shards", empty_prompt_p=0.5, seed=1),
+    )
+    a = CachedPairs(folder, build_latent_cache(tiny_model, folder, tmp_path / "a", batch_size=4))
+    b = CachedPairs(shards, build_latent_cache(tiny_model, shards, tmp_path / "b", batch_size=4))
+    for i in (0, 17, 45):
+        x, y = a.get(i, 2), b.get(i, 2)
+        assert all(np.array_equal(x[k], y[k]) for k in ("moments", "context", "hint")) and x["txt"] == y["txt"]
+    with pytest.raises(ValueError, match="not built from the pairs"):
+        CachedPairs(shards.subset(range(10)), tmp_path / "b")
+
+
 def test_cache_refuses_random_flips(tiny_model, toy_data, tmp_path):
     with pytest.raises(ValueError, match="flips"):
         build_latent_cache(tiny_model, PairDataset(toy_data, hflip=True), tmp_path / "cache")

@@ -25,6 +25,9 @@ def test_shard_items_equal_the_folders_item_for_item(toy_data, tmp_path):
     assert check_shard_pairs(shards, multiple=64) == []
     kept = shards.subset([1, 3])
     assert len(kept) == 2 and kept.prompt(0) == folder.prompt(1)
+    # Another subset of the same size is other data: the latent cache and a resume must not take it for this one.
+    assert shards.subset([1, 4]).fingerprint() != kept.fingerprint() != shards.fingerprint()
+    assert shards.subset([1, 3]).fingerprint() == kept.fingerprint()
 
 
 def test_a_sample_that_does_not_decode_is_named_and_urls_are_refused(toy_data, tmp_path):
