@@ -107,15 +107,28 @@ class PairDataset(torch.utils.data.Dataset):
         target, hint = self._read(row["target"]), self._read(row["source"])
         if target.shape != hint.shape:
             raise ValueError(f"{row['target']} {target.shape} and {row['source']} {hint.shape} differ in size")
-        rng = np.random.default_rng([self.seed, epoch, index])
-        if self.hflip and rng.random() < 0.5:
-            target, hint = target[:, ::-1], hint[:, ::-1]
-        prompt = "" if rng.random() < self.empty_prompt_p else row["prompt"]
-        return {
-            "jpg": np.ascontiguousarray(target, dtype=np.float32) / 127.5 - 1.0,
-            "txt": prompt,
-            "hint": np.ascontiguousarray(hint, dtype=np.float32) / 255.0,
-        }
+        draws = item_draws(self.seed, epoch, index, hflip=self.hflip, empty_prompt_p=self.empty_prompt_p)
+        return training_item(target, hint, row["prompt"], draws)
+
+
+def item_draws(seed: int, epoch: int, index: int, *, hflip: bool, empty_prompt_p: float) -> tuple[bool, bool]:
+    """(flip, empty prompt) of item `index` in `epoch`, from a generator seeded by (seed, epoch, index)."""
+    rng = np.random.default_rng([seed, epoch, index])
+    flip = hflip and rng.random() < 0.5
+    return flip, rng.random() < empty_prompt_p
+
+
+def training_item(target: np.ndarray, hint: np.ndarray, prompt: str, draws: tuple[bool, bool]) -> dict:
+    """The training format of a pair (H×W×3 uint8 images) with its (flip, empty prompt) draws applied:
+    `jpg` in [−1, 1], `hint` in [0, 1], `txt`. Shared by every dataset kind, so their items are equal."""
+    flip, empty = draws
+    if flip:
+        target, hint = target[:, ::-1], hint[:, ::-1]
+    return {
+        "jpg": np.ascontiguousarray(target, dtype=np.float32) / 127.5 - 1.0,
+        "txt": "" if empty else prompt,
+        "hint": np.ascontiguousarray(hint, dtype=np.float32) / 255.0,
+    }
 
 
 MyDataset = PairDataset  # the original tutorial's name

@@ -20,6 +20,7 @@ import torch
 
 from pairs.shards import INDEX_FILE, ShardError, ShardIndex, expand_shards
 from training.check_pairs import TAIL_BYTES
+from training.dataset import item_draws, training_item
 
 PROBE_HEAD = 64 * 1024  # an image header (PNG's IHDR, JPEG's markers up to its frame) lies well within this
 PROBE_TAIL = TAIL_BYTES  # where check_pairs looks for the end marker
@@ -142,15 +143,8 @@ class ShardPairs(torch.utils.data.Dataset):
         target, hint, prompt = self.read_pair(index)
         if target.shape != hint.shape:
             raise ShardError(f"{self.key(index)}: target {target.shape} and hint {hint.shape} differ in size")
-        rng = np.random.default_rng([self.seed, epoch, index])
-        if self.hflip and rng.random() < 0.5:
-            target, hint = target[:, ::-1], hint[:, ::-1]
-        prompt = "" if rng.random() < self.empty_prompt_p else prompt
-        return {
-            "jpg": np.ascontiguousarray(target, dtype=np.float32) / 127.5 - 1.0,
-            "txt": prompt,
-            "hint": np.ascontiguousarray(hint, dtype=np.float32) / 255.0,
-        }
+        draws = item_draws(self.seed, epoch, index, hflip=self.hflip, empty_prompt_p=self.empty_prompt_p)
+        return training_item(target, hint, prompt, draws)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_files": {}}  # open files stay in their process

@@ -14,7 +14,6 @@ dataset's fingerprint: a folder imported from other data is never reused.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -32,6 +31,7 @@ from ldm.flags import HelpFormatter
 from ldm.util import remove_stale_temp_files, write_bytes_atomically, write_text_atomically
 from pairs.manifest import DatasetManifest, HowMade
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
+from training.data.prepare_dogs import is_validation
 from training.run_lock import LOCK_FILE, RunFolderLocked, run_lock
 
 logger = logging.getLogger(__name__)
@@ -273,16 +273,12 @@ def held_out_share(rows: list[dict[str, str]], fraction: float) -> tuple[list[di
     """(training, held-out) rows: a pair is held out by a stable hash of its name, at least one on each side."""
     if len(rows) < 2:
         raise HFDataError("a dataset of one pair cannot be split into training and held-out pairs")
-    held = [_hash_share(r["target"]) < fraction for r in rows]
+    held = [is_validation(r["target"], fraction) for r in rows]
     if not any(held):
         held[0] = True
     if all(held):
         held[0] = False
     return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
-
-
-def _hash_share(key: str) -> float:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
 
 
 def _check_reuse(out: Path, record: dict[str, Any], made: HowMade) -> bool:
