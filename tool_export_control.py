@@ -14,6 +14,7 @@ writes the control_model.* safetensors that ComfyUI and the A1111 extension load
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -53,17 +54,25 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--format ldm writes a .safetensors file, got {args.out}")
         if args.out.exists():
             raise ValueError(f"{args.out} already exists; delete it or choose another output (nothing was written)")
-        check_writable(args.out, folder=args.format == "diffusers")
         config = load_config(config_path)["model"]
         model = instantiate_from_config(config)
         load_control(model, weights, allow_nonfinite=args.allow_nonfinite)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.format == "ldm":
-        export_control(model, args.out)
-    else:
-        save_diffusers_controlnet(model, args.out, thresholds=recorded_thresholds(weights))
+    try:
+        check_writable(args.out, folder=args.format == "diffusers")
+        if args.format == "ldm":
+            export_control(model, args.out)
+        else:
+            save_diffusers_controlnet(model, args.out, thresholds=recorded_thresholds(weights))
+    except (OSError, ValueError) as err:  # nothing half-written stays to block the corrected command
+        if args.out.is_dir():
+            shutil.rmtree(args.out, ignore_errors=True)
+        else:
+            args.out.unlink(missing_ok=True)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out} ({args.format}) from {weights}")
     return 0
 

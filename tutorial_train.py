@@ -43,6 +43,7 @@ from training.run import (
     make_trainer,
     plan_run,
     prepare_latent_cache,
+    refuse_occupied_early,
     resolved_config,
     start_record,
     write_config,
@@ -142,6 +143,7 @@ def plan_and_train(args: argparse.Namespace, signals: StopSignalsRaise) -> int:
 def plan_from_args(args: argparse.Namespace) -> tuple[dict, RunPlan]:
     """The resolved config and the checked run plan: settings from the YAML and the flags, inputs made or found."""
     config, settings = resolve_settings(args)
+    refuse_occupied_early(settings, resume_from=args.resume_from)  # before the import below writes into OUTPUT
     settings = import_data(settings, rank_zero=launches_global_rank_zero())
     make_missing_inputs(config["model"], settings, resume_from=args.resume_from)
     return config, plan_run(config["model"], settings, config_path=args.config, resume_from=args.resume_from)

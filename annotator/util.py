@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 def HWC3(image: np.ndarray) -> np.ndarray:
@@ -37,12 +39,56 @@ def HWC3(image: np.ndarray) -> np.ndarray:
     return (color * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).round().astype(np.uint8)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file into uint8 H×W×3 RGB (OpenCV decodes to BGR); ValueError naming the file if it cannot."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # H×W×3 BGR
-    if image is None:
-        raise ValueError(f"cannot decode {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+class UnreadableImage(ValueError):
+    """A file (or bytes) that cannot be decoded as an image; the message names it and says why."""
+
+
+# Pillow's own decompression-bomb bound (about 89 megapixels): larger pictures are refused before decoding.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def read_rgb(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> np.ndarray:
+    """The project's one image decoder (prepare, import, training, the latent cache, evaluation, the demo): a file
+    or an image's bytes → uint8 H×W×3 RGB, so edge maps are made from exactly the pixels training reads.
+
+    The pixel count is checked from the header before decoding; EXIF orientation is applied once (phones store
+    photos sideways and say so there); 16-bit and 32-bit values are scaled to 8 bits by their range, float images
+    from [0, 1]; palette, CMYK and other modes become RGB; transparency is flattened onto white (as `HWC3`)."""
+    label = name or ("image bytes" if isinstance(source, bytes) else str(source))
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise UnreadableImage(
+                    f"{label}: {width}×{height} pixels is more than the {max_pixels:,} this reads (a decompression "
+                    "bomb, or a picture far larger than training uses); shrink it or leave it out"
+                )
+            image.load()  # a full decode: a truncated file fails here
+            return _to_rgb8(ImageOps.exif_transpose(image))
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImage(f"{label}: not an image file (unknown format)") from None
+    except Image.DecompressionBombError as err:  # not an OSError
+        raise UnreadableImage(f"{label}: decompression bomb ({err})") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UnreadableImage(f"{label}: cannot decode ({err})") from None
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    """A decoded PIL image of any mode → uint8 H×W×3 RGB, values scaled by the mode's range."""
+    mode = image.mode
+    if mode in ("P", "PA"):
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode.startswith("I"):  # I;16, I;16B, I (16-bit PNG and TIFF grey): 0..65535 → 0..255
+        array = np.asarray(image).astype(np.int64)
+        return HWC3((np.clip(array, 0, 65535) >> 8).astype(np.uint8))
+    if mode == "F":  # float TIFF: [0, 1] → 0..255
+        array = np.nan_to_num(np.asarray(image, dtype=np.float32))
+        return HWC3((np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8))
+    if mode not in ("L", "LA", "RGB", "RGBA"):  # 1, CMYK, YCbCr, LAB, HSV, RGBX, ...
+        image = image.convert("RGB")
+    return HWC3(np.asarray(image))
 
 
 def resized_size(height: int, width: int, resolution: int) -> tuple[int, int]:

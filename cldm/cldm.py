@@ -263,6 +263,28 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_start(self) -> None:
+        """Every step trains at this run's schedule, whatever a checkpoint restored: a finished cosine run extended
+        with a larger max_steps restores the rate of its old last step (0), and a resume with another --lr restores
+        the old rate. The rate is set again from the schedule at the restored step, by the same product LambdaLR
+        computes, so an unchanged run resumes bit-exactly."""
+        scheduler = self.lr_schedulers()
+        for optimizer in (self.trainer.optimizers or [])[:1]:
+            for i, group in enumerate(optimizer.param_groups):
+                if scheduler is None:
+                    rate = self.learning_rate
+                else:
+                    scheduler.base_lrs[i] = self.learning_rate
+                    rate = self.learning_rate * scheduler.lr_lambdas[i](scheduler.last_epoch)
+                if group["lr"] != rate:
+                    logger.info(
+                        "learning rate at step %d: %g from this run's schedule (the checkpoint held %g)",
+                        self.global_step,
+                        rate,
+                        group["lr"],
+                    )
+                    group["lr"] = rate
+
     def _make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         logger.info(
             "optimising %d tensors, %.1fM parameters (sd_locked=%s)",

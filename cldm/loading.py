@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from cldm.diffusers_io import is_diffusers_controlnet, is_pipeline_folder, load_diffusers_controlnet, load_pipeline
@@ -36,12 +37,12 @@ def load_config(config_path: str | Path) -> dict[str, Any]:
             f"model config {path} does not exist; the configs ship in models/ "
             "(cldm_v15.yaml, cldm_v21.yaml, cldm_tiny.yaml)"
         )
-    node = OmegaConf.load(path)
+    node = _read_yaml(path)
     if isinstance(node, DictConfig) and "extends" in node:
         parent = path.parent / str(node.pop("extends"))
         if not parent.is_file():
             raise FileNotFoundError(f"{path} extends {parent}, which does not exist; restore it or drop `extends`")
-        shared = OmegaConf.load(parent)
+        shared = _read_yaml(parent)
         if not isinstance(shared, DictConfig) or "extends" in shared or "model" in shared:
             raise ValueError(f"{parent} (extended by {path}) must hold shared sections only: no model, no extends")
         node = OmegaConf.merge(shared, node)
@@ -49,6 +50,17 @@ def load_config(config_path: str | Path) -> dict[str, Any]:
     if not isinstance(config, dict) or "model" not in config:
         raise ValueError(f"{path}: expected a top-level 'model:' node with 'target' and 'params'")
     return config
+
+
+def _read_yaml(path: Path) -> Any:
+    """A YAML file as OmegaConf reads it; a syntax error is one ValueError naming file:line."""
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        what = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{path}{line}: not valid YAML ({what}); fix that line") from None
 
 
 def create_model(config_path: str | Path) -> Any:

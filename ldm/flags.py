@@ -67,7 +67,21 @@ def add_flags(
             options["type"] = f.metadata["parse"] or kind
             if f.metadata["choices"]:
                 options["choices"] = f.metadata["choices"]
+            if f.metadata["aliases"]:
+                options["action"] = _OneNameStore
         parser.add_argument(flag_name(f), *f.metadata["aliases"], **options)
+
+
+class _OneNameStore(argparse.Action):
+    """A flag with older names: given under two of its names with other values, it is refused (else the last
+    would silently win, `--init A --resume B` training from B)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option=None):
+        given = getattr(namespace, f"_given_{self.dest}", None)
+        if given is not None and given[0] != option and given[1] != values:
+            parser.error(f"{given[0]} {given[1]} and {option} {values} name one setting twice; give only one")
+        setattr(namespace, f"_given_{self.dest}", (option, values))
+        setattr(namespace, self.dest, values)
 
 
 def _shown(value: Any) -> str:
@@ -91,3 +105,60 @@ def preparse(argv: list[str] | None, flag: str, default: Any) -> Any:
     early.add_argument(flag, default=default)
     known, _ = early.parse_known_args(argv)
     return getattr(known, flag.lstrip("-").replace("-", "_"))
+
+
+def typed_fields(cls: type, node: dict[str, Any], source: str) -> dict[str, Any]:
+    """`node`'s values checked against the field types of the settings dataclass `cls`, as the flags check theirs:
+    a YAML value of another type is refused naming the file and key (`hflip: "false"` never reads as true). An int
+    is a float where a float belongs, and a number written as text ("1e-5", which YAML 1.1 reads as a string) is
+    read as that float."""
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for name, value in node.items():
+        kind = hints.get(name)
+        checked[name] = value if kind is None else _typed(kind, value, f"{source}: {name}")
+    return checked
+
+
+def _typed(kind: Any, value: Any, where: str) -> Any:
+    args = typing.get_args(kind)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        kind = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(kind) or kind
+    if origin is bool:
+        ok = isinstance(value, bool)
+    elif origin is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif origin is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif origin in (str, dict, list):
+        ok = isinstance(value, origin)
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(
+            f"{where} must be {_type_name(kind)}, got {value!r} ({type(value).__name__}); write it as YAML "
+            f"{_example(origin)}"
+        )
+    return value
+
+
+def _type_name(kind: Any) -> str:
+    origin = typing.get_origin(kind) or kind
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a mapping"}.get(
+        origin, str(kind)
+    )
+
+
+def _example(origin: Any) -> str:
+    return {bool: "true or false, without quotes", int: "a number without quotes", float: "a number"}.get(
+        origin, "of that type"
+    )

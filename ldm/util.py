@@ -132,3 +132,15 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     if removed:
         logger.warning("removed %d temporary files left by an interrupted write, first: %s", len(removed), removed[0])
     return removed
+
+
+def replace_folder(new: str | Path, dst: str | Path) -> None:
+    """Put the finished folder `new` in the place of `dst` (a set of files written whole, such as a shard set): the
+    old `dst` is moved aside, `new` renamed in, and the old one removed, so `dst` is never a mix of the two."""
+    new, dst = Path(new), Path(dst)
+    old = dst.with_name(f".{dst.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(new, dst)
+    shutil.rmtree(old, ignore_errors=True)

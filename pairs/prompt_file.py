@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ldm.util import write_text_atomically
+from pairs.paths import within
 
 PROMPT_FILE = "prompt.json"
 VAL_PROMPT_FILE = "prompt_val.json"
@@ -18,7 +19,8 @@ def write_prompt_file(path: Path, rows: Iterable[dict[str, str]]) -> None:
 
 
 def read_prompt_file(path: Path) -> list[dict[str, str]]:
-    """Rows of a prompt file; a clear error names the file and line of anything malformed."""
+    """Rows of a prompt file; a clear error names the file and line of anything malformed, and of a path that
+    leaves the file's folder (pairs/paths.py: a prompt file names files beside it, never elsewhere)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -37,5 +39,7 @@ def read_prompt_file(path: Path) -> list[dict[str, str]]:
             if not isinstance(row[key], str) or (key != "prompt" and not row[key].strip()):
                 what = "text" if key == "prompt" else "a relative file path"
                 raise ValueError(f"{path}:{number}: '{key}' must be {what}, got {row[key]!r}")
+        for key in ("source", "target"):
+            within(Path(path).parent, row[key], where=f"{path}:{number} '{key}'")
         rows.append(row)
     return rows

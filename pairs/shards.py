@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import tarfile
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ldm.util import atomic_write
+from pairs.paths import DataPathError, within
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +89,13 @@ class ShardIndex:
         there when the folder is writable)."""
         stamps = [_stamp(s) for s in shards]
         if cache is not None and cache.is_file():
-            cached = cls.load(cache)
-            if cached.shards == list(shards) and cached.stamps == stamps:
-                return cached
+            try:
+                cached = cls.load(cache)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
+                logger.warning("the shard index %s is damaged (%s): building it again from the shards", cache, err)
+            else:
+                if cached.shards == list(shards) and cached.stamps == stamps:
+                    return cached
         index = cls.build(shards, stamps)
         if cache is not None:
             try:
@@ -105,8 +111,17 @@ class ShardIndex:
     @classmethod
     def build(cls, shards: Sequence[str], stamps: list[tuple[int, int]]) -> ShardIndex:
         shard_ids, offsets, sizes, png, keys = [], [], [], [], []
+        seen: dict[str, str] = {}  # key → the shard that holds it
         for number, path in enumerate(shards):
             for key, members in _samples(path):
+                _check_key(path, key)
+                if key in seen:
+                    raise ShardError(
+                        f"sample key {key!r} is in {seen[key]} and again in {path}: each sample needs its own key "
+                        "across the shard list (two shard sets written apart both number from 0); train on one set, "
+                        "or write them again as one (tool_convert_data.py)"
+                    )
+                seen[key] = path
                 shard_ids.append(number)
                 offsets.append([members[f][0] for f in FIELDS])
                 sizes.append([members[f][1] for f in FIELDS])
@@ -149,6 +164,18 @@ class ShardIndex:
         return hashlib.sha256(json.dumps([self.shards, self.stamps]).encode()).hexdigest()
 
 
+# How webdataset splits a member name into its sample key and extension: the key is the name up to the first dot
+# of its last path component ("a.v2/001.hint.png" is sample "a.v2/001", extension "hint.png").
+MEMBER_NAME = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+
+
+def member_key(name: str) -> tuple[str, str]:
+    """(sample key, extension) of a member name, as webdataset reads it; a name without an extension is its own
+    key."""
+    match = MEMBER_NAME.match(name)
+    return (match.group(1), match.group(2)) if match else (name, "")
+
+
 def _stamp(path: str) -> tuple[int, int]:
     try:
         stat = Path(path).stat()
@@ -167,7 +194,7 @@ def _samples(path: str) -> Iterable[tuple[str, dict]]:
             for info in tar:
                 if not info.isfile():
                     continue
-                key, _, ext = info.name.partition(".")
+                key, ext = member_key(info.name)
                 if key != current:
                     if current is not None:
                         yield current, _complete(path, current, members)
@@ -192,6 +219,14 @@ def _samples(path: str) -> Iterable[tuple[str, dict]]:
         ) from None
     if current is not None:
         yield current, _complete(path, current, members)
+
+
+def _check_key(path: str, key: str) -> None:
+    """A key becomes a file name when shards are unpacked: it stays a relative path (pairs/paths.py)."""
+    try:
+        within(".", key, where=f"shard {path}, sample key")
+    except DataPathError as err:
+        raise ShardError(f"{err}; write the shard again with plain keys") from None
 
 
 def _complete(path: str, key: str, members: dict) -> dict:

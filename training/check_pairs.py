@@ -12,10 +12,14 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from annotator.util import MAX_PIXELS
+
 TAIL_BYTES = 1024
 # A whole file ends with its format's end marker: JPEG's EOI (the entropy-coded data stuffs every 0xFF byte,
 # so EOI cannot occur inside it) and PNG's IEND chunk. A file cut short by a crash or a download lacks it.
 END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
+EXIF_ORIENTATION = 0x0112
+TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,16 @@ def image_size(path: Path | bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as image:
             size, kind = image.size, image.format
+            if _orientation(image) in TURNED:  # training reads it upright (read_rgb)
+                size = size[::-1]
             if kind not in END_MARKERS:
                 image.load()  # other formats have no cheap completeness check: decode them
     except (UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise UnusableImage(f"not an image ({err})") from None
     except (OSError, SyntaxError) as err:  # PIL raises SyntaxError for some broken headers
         raise UnusableImage(f"cannot decode ({err})") from None
+    if size[0] * size[1] > MAX_PIXELS:
+        raise UnusableImage(f"{size[0]}×{size[1]} pixels is more than the {MAX_PIXELS:,} training reads")
     if kind in END_MARKERS:
         if isinstance(path, bytes):
             tail = path[-TAIL_BYTES:]
@@ -57,6 +65,19 @@ def image_size(path: Path | bytes) -> tuple[int, int]:
         if END_MARKERS[kind] not in tail:
             raise UnusableImage(f"truncated {kind} (no end marker)")
     return size
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation from the header alone (what `read_rgb` turns by), without decoding the pixels."""
+    raw = image.info.get("exif")
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+    except (OSError, SyntaxError, ValueError):
+        return 1
+    return exif.get(EXIF_ORIENTATION, 1)
 
 
 def size_multiple(model_config: Mapping[str, Any]) -> int:
@@ -106,7 +127,12 @@ def check_shard_pairs(dataset: Any, *, multiple: int) -> list[BadPair]:
         key = dataset.key(i)
         row = {"source": f"{key}.hint.png", "target": f"{key} (target)"}
         target, hint = dataset.member_ends(i)
-        results.append(_check_files(i, row, {"source": hint, "target": target}, multiple))
+        result = _check_files(i, row, {"source": hint, "target": target}, multiple)
+        try:
+            dataset.prompt(i)  # decoded as training decodes it: a caption that is not UTF-8 is a bad pair too
+        except ValueError as err:
+            result = BadPair(i, row["source"], row["target"], str(err))
+        results.append(result)
         rows.append(row)
     return _one_size(results, rows)
 

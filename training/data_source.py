@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pairs.prompt_file import PROMPT_FILE
 from pairs.shards import ShardError
-from training.data.hf_import import Columns, HFDataError, import_hf, is_hf_dataset
+from training.data.hf_import import Columns, HFDataError, import_hf, is_hf_dataset, recorded_source
 from training.dataset import PairDataset
 from training.run_lock import RunFolderLocked
 from training.settings import TrainSettings
@@ -37,10 +37,18 @@ def import_data(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
     that folder as the data. The other ranks find rank 0's import."""
     if is_url_spec(settings.data):
         return _fetched(settings, rank_zero=rank_zero)
+    folder = Path(settings.output) / IMPORT_DIR
     if not is_hf_dataset(settings.data):
+        if recorded_source(folder) == settings.data and not Path(settings.data).exists():
+            logger.warning(
+                "%s is no longer there; training on its finished import in %s (the run record checks that these are "
+                "the pairs the run trained on)",
+                settings.data,
+                folder,
+            )
+            return dataclasses.replace(settings, data=str(folder))
         return settings
     columns = Columns(settings.image_column, settings.conditioning_image_column, settings.caption_column)
-    folder = Path(settings.output) / IMPORT_DIR
     try:
         if rank_zero:
             import_hf(settings.data, folder, columns=columns, skip_bad=settings.skip_bad)
@@ -51,6 +59,11 @@ def import_data(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
             )
     except (HFDataError, RunFolderLocked) as err:
         raise DataSourceError(f"data: {err}") from None
+    except OSError as err:  # a full or read-only disk: the rows already imported stay, and a re-run goes on
+        raise DataSourceError(
+            f"data: cannot write {err.filename or folder} ({err.strerror}) while importing {settings.data} into "
+            f"{folder}; free space (or fix the folder) and run again: the import goes on where it stopped"
+        ) from None
     logger.info("training on %s as imported into %s", settings.data, folder)
     return dataclasses.replace(settings, data=str(folder))
 

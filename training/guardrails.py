@@ -42,6 +42,7 @@ class LearningCheck(pl.Callback):
         self._start = 0
         self._before: torch.Tensor | None = None
         self._first_grad_norm: float | None = None
+        self._first_lrs: list[float] | None = None
         self._checked = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -52,6 +53,8 @@ class LearningCheck(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         first = self._first_grad_norm is None
+        if self._first_lrs is None:  # the rates the first step is taken at, for the diagnosis
+            self._first_lrs = [float(g["lr"]) for g in optimizer.param_groups]
         if not (first or trainer.global_step % self.log_every == 0):
             return
         grads = [p.grad for p in pl_module.control_model.parameters() if p.grad is not None]
@@ -93,9 +96,9 @@ class LearningCheck(pl.Callback):
     def _cause(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
         if not self._trainable(pl_module):
             return "the model has no trainable parameters (check sd_locked and that the ControlNet is not frozen)"
-        lrs = [g["lr"] for o in trainer.optimizers for g in o.param_groups]
+        lrs = self._first_lrs or [g["lr"] for o in trainer.optimizers for g in o.param_groups]
         if not lrs or all(float(lr) == 0.0 for lr in lrs):
-            return f"the learning rate is 0 at step {trainer.global_step} (check --lr and --lr-schedule)"
+            return f"the learning rate is 0 (at step {self._start + 1}; check --lr and --lr-schedule)"
         if self._first_grad_norm is not None and not math.isfinite(self._first_grad_norm):
             return "the gradients are not finite, so the optimizer skipped its steps (lower the learning rate)"
         if self._first_grad_norm == 0.0:

@@ -176,6 +176,22 @@ def _refuse_occupied(output: Path, record: RunRecord | None) -> None:
         )
 
 
+def refuse_occupied_early(settings: TrainSettings, *, resume_from: str | None) -> None:
+    """Before anything is written for a run (a dataset imported into OUTPUT/data, shards fetched there): a new run
+    (fresh, or a branch) into a folder that holds another run's results is refused, and the folder stays as it was.
+    `plan_run` checks the same again with the checkpoint opened."""
+    output = Path(settings.output)
+    try:
+        record = RunRecord.read(output)
+    except RunRecordError as err:
+        raise RunInputError(str(err)) from None
+    continues = resume_from in ("last", "auto") or (
+        resume_from is not None and Path(resume_from).resolve().parent == (output / "checkpoints").resolve()
+    )
+    if not continues:
+        _refuse_occupied(output, record)
+
+
 def make_missing_inputs(model_config: dict[str, Any], settings: TrainSettings, *, resume_from: str | None) -> None:
     """Write the inputs the config says to generate when missing: the toy data set (`toy_data`), and the initial
     ControlLDM weights `init`, made from the SD weights `base` as tool_add_control.py does (fresh starts only)."""
@@ -218,10 +234,12 @@ def plan_run(
     if resumed is None or not resumed.continues:
         _refuse_occupied(output, record)
     init = Path(settings.init) if settings.init else None
-    start_step = 0
+    start_step, fresh_init = 0, False
     if resumed is not None:
         ckpt = resumed.checkpoint  # mapped: only what is used is read
         init = checkpoint_init(ckpt.get("cutenet_config", {}), resumed.path)
+        fresh_init = bool(ckpt.get("cutenet_config", {}).get("fresh_init"))  # its saved fresh SD: no gradient expected
+        _check_same_eval(ckpt.get("cutenet_config", {}), settings, thresholds, resumed.path)
         start_step = int(ckpt["global_step"])
         try:
             check_state_dict({k: model_state[k] for k in trainable}, ckpt["state_dict"])
@@ -248,8 +266,24 @@ def plan_run(
         skipped,
         record if resumed is not None and resumed.continues else None,
         _branch_point(resumed) if resumed is not None and not resumed.continues else None,
+        fresh_init=fresh_init,
         thresholds=thresholds,
     )
+
+
+def _check_same_eval(config: dict[str, Any], settings: TrainSettings, thresholds: CannyThresholds, path: Path) -> None:
+    """A resume scores its control curve as the run did before: the curve and best/ compare F1 across evals, which
+    other held-out pairs or thresholds would make meaningless. A change is refused with what to do."""
+    before = config.get("training", {})
+    now = {"eval_n": settings.eval_n, "canny_thresholds": asdict(thresholds)}
+    was = {"eval_n": before.get("eval_n", settings.eval_n), "canny_thresholds": config.get("canny_thresholds")}
+    changed = [k for k in now if was[k] is not None and was[k] != now[k] and settings.eval_every]
+    if changed:
+        raise RunInputError(
+            f"{path} was scored with {', '.join(f'{k} {was[k]}' for k in changed)}, this resume with "
+            f"{', '.join(f'{k} {now[k]}' for k in changed)}: its control curve and best/ would compare unlike "
+            "scores; resume with the same settings, or branch into a new --output"
+        )
 
 
 def checkpoint_init(config: dict[str, Any], path: Path) -> Path:
@@ -469,6 +503,7 @@ def resolved_config(plan: RunPlan, config: dict[str, Any]) -> dict[str, Any]:
     resolved["training"] = asdict(plan.settings)
     resolved["init"] = str(plan.init) if plan.init else None
     resolved["canny_thresholds"] = asdict(plan.thresholds)
+    resolved["fresh_init"] = plan.fresh_init
     return resolved
 
 

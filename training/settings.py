@@ -18,7 +18,7 @@ from typing import Any
 
 from cldm.cldm import FROZEN_DTYPES
 from cldm.optimizer import LR_SCHEDULES, OPTIMIZERS, STATE_DTYPES
-from ldm.flags import knob
+from ldm.flags import knob, typed_fields
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class TrainSettings:
         unknown, missing = sorted(set(node) - names), sorted(names - set(node))
         if unknown or missing:
             raise ValueError(f"{source} training section: unknown keys {unknown}, missing keys {missing}")
-        return cls(**node)
+        return cls(**typed_fields(cls, node, f"{source} training"))
 
     def validate(self) -> None:
         for name in (
@@ -238,7 +238,7 @@ class ModelOptions:
             if any(v != found[0] for v in found):
                 raise ValueError(f"{source}: {' and '.join('.'.join(p) for p in cls.paths(f.name))} disagree")
             values[f.name] = found[0]
-        return cls(**values)
+        return cls(**typed_fields(cls, values, f"{source} model.params"))
 
     def applied_to(self, node: dict[str, Any], *, seed: int) -> dict[str, Any]:
         """A copy of the model node with these options and the run's seed written into its params."""

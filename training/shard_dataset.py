@@ -3,7 +3,7 @@ read by seeking into the shards through their index, so any rank and any DataLoa
 
 The run's loader (training/loader.py) asks for samples by their place in the run, so ranks and workers read
 disjoint samples, an epoch covers each once, and a resumed run starts at the very sample where it stopped, as it
-does over a folder. Memory holds the index (about 60 bytes a sample) and one open file per shard and worker.
+does over a folder. Memory holds the index (about 100 bytes a sample) and one open file per shard and worker.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from pairs.shards import INDEX_FILE, ShardError, ShardIndex, expand_shards
+from annotator.util import UnreadableImage, read_rgb
+from pairs.shards import INDEX_FILE, TEXT_EXT, ShardError, ShardIndex, expand_shards
 from training.check_pairs import TAIL_BYTES
 from training.dataset import item_draws, training_item
 
@@ -81,7 +81,7 @@ class ShardPairs(torch.utils.data.Dataset):
         return f"{self.shards[self.index.shard[i]]}:{self.index.keys[i]}"
 
     def prompt(self, index: int) -> str:
-        return self._member(int(self.keep[index]), 2).decode("utf-8")
+        return self._text(int(self.keep[index]))
 
     def _file(self, shard: int):
         if os.getpid() != self._pid:  # a DataLoader worker: its own file handles, never the parent's
@@ -121,19 +121,27 @@ class ShardPairs(torch.utils.data.Dataset):
         return head + f.read(PROBE_TAIL)
 
     def _image(self, i: int, field: int) -> np.ndarray:
-        image = cv2.imdecode(np.frombuffer(self._member(i, field), np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            which = ("target", "hint.png")[field]
+        which = ("target", "hint.png")[field]
+        where = f"shard {self.shards[self.index.shard[i]]}, sample {str(self.index.keys[i])!r}, its {which}"
+        try:
+            return read_rgb(self._member(i, field), name=where)  # H×W×3 uint8
+        except UnreadableImage as err:
+            raise ShardError(f"{err}; write the shard again, or train with --skip-bad") from None
+
+    def _text(self, i: int) -> str:
+        """The prompt member as text: UTF-8, as the pre-flight check reads it."""
+        try:
+            return self._member(i, 2).decode("utf-8")
+        except UnicodeDecodeError as err:
             raise ShardError(
-                f"shard {self.shards[self.index.shard[i]]}, sample {str(self.index.keys[i])!r}: its {which} does not decode; "
-                "write the shard again, or train with --skip-bad"
-            )
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # H×W×3 uint8
+                f"shard {self.shards[self.index.shard[i]]}, sample {str(self.index.keys[i])!r}: its {TEXT_EXT} is not "
+                f"UTF-8 text (byte {err.start}); write it as UTF-8, or train with --skip-bad"
+            ) from None
 
     def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         """(target, hint, prompt) of sample `index`: H×W×3 uint8 images."""
         i = int(self.keep[index])
-        return self._image(i, 0), self._image(i, 1), self._member(i, 2).decode("utf-8")
+        return self._image(i, 0), self._image(i, 1), self._text(i)
 
     def __getitem__(self, index: int) -> dict:
         return self.get(index, self.epoch)

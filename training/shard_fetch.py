@@ -61,7 +61,12 @@ def fetch_shards(spec: str, out: Path) -> Path:
     base = urls[0].rsplit("/", 1)[0] + "/"
     fetch(urljoin(base, MANIFEST_FILE), out / MANIFEST_FILE)
     if fetch(urljoin(base, VAL_PROMPT_FILE), out / VAL_PROMPT_FILE):
-        for row in read_prompt_file(out / VAL_PROMPT_FILE):
+        try:
+            rows = read_prompt_file(out / VAL_PROMPT_FILE)  # every path checked to stay inside `out`
+        except ValueError as err:
+            (out / VAL_PROMPT_FILE).unlink()
+            raise ShardError(f"the server's {VAL_PROMPT_FILE}: {err}") from None
+        for row in rows:
             for rel in (row["source"], row["target"]):
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 if not fetch(urljoin(base, rel), out / rel):

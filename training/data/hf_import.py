@@ -24,14 +24,16 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector, CannyThresholds
+from annotator.util import UnreadableImage, read_rgb
 from ldm.flags import HelpFormatter
 from ldm.util import remove_stale_temp_files, write_bytes_atomically, write_text_atomically
+from pairs.held_out import check_val_fraction, is_validation
 from pairs.manifest import DatasetManifest, HowMade
+from pairs.paths import DataPathError, within
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
-from training.data.prepare_dogs import is_validation
 from training.run_lock import LOCK_FILE, RunFolderLocked, run_lock
 
 logger = logging.getLogger(__name__)
@@ -66,8 +68,22 @@ def is_hf_dataset(source: str | Path) -> bool:
         return path.suffix in (".parquet", ".arrow")
     if not path.is_dir() or (path / PROMPT_FILE).is_file():
         return False
-    markers = ("dataset_dict.json", "dataset_info.json", "state.json", "metadata.jsonl", "metadata.csv")
-    return any((path / m).is_file() for m in markers) or any(path.glob("*.parquet")) or any(path.glob("*.arrow"))
+    markers = ("dataset_dict.json", "dataset_info.json", "state.json")
+    return (
+        any((path / m).is_file() for m in markers)
+        or is_imagefolder(path)
+        or any(path.glob("*.parquet"))
+        or any(path.glob("*.arrow"))
+    )
+
+
+def is_imagefolder(path: Path) -> bool:
+    """An imagefolder with its metadata at the top or per split (`train/metadata.jsonl`), as datasets reads it."""
+    return any(
+        (folder / name).is_file()
+        for folder in (path, *(path / split for split in ("train", *HELD_OUT_SPLITS)))
+        for name in ("metadata.jsonl", "metadata.csv")
+    )
 
 
 def is_hub_id(source: str) -> bool:
@@ -84,7 +100,7 @@ def open_hf(source: str, split: str) -> Any:
             loaded = datasets.load_from_disk(str(path))
         elif path.is_file():
             loaded = datasets.load_dataset(path.suffix[1:], data_files=str(path))
-        elif path.is_dir() and ((path / "metadata.jsonl").is_file() or (path / "metadata.csv").is_file()):
+        elif path.is_dir() and is_imagefolder(path):
             loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
         elif path.is_dir():
             kind = "parquet" if any(path.glob("*.parquet")) else "arrow"
@@ -100,7 +116,10 @@ def open_hf(source: str, split: str) -> Any:
         ) from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
-            raise HFDataError(f"{source} has no split {split!r} (it has {sorted(loaded)}); pass --split")
+            raise HFDataError(
+                f"{source} has no split {split!r} (it has {sorted(loaded)}); import the one to train on with "
+                f"python -m training.data.hf_import {source} OUT --split NAME, and train on OUT"
+            )
         return loaded[split], {s: loaded[s] for s in HELD_OUT_SPLITS if s in loaded}
     return loaded, {}
 
@@ -126,15 +145,23 @@ def check_columns(dataset: Any, columns: Columns, source: str) -> bool:
     return columns.conditioning_image in have
 
 
-def image_bytes(value: Any, base: Path, where: str) -> bytes:
+def image_bytes(value: Any, base: Path, where: str, *, contained: bool) -> bytes:
     """The stored bytes of an image cell: an Image feature read with decode=False ({bytes, path}) or a path
-    (an imagefolder's extra image columns are paths relative to its folder)."""
+    (an imagefolder's extra image columns are paths relative to its folder). A path written as text in the data
+    (metadata.jsonl), and with `contained` (an imagefolder) an Image cell's path too, must stay inside `base`; an
+    Image cell of a saved dataset names the file the datasets library recorded, wherever it lies."""
     if isinstance(value, dict) and value.get("bytes"):
         return bytes(value["bytes"])
     path = value.get("path") if isinstance(value, dict) else value
     if not isinstance(path, str) or not path:
         raise HFDataError(f"{where}: no image in the cell (got {type(value).__name__})")
-    file = Path(path) if Path(path).is_absolute() else base / path
+    if isinstance(value, dict) and not contained:
+        file = Path(path)
+    else:
+        try:
+            file = within(base, path, where=where, absolute_ok=True)  # data names its own files, no others
+        except DataPathError as err:
+            raise HFDataError(str(err)) from None
     try:
         return file.read_bytes()
     except OSError as err:
@@ -142,21 +169,21 @@ def image_bytes(value: Any, base: Path, where: str) -> bytes:
 
 
 def decoded(data: bytes, where: str) -> np.ndarray:
+    """An image cell's pixels exactly as training will read them (annotator.util.read_rgb: upright, 8-bit RGB,
+    the pixel-count guard before decoding): what an edge map is made from."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))  # H×W×3 uint8
-    except (UnidentifiedImageError, OSError) as err:
-        raise HFDataError(f"{where}: not a readable image ({err})") from None
+        return read_rgb(data, name=where)  # H×W×3 uint8
+    except UnreadableImage as err:
+        reason = str(err).removeprefix(f"{where}: ")
+        raise HFDataError(f"{where}: not a readable image ({reason}); fix or drop that row (or --skip-bad)") from None
 
 
 def extension(data: bytes, where: str) -> str:
-    """The file extension of an image's bytes, once they decode whole (a corrupt cell is refused by name)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            return {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}.get(image.format or "", ".png")
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise HFDataError(f"{where}: not a readable image ({err}); fix or drop that row") from None
+    """The file extension of an image's bytes, once they decode whole as training reads them (a corrupt cell or a
+    decompression bomb is refused by name)."""
+    decoded(data, where)
+    with Image.open(io.BytesIO(data)) as image:
+        return {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}.get(image.format or "", ".png")
 
 
 def import_split(
@@ -169,12 +196,15 @@ def import_split(
     thresholds: CannyThresholds,
     source: str,
     skip_bad: bool = False,
+    use_hint: bool = True,
+    contained: bool = False,
 ) -> tuple[list[dict[str, str]], list[str]]:
     """Write one split's pairs into `out` (target/, source/): the prompt-file rows, in the dataset's order, and the
-    rows left out (with `skip_bad`; else the first bad row raises HFDataError)."""
+    rows left out (with `skip_bad`; else the first bad row raises HFDataError). `use_hint`: take the edge maps from
+    the conditioning column (else canny maps of the images), as the training split does."""
     import datasets
 
-    has_hint = columns.conditioning_image in dataset.column_names
+    has_hint = use_hint and columns.conditioning_image in dataset.column_names
     raw = dataset.cast_column(columns.image, datasets.Image(decode=False))
     if has_hint and isinstance(raw.features[columns.conditioning_image], datasets.Image):
         raw = raw.cast_column(columns.conditioning_image, datasets.Image(decode=False))
@@ -182,7 +212,10 @@ def import_split(
     for i, item in enumerate(raw):
         where = f"{source} row {i} ({prefix})"
         try:
-            rows.append(_import_row(item, f"{prefix}{i:08d}", out, columns, base, thresholds, where))
+            row = _import_row(
+                item, f"{prefix}{i:08d}", out, columns, base, thresholds, where, use_hint=has_hint, contained=contained
+            )
+            rows.append(row)
         except HFDataError as err:
             if not skip_bad:
                 raise
@@ -191,17 +224,26 @@ def import_split(
 
 
 def _import_row(
-    item: dict, name: str, out: Path, columns: Columns, base: Path, thresholds: CannyThresholds, where: str
+    item: dict,
+    name: str,
+    out: Path,
+    columns: Columns,
+    base: Path,
+    thresholds: CannyThresholds,
+    where: str,
+    *,
+    use_hint: bool,
+    contained: bool,
 ) -> dict[str, str]:
     """Write one row's pair (or find it written); its prompt-file row."""
-    target = image_bytes(item[columns.image], base, f"{where} column {columns.image!r}")
+    target = image_bytes(item[columns.image], base, f"{where} column {columns.image!r}", contained=contained)
     caption = item[columns.caption]
     if not isinstance(caption, str):
         raise HFDataError(f"{where} column {columns.caption!r}: a caption must be text, got {caption!r}")
     target_rel = f"target/{name}{extension(target, f'{where} column {columns.image!r}')}"
-    if columns.conditioning_image in item:
+    if use_hint:
         hint_where = f"{where} column {columns.conditioning_image!r}"
-        hint = image_bytes(item[columns.conditioning_image], base, hint_where)
+        hint = image_bytes(item[columns.conditioning_image], base, hint_where, contained=contained)
         source_rel = f"source/{name}{extension(hint, hint_where)}"
     else:  # the canny map of the image, as the prepared data's are made
         edges = CannyDetector()(decoded(target, where), thresholds.low, thresholds.high)  # H×W
@@ -210,6 +252,17 @@ def _import_row(
         write_bytes_atomically(out / target_rel, target)
         write_bytes_atomically(out / source_rel, hint)  # written last: its presence marks the pair done
     return {"source": source_rel, "target": target_rel, "prompt": caption}
+
+
+def files_root(source: str) -> Path:
+    """Where a dataset's image paths may point (relative ones are relative to it): its own folder, or for a hub id
+    the Hugging Face cache its files were downloaded into."""
+    if is_hub_id(source):
+        import datasets
+
+        return Path(datasets.config.HF_CACHE_HOME)
+    path = Path(source)
+    return path if path.is_dir() else path.parent
 
 
 def import_hf(
@@ -225,6 +278,10 @@ def import_hf(
     """Import `source` into the prepared folder `out` (resumable: pairs already written are kept); returns `out`.
     The held-out pairs are the dataset's validation (or test) split when it has one, else a stable share of
     `val_fraction`. A folder imported from another dataset, or with other settings, is refused."""
+    try:
+        check_val_fraction(val_fraction)
+    except ValueError as err:
+        raise HFDataError(str(err)) from None
     dataset, held_out = open_hf(source, split)
     out = Path(out)
     has_hint = check_columns(dataset, columns, source)
@@ -237,14 +294,14 @@ def import_hf(
             return out  # imported whole before, from this very dataset
         for sub in ("source", "target"):
             (out / sub).mkdir(exist_ok=True)
-        # where a column of paths (an imagefolder's extra images) is relative to; a hub dataset holds bytes
-        base = Path(source) if Path(source).is_dir() else Path(source).parent if Path(source).exists() else Path.cwd()
-        options = dict(base=base, thresholds=thresholds, source=source, skip_bad=skip_bad)
+        base = files_root(source)
+        contained = Path(source).is_dir() and is_imagefolder(Path(source))
+        options = dict(base=base, thresholds=thresholds, source=source, skip_bad=skip_bad, contained=contained)
         rows, skipped = import_split(dataset, out, columns, prefix="", **options)
         val_rows: list[dict[str, str]] = []
-        for name, part in held_out.items():
+        for name, part in held_out_like_training(held_out, columns, source, has_hint=has_hint).items():
             check_columns(part, columns, f"{source} ({name})")
-            part_rows, part_skipped = import_split(part, out, columns, prefix=f"{name}-", **options)
+            part_rows, part_skipped = import_split(part, out, columns, prefix=f"{name}-", use_hint=has_hint, **options)
             val_rows, skipped = val_rows + part_rows, skipped + part_skipped
         if skipped:
             write_text_atomically(out / SKIPPED_FILE, "".join(line + "\n" for line in skipped))
@@ -269,6 +326,29 @@ def import_hf(
     return out
 
 
+def held_out_like_training(
+    held_out: dict[str, Any], columns: Columns, source: str, *, has_hint: bool
+) -> dict[str, Any]:
+    """The held-out splits whose edge maps can be made as the training split's are: a split without the
+    conditioning column the training split has is left out (the monitor would score against maps of another
+    kind), and the run says so; one that has the column the training split lacks gets canny maps, as training."""
+    kept = {}
+    for name, part in held_out.items():
+        if has_hint and columns.conditioning_image not in part.column_names:
+            logger.warning(
+                "%s: the %s split has no %r column, so its edge maps could not be made as the training split's; "
+                "a share of the training split is held out instead",
+                source,
+                name,
+                columns.conditioning_image,
+            )
+            continue
+        if not has_hint and columns.conditioning_image in part.column_names:
+            logger.info("%s: the %s split's edge maps are made by canny, as the training split's are", source, name)
+        kept[name] = part
+    return kept
+
+
 def held_out_share(rows: list[dict[str, str]], fraction: float) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """(training, held-out) rows: a pair is held out by a stable hash of its name, at least one on each side."""
     if len(rows) < 2:
@@ -281,13 +361,40 @@ def held_out_share(rows: list[dict[str, str]], fraction: float) -> tuple[list[di
     return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
 
 
+def _same_data(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether a recorded import was made from `now`'s data: the same fingerprint and columns (the same source
+    where the dataset has no fingerprint), wherever the source lies now."""
+    if before.get("columns") != now["columns"]:
+        return False
+    if before.get("fingerprint") is None or now["fingerprint"] is None:
+        return before.get("source") == now["source"]
+    return before["fingerprint"] == now["fingerprint"]
+
+
+def recorded_source(folder: Path) -> str | None:
+    """The dataset a finished import in `folder` was made from (None when `folder` holds none)."""
+    if not (folder / PROMPT_FILE).is_file() or not (folder / SOURCE_FILE).is_file():
+        return None
+    try:
+        return json.loads((folder / SOURCE_FILE).read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _check_reuse(out: Path, record: dict[str, Any], made: HowMade) -> bool:
     """Whether `out` was started from this dataset (an import resumes only into a folder of the same dataset,
     fingerprint and settings: another is refused); a new folder is marked with the source."""
     recorded = out / SOURCE_FILE
     if recorded.is_file():
         before = json.loads(recorded.read_text())
-        if before != record:
+        if _same_data(before, record):
+            if before["source"] != record["source"]:
+                logger.info(
+                    "%s moved to %s (the same data by its fingerprint): its import is used",
+                    before["source"],
+                    record["source"],
+                )
+        else:
             raise HFDataError(
                 f"{out} was imported from other data or columns ({before['source']}, fingerprint "
                 f"{before['fingerprint']}); import into a new folder, or delete {out} to import again"

@@ -9,7 +9,6 @@ continues where it stopped and produces byte-identical output. Originals are onl
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector, CannyThresholds
 from annotator.util import read_rgb
 from ldm.flags import HelpFormatter
 from ldm.util import remove_stale_temp_files, tsv_text, write_bytes_atomically, write_text_atomically
+from pairs.held_out import check_val_fraction, is_validation
 from pairs.manifest import MANIFEST_FILE, DatasetManifest, HowMade, SourceFile
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
 from training.data.captions import BLIP_MODEL_ID, finalise_caption, load_blip
@@ -208,12 +208,6 @@ def caption_items(
     return captions
 
 
-def is_validation(item_id: str, val_fraction: float) -> bool:
-    """A stable split: the same items are held out on every machine and every run."""
-    digest = int(hashlib.sha1(item_id.encode()).hexdigest()[:8], 16)
-    return digest / 0xFFFFFFFF < val_fraction
-
-
 def write_split(
     records: Sequence[ImageRecord],
     captions: dict[str, str],
@@ -255,8 +249,7 @@ def prepare(
         raise ValueError(f"captioner must be 'blip' or 'breed', got {captioner!r}")
     if settings.crop not in CROP_MODES:
         raise ValueError(f"crop must be one of {CROP_MODES}, got {settings.crop!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"--val-fraction is the held-out share, from 0 to below 1; got {val_fraction}")
+    check_val_fraction(val_fraction)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}")
     out = Path(out)

@@ -14,10 +14,11 @@ from pathlib import Path
 import cv2
 
 from annotator.util import read_rgb
-from ldm.util import write_bytes_atomically
+from ldm.util import replace_folder, write_bytes_atomically
 from pairs.manifest import MANIFEST_FILE
+from pairs.paths import within
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, read_prompt_file, write_prompt_file
-from pairs.shards import SHARD_NAME, ShardIndex, expand_shards, sample_members, write_shard
+from pairs.shards import SHARD_NAME, ShardError, ShardIndex, expand_shards, sample_members, write_shard
 
 
 def _target(path: Path) -> tuple[bytes, str]:
@@ -44,18 +45,23 @@ def write_shards(folder: str | Path, out: str | Path, *, shard_size: int = 1000)
     rows = read_prompt_file(folder / PROMPT_FILE)
     if not rows:
         raise ValueError(f"{folder / PROMPT_FILE} lists no pairs")
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    # The set is written whole beside `out` and then takes its place: a re-run (another --shard-size) leaves no
+    # shard of the old set behind, and a stop half-way leaves the old set as it was.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.writing")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    count = 0
     for number, start in enumerate(range(0, len(rows), shard_size)):
         members = []
         for i, row in enumerate(rows[start : start + shard_size], start=start):
             target, ext = _target(folder / row["target"])
             members += sample_members(f"{i:09d}", target, ext, _hint(folder / row["source"]), row["prompt"])
-        path = out / SHARD_NAME.format(number)
-        write_shard(path, members)
-        written.append(path)
-    _copy_held_out(folder, out)
-    return written
+        write_shard(staging / SHARD_NAME.format(number), members)
+        count = number + 1
+    _copy_held_out(folder, staging)
+    replace_folder(staging, out)
+    return [out / SHARD_NAME.format(number) for number in range(count)]
 
 
 def _copy_held_out(folder: Path, out: Path) -> None:
@@ -65,7 +71,7 @@ def _copy_held_out(folder: Path, out: Path) -> None:
     if not (folder / VAL_PROMPT_FILE).is_file():
         return
     rows = read_prompt_file(folder / VAL_PROMPT_FILE)
-    for row in rows:
+    for row in rows:  # read_prompt_file has checked that each path stays inside its folder
         for rel in (row["source"], row["target"]):
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomically(out / rel, (folder / rel).read_bytes())
@@ -87,9 +93,17 @@ def shards_to_folder(spec: str, out: str | Path) -> Path:
             f = handles.setdefault(shard, open(shard, "rb"))  # noqa: SIM115 (closed below, one per shard)
             target, hint, text = (_read(f, index.offsets[i, j], index.sizes[i, j]) for j in range(3))
             key, ext = str(index.keys[i]), "png" if index.png[i] else "jpg"
-            write_bytes_atomically(out / "target" / f"{key}.{ext}", target)
-            write_bytes_atomically(out / "source" / f"{key}.png", hint)
-            rows.append({"source": f"source/{key}.png", "target": f"target/{key}.{ext}", "prompt": text.decode()})
+            where = f"shard {shard}, sample {key!r}"
+            try:
+                prompt = text.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ShardError(f"{where}: its caption is not UTF-8 text (byte {err.start}); fix the shard") from None
+            row = {"source": f"source/{key}.png", "target": f"target/{key}.{ext}", "prompt": prompt}
+            for rel, data in ((row["target"], target), (row["source"], hint)):
+                path = within(out, rel, where=where)  # the key names no place outside `out` (checked again here)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes_atomically(path, data)
+            rows.append(row)
     finally:
         for f in handles.values():
             f.close()

@@ -1,0 +1,33 @@
+"""Paths that come from data (prompt-file rows, shard member names, a dataset's image paths, a server's held-out
+list) stay inside the folder they belong to: one check that every reader and writer of such a path calls, so a
+prompt file or a tar can never name where a file is read from or written to outside its root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+
+class DataPathError(ValueError):
+    """A path named by data leaves its root; the message names where it came from and the path."""
+
+
+def within(root: str | Path, rel: str, *, where: str, absolute_ok: bool = False) -> Path:
+    """`root / rel`, refused with DataPathError when `rel` is absolute, climbs out with `..`, or reaches outside
+    `root` through a symbolic link (the path as the file system resolves it must stay under `root`). `absolute_ok`
+    admits an absolute path that lies under `root` (what the datasets library writes into a dataset's cells)."""
+    parts = PurePosixPath(rel.replace("\\", "/"))
+    absolute = parts.is_absolute() or (len(rel) > 1 and rel[1] == ":")
+    if not rel or (absolute and not absolute_ok) or ".." in parts.parts:
+        raise DataPathError(
+            f"{where}: {rel!r} is not a relative path inside {root}; data may only name files inside its own folder"
+        )
+    path = Path(root) / parts
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise DataPathError(
+            f"{where}: {rel!r} leads outside {root} (to {real}, through a symbolic link); data may only name files "
+            "inside its own folder"
+        )
+    return path
