@@ -4,8 +4,14 @@ prompt file or a tar can never name where a file is read from or written to outs
 
 from __future__ import annotations
 
+import functools
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+
+
+@functools.lru_cache(maxsize=1024)
+def _real_folder(path: str) -> str:
+    return os.path.realpath(path)
 
 
 class DataPathError(ValueError):
@@ -16,18 +22,21 @@ def within(root: str | Path, rel: str, *, where: str, absolute_ok: bool = False)
     """`root / rel`, refused with DataPathError when `rel` is absolute, climbs out with `..`, or reaches outside
     `root` through a symbolic link (the path as the file system resolves it must stay under `root`). `absolute_ok`
     admits an absolute path that lies under `root` (what the datasets library writes into a dataset's cells)."""
-    parts = PurePosixPath(rel.replace("\\", "/"))
-    absolute = parts.is_absolute() or (len(rel) > 1 and rel[1] == ":")
-    if not rel or (absolute and not absolute_ok) or ".." in parts.parts:
+    text = rel.replace("\\", "/")
+    absolute = text.startswith("/") or (len(text) > 1 and text[1] == ":")
+    if not text or (absolute and not absolute_ok) or ".." in text.split("/"):
         raise DataPathError(
             f"{where}: {rel!r} is not a relative path inside {root}; data may only name files inside its own folder"
         )
-    path = Path(root) / parts
-    real_root = os.path.realpath(root)
-    real = os.path.realpath(path)
+    path = os.path.join(root, text)
+    real_root = _real_folder(str(root))
+    # A folder's real path is resolved once (a prompt file names thousands of files in a few folders); the file
+    # itself is resolved only when it is a link.
+    folder, name = os.path.split(path)
+    real = os.path.realpath(path) if os.path.islink(path) else os.path.join(_real_folder(folder), name)
     if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
         raise DataPathError(
             f"{where}: {rel!r} leads outside {root} (to {real}, through a symbolic link); data may only name files "
             "inside its own folder"
         )
-    return path
+    return Path(path)

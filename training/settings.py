@@ -37,7 +37,7 @@ class TrainSettings:
 
     data: str = knob(
         "prepared folder with prompt.json, source/, target/; or a Hugging Face dataset (save_to_disk folder, parquet "
-        "or arrow files, imagefolder with metadata.jsonl, or hf:HUB_ID), imported once into training/imported/"
+        "or arrow files, imagefolder with metadata.jsonl, or hf:HUB_ID), imported once into OUTPUT/data"
     )
     image_column: str = knob("a Hugging Face dataset's column of target images (diffusers' --image_column)")
     conditioning_image_column: str = knob(
