@@ -17,6 +17,7 @@ from fill50k import write_fill50k_like
 from repo_paths import ROOT
 from repo_paths import TINY_CONFIG as TINY
 from safetensors.torch import load_file
+from train_args import tiny_args
 
 from annotator.canny import CannyThresholds
 from cldm.edge_record import recorded_thresholds
@@ -32,23 +33,7 @@ from tutorial_train import main
 @pytest.fixture
 def _args(base):
     def build(toy_data: Path, out: Path, *extra: str) -> list[str]:
-        return [
-            "--config",
-            str(TINY),
-            "--data",
-            str(toy_data),
-            "--output",
-            str(out),
-            "--batch-size",
-            "2",
-            "--logger-freq",
-            "1000",
-            "--workers",
-            "0",
-            "--init",
-            str(base),
-            *extra,
-        ]
+        return tiny_args(toy_data, out, *extra, init=base)
 
     return build
 

@@ -8,32 +8,14 @@ import pytest
 import torch
 from fill50k import write_fill50k_like
 from repo_paths import ROOT
-from repo_paths import TINY_CONFIG as TINY
+from train_args import tiny_args
 
 import tool_export_control
 from tutorial_train import main
 
 
 def _args(data, out, *extra, init):
-    return [
-        "--config",
-        str(TINY),
-        "--data",
-        str(data),
-        "--output",
-        str(out),
-        "--batch-size",
-        "2",
-        "--logger-freq",
-        "1000",
-        "--workers",
-        "0",
-        "--eval-every",
-        "0",
-        "--init",
-        str(init),
-        *extra,
-    ]
+    return tiny_args(data, out, "--eval-every", "0", *extra, init=init)
 
 
 def _ckpt(out, step):
