@@ -122,11 +122,14 @@ class ShardPairs(torch.utils.data.Dataset):
 
     def _image(self, i: int, field: int) -> np.ndarray:
         which = ("target", "hint.png")[field]
-        where = f"shard {self.shards[self.index.shard[i]]}, sample {str(self.index.keys[i])!r}, its {which}"
+        where = f"shard {self.shards[self.index.shard[i]]}, sample {str(self.index.keys[i])!r}"
         try:
             return read_rgb(self._member(i, field), name=where)  # H×W×3 uint8
         except UnreadableImage as err:
-            raise ShardError(f"{err}; write the shard again, or train with --skip-bad") from None
+            reason = str(err).removeprefix(f"{where}: ")
+            raise ShardError(
+                f"{where}: its {which} does not decode ({reason}); write the shard again, or train with --skip-bad"
+            ) from None
 
     def _text(self, i: int) -> str:
         """The prompt member as text: UTF-8, as the pre-flight check reads it."""
