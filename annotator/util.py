@@ -40,7 +40,12 @@ def HWC3(image: np.ndarray) -> np.ndarray:
 
 
 class UnreadableImage(ValueError):
-    """A file (or bytes) that cannot be decoded as an image; the message names it and says why."""
+    """A file (or bytes) that cannot be decoded as an image; the message names it (`name`) and says why (`reason`,
+    for callers that name the file their own way)."""
+
+    def __init__(self, reason: str, *, name: str | None = None) -> None:
+        super().__init__(f"{name}: {reason}" if name else reason)
+        self.reason = reason
 
 
 # Pillow's own decompression-bomb bound (about 89 megapixels): larger pictures are refused before decoding.
@@ -60,19 +65,20 @@ def read_rgb(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS, name: 
             width, height = image.size
             if width * height > max_pixels:
                 raise UnreadableImage(
-                    f"{label}: {width}×{height} pixels is more than the {max_pixels:,} this reads (a decompression "
-                    "bomb, or a picture far larger than training uses); shrink it or leave it out"
+                    f"{width}×{height} pixels is more than the {max_pixels:,} this reads (a decompression bomb, or "
+                    "a picture far larger than training uses); shrink it or leave it out",
+                    name=label,
                 )
             image.load()  # a full decode: a truncated file fails here
             return _to_rgb8(ImageOps.exif_transpose(image))
     except UnreadableImage:
         raise
     except UnidentifiedImageError:
-        raise UnreadableImage(f"{label}: not an image file (unknown format)") from None
+        raise UnreadableImage("not an image file (unknown format)", name=label) from None
     except Image.DecompressionBombError as err:  # not an OSError
-        raise UnreadableImage(f"{label}: decompression bomb ({err})") from None
+        raise UnreadableImage(f"decompression bomb ({err})", name=label) from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise UnreadableImage(f"{label}: cannot decode ({err})") from None
+        raise UnreadableImage(f"cannot decode ({err})", name=label) from None
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:

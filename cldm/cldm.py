@@ -269,21 +269,20 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         the old rate. The rate is set again from the schedule at the restored step, by the same product LambdaLR
         computes, so an unchanged run resumes bit-exactly."""
         scheduler = self.lr_schedulers()
-        for optimizer in (self.trainer.optimizers or [])[:1]:
-            for i, group in enumerate(optimizer.param_groups):
-                if scheduler is None:
-                    rate = self.learning_rate
-                else:
-                    scheduler.base_lrs[i] = self.learning_rate
-                    rate = self.learning_rate * scheduler.lr_lambdas[i](scheduler.last_epoch)
-                if group["lr"] != rate:
-                    logger.info(
-                        "learning rate at step %d: %g from this run's schedule (the checkpoint held %g)",
-                        self.global_step,
-                        rate,
-                        group["lr"],
-                    )
-                    group["lr"] = rate
+        for i, group in enumerate(self.trainer.optimizers[0].param_groups):  # configure_optimizers makes one
+            if scheduler is None:
+                rate = self.learning_rate
+            else:
+                scheduler.base_lrs[i] = self.learning_rate
+                rate = self.learning_rate * scheduler.lr_lambdas[i](scheduler.last_epoch)
+            if group["lr"] != rate:
+                logger.info(
+                    "learning rate at step %d: %g from this run's schedule (the checkpoint held %g)",
+                    self.global_step,
+                    rate,
+                    group["lr"],
+                )
+                group["lr"] = rate
 
     def _make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         logger.info(

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ldm.util import atomic_write
-from pairs.paths import DataPathError, within
+from pairs.paths import DataPathError, relative_name
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _samples(path: str) -> Iterable[tuple[str, dict]]:
 def _check_key(path: str, key: str) -> None:
     """A key becomes a file name when shards are unpacked: it stays a relative path (pairs/paths.py)."""
     try:
-        within(".", key, where=f"shard {path}, sample key")
+        relative_name(key, where=f"shard {path}, sample key", inside="the folder it is unpacked into")
     except DataPathError as err:
         raise ShardError(f"{err}; write the shard again with plain keys") from None
 

@@ -149,7 +149,7 @@ def _resolve_resume_from(resume_from: str | None, output: Path, record: RunRecor
         raise RunInputError(f"--resume-from last: no intact checkpoint of a run in {folder} yet")
     path = Path(resume_from)
     ckpt = _open_intact(path)
-    if path.resolve().parent != folder.resolve():
+    if not _own_checkpoint(path, output):
         return Resume(path, ckpt, continues=False)
     entry = next((c for c in record.checkpoints if c.name == path.name), None) if record else None
     if entry is None:
@@ -161,6 +161,11 @@ def _resolve_resume_from(resume_from: str | None, output: Path, record: RunRecor
             f"branch from {path.name} into a new folder: --resume-from {path} --output {output}-from-{entry.step}"
         )
     return Resume(path, ckpt, continues=True)
+
+
+def _own_checkpoint(path: Path, output: Path) -> bool:
+    """Whether `path` lies in `output`'s checkpoint folder (resuming it continues the run; another is a branch)."""
+    return path.resolve().parent == (output / "checkpoints").resolve()
 
 
 def _refuse_occupied(output: Path, record: RunRecord | None) -> None:
@@ -186,7 +191,7 @@ def refuse_occupied_early(settings: TrainSettings, *, resume_from: str | None) -
     except RunRecordError as err:
         raise RunInputError(str(err)) from None
     continues = resume_from in ("last", "auto") or (
-        resume_from is not None and Path(resume_from).resolve().parent == (output / "checkpoints").resolve()
+        resume_from is not None and _own_checkpoint(Path(resume_from), output)
     )
     if not continues:
         _refuse_occupied(output, record)

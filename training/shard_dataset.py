@@ -122,13 +122,12 @@ class ShardPairs(torch.utils.data.Dataset):
 
     def _image(self, i: int, field: int) -> np.ndarray:
         which = ("target", "hint.png")[field]
-        where = f"shard {self.shards[self.index.shard[i]]}, sample {str(self.index.keys[i])!r}"
         try:
-            return read_rgb(self._member(i, field), name=where)  # H×W×3 uint8
+            return read_rgb(self._member(i, field))  # H×W×3 uint8
         except UnreadableImage as err:
-            reason = str(err).removeprefix(f"{where}: ")
             raise ShardError(
-                f"{where}: its {which} does not decode ({reason}); write the shard again, or train with --skip-bad"
+                f"{self._where(i)}: its {which} does not decode ({err.reason}); write the shard again, or train with "
+                "--skip-bad"
             ) from None
 
     def _text(self, i: int) -> str:
@@ -137,9 +136,13 @@ class ShardPairs(torch.utils.data.Dataset):
             return self._member(i, 2).decode("utf-8")
         except UnicodeDecodeError as err:
             raise ShardError(
-                f"shard {self.shards[self.index.shard[i]]}, sample {str(self.index.keys[i])!r}: its {TEXT_EXT} is not "
-                f"UTF-8 text (byte {err.start}); write it as UTF-8, or train with --skip-bad"
+                f"{self._where(i)}: its {TEXT_EXT} is not UTF-8 text (byte {err.start}); write it as UTF-8, or train "
+                "with --skip-bad"
             ) from None
+
+    def _where(self, i: int) -> str:
+        """Sample i of the index (not of `keep`) by shard and key, for messages."""
+        return f"shard {self.shards[self.index.shard[i]]}, sample {str(self.index.keys[i])!r}"
 
     def read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         """(target, hint, prompt) of sample `index`: H×W×3 uint8 images."""

@@ -46,24 +46,8 @@ def test_an_extended_cosine_run_trains_its_new_steps_at_the_new_schedule(toy_dat
 def test_a_resume_with_another_lr_trains_at_it(toy_data, tmp_path, base):
     out = tmp_path / "run"
     assert main(_args(toy_data, out, "--max-steps", "2", "--ckpt-every", "2", "--lr", "1e-3", init=base)) == 0
-    assert (
-        main(
-            _args(
-                toy_data,
-                out,
-                "--max-steps",
-                "3",
-                "--ckpt-every",
-                "3",
-                "--lr",
-                "2e-3",
-                "--resume-from",
-                "last",
-                init=base,
-            )
-        )
-        == 0
-    )
+    resumed = ["--max-steps", "3", "--ckpt-every", "3", "--lr", "2e-3", "--resume-from", "last"]
+    assert main(_args(toy_data, out, *resumed, init=base)) == 0
     assert _ckpt(out, 3)["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(2e-3)
 
 

@@ -168,22 +168,18 @@ def image_bytes(value: Any, base: Path, where: str, *, contained: bool) -> bytes
         raise HFDataError(f"{where}: cannot read {file} ({err.strerror})") from None
 
 
-def decoded(data: bytes, where: str) -> np.ndarray:
-    """An image cell's pixels exactly as training will read them (annotator.util.read_rgb: upright, 8-bit RGB,
-    the pixel-count guard before decoding): what an edge map is made from."""
+def decoded(data: bytes, where: str) -> tuple[str, np.ndarray]:
+    """An image cell's file extension and its pixels exactly as training will read them (annotator.util.read_rgb:
+    upright, 8-bit RGB, the pixel-count guard before decoding): what an edge map is made from. Decoded whole once,
+    so a corrupt cell or a decompression bomb is refused by name."""
     try:
-        return read_rgb(data, name=where)  # H×W×3 uint8
+        pixels = read_rgb(data)  # H×W×3 uint8
     except UnreadableImage as err:
-        reason = str(err).removeprefix(f"{where}: ")
-        raise HFDataError(f"{where}: not a readable image ({reason}); fix or drop that row (or --skip-bad)") from None
-
-
-def extension(data: bytes, where: str) -> str:
-    """The file extension of an image's bytes, once they decode whole as training reads them (a corrupt cell or a
-    decompression bomb is refused by name)."""
-    decoded(data, where)
-    with Image.open(io.BytesIO(data)) as image:
-        return {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}.get(image.format or "", ".png")
+        raise HFDataError(
+            f"{where}: not a readable image ({err.reason}); fix or drop that row (or --skip-bad)"
+        ) from None
+    with Image.open(io.BytesIO(data)) as image:  # the header only: the format it was stored in
+        return {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}.get(image.format or "", ".png"), pixels
 
 
 def import_split(
@@ -240,13 +236,14 @@ def _import_row(
     caption = item[columns.caption]
     if not isinstance(caption, str):
         raise HFDataError(f"{where} column {columns.caption!r}: a caption must be text, got {caption!r}")
-    target_rel = f"target/{name}{extension(target, f'{where} column {columns.image!r}')}"
+    target_ext, pixels = decoded(target, f"{where} column {columns.image!r}")
+    target_rel = f"target/{name}{target_ext}"
     if use_hint:
         hint_where = f"{where} column {columns.conditioning_image!r}"
         hint = image_bytes(item[columns.conditioning_image], base, hint_where, contained=contained)
-        source_rel = f"source/{name}{extension(hint, hint_where)}"
+        source_rel = f"source/{name}{decoded(hint, hint_where)[0]}"
     else:  # the canny map of the image, as the prepared data's are made
-        edges = CannyDetector()(decoded(target, where), thresholds.low, thresholds.high)  # H×W
+        edges = CannyDetector()(pixels, thresholds.low, thresholds.high)  # H×W
         hint, source_rel = cv2.imencode(".png", edges)[1].tobytes(), f"source/{name}.png"
     if not (out / source_rel).is_file():
         write_bytes_atomically(out / target_rel, target)

@@ -17,9 +17,9 @@ def load_rgb(path: Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise UnreadableImage("empty file (0 bytes)")
     try:
-        array = read_rgb(path, name="the file")
+        array = read_rgb(path)
     except UnreadableImage as err:
-        raise UnreadableImage(str(err).removeprefix("the file: ")) from None
+        raise UnreadableImage(err.reason) from None
     if min(array.shape[:2]) < 8:
         raise UnreadableImage(f"too small ({array.shape[1]}×{array.shape[0]})")
     return array
