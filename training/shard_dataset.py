@@ -3,7 +3,8 @@ read by seeking into the shards through their index, so any rank and any DataLoa
 
 The run's loader (training/loader.py) asks for samples by their place in the run, so ranks and workers read
 disjoint samples, an epoch covers each once, and a resumed run starts at the very sample where it stopped, as it
-does over a folder. Memory holds the index (about 100 bytes a sample) and one open file per shard and worker.
+does over a folder. Memory holds the index (97 bytes a sample with 9-character keys) and one open file per shard
+and worker.
 """
 
 from __future__ import annotations
