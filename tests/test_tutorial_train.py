@@ -495,6 +495,18 @@ def test_a_run_trains_on_shards_named_by_url(shards, tmp_path, _args):
     assert len(list((out / "data").glob("*.tar"))) == 5 and read_curve(out)
 
 
+@pytest.mark.slow
+def test_s3_shards_train_and_resume_bit_exactly(shards, tmp_path, _args):
+    """Against moto's S3 server on 127.0.0.1: the fetched shards train, and a resume ends bit-equal."""
+    from s3_store import s3_store
+
+    with s3_store("cutenet-train", shards) as base:
+        weights = _resume_matches_a_straight_run(f"{base}/pairs-{{000000..000004}}.tar", tmp_path, _args)
+    assert weights and sorted(p.name for p in (tmp_path / "parts" / "data").glob("*.tar")) == sorted(
+        p.name for p in shards.glob("*.tar")
+    )
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_sharded_ddp_covers_each_sample_once_an_epoch_and_resumes_bit_exactly(shards, tmp_path, _args):

@@ -36,7 +36,7 @@ def import_data(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
     OUTPUT/data (training/data/hf_import.py, which refuses a folder imported from other data); the settings with
     that folder as the data. The other ranks find rank 0's import."""
     if is_url_spec(settings.data):
-        return _fetched(settings, rank_zero=rank_zero)
+        return _fetched(settings)
     folder = Path(settings.output) / IMPORT_DIR
     if not is_hf_dataset(settings.data):
         if recorded_source(folder) == settings.data and not Path(settings.data).exists():
@@ -68,15 +68,18 @@ def import_data(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
     return dataclasses.replace(settings, data=str(folder))
 
 
-def _fetched(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
-    """Shards named by URL, fetched once into OUTPUT/data (training/shard_fetch.py)."""
+def _fetched(settings: TrainSettings) -> TrainSettings:
+    """Shards named by URL, fetched once into OUTPUT/data (training/shard_fetch.py); the ranks of a node take turns,
+    and the first fetches."""
     folder = Path(settings.output) / IMPORT_DIR
     try:
-        if rank_zero:
-            fetch_shards(settings.data, folder)
-        elif not any(folder.glob("*.tar")):
-            raise DataSourceError(f"{settings.data} is not fetched into {folder} yet: fetch it on rank 0 first")
+        fetch_shards(settings.data, folder)
     except ShardError as err:
         raise DataSourceError(f"data: {err}") from None
+    except OSError as err:  # a full or read-only disk: the files already fetched stay, and a re-run goes on
+        raise DataSourceError(
+            f"data: cannot write {err.filename or folder} ({err.strerror}) while fetching {settings.data} into "
+            f"{folder}; free space (or fix the folder) and run again: the fetch goes on where it stopped"
+        ) from None
     logger.info("training on %s as fetched into %s", settings.data, folder)
     return dataclasses.replace(settings, data=str(folder))

@@ -41,10 +41,10 @@ class ShardPairs(torch.utils.data.Dataset):
 
     def __init__(self, data: str | Path, *, hflip: bool = False, empty_prompt_p: float = 0.0, seed: int = 0) -> None:
         text = str(data)
-        if text.startswith(("http://", "https://", "pipe:", "s3://", "gs://")):
+        if text.startswith(("http://", "https://", "pipe:", "s3://", "gs://", "gcs://")):
             raise ShardError(
                 f"{text}: shards are read from a local or mounted folder (a sample is one seek into its shard); "
-                "training fetches http(s) shards into OUTPUT/data first; mount or copy others"
+                "training fetches http(s), s3:// and gs:// shards into OUTPUT/data first; mount or copy others"
             )
         self.shards = expand_shards(text)
         if not self.shards:
