@@ -52,13 +52,16 @@ class UnreadableImage(ValueError):
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
 
-def read_rgb(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS, name: str | None = None) -> np.ndarray:
+def read_rgb(
+    source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS, name: str | None = None, fit: int | None = None
+) -> np.ndarray:
     """The project's one image decoder (prepare, import, training, the latent cache, evaluation, the demo): a file
     or an image's bytes → uint8 H×W×3 RGB, so edge maps are made from exactly the pixels training reads.
 
     The pixel count is checked from the header before decoding; EXIF orientation is applied once (phones store
     photos sideways and say so there); 16-bit and 32-bit values are scaled to 8 bits by their range, float images
-    from [0, 1]; palette, CMYK and other modes become RGB; transparency is flattened onto white (as `HWC3`)."""
+    from [0, 1]; palette, CMYK and other modes become RGB; transparency is flattened onto white (as `HWC3`).
+    `fit` gives at most that many pixels a side (a preview; a JPEG is decoded at that scale directly)."""
     label = name or ("image bytes" if isinstance(source, bytes) else str(source))
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
@@ -69,8 +72,15 @@ def read_rgb(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS, name: 
                     "a picture far larger than training uses); shrink it or leave it out",
                     name=label,
                 )
+            if fit is not None:
+                image.draft("RGB", (fit, fit))
             image.load()  # a full decode: a truncated file fails here
-            return _to_rgb8(ImageOps.exif_transpose(image))
+            rgb = _to_rgb8(ImageOps.exif_transpose(image))  # H×W×3 uint8
+            if fit is not None and max(rgb.shape[:2]) > fit:
+                small = Image.fromarray(rgb)
+                small.thumbnail((fit, fit))
+                rgb = np.asarray(small)
+            return rgb
     except UnreadableImage:
         raise
     except UnidentifiedImageError:

@@ -159,17 +159,27 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= size - 8
 
 
+# A legacy (non-zip) torch file is pickles in a row (magic number, protocol, system info, the object, its storage
+# keys) followed by the raw storage bytes, which are not a pickle.
+LEGACY_PICKLES = 5
+
+
 def _pickle_globals(path: Path) -> list[str] | None:
     """The `module.name` globals a torch pickle refers to (read without running it), or None if it is damaged."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+            pickles = 1
         else:
             data = path.read_bytes()
-        stream, found = io.BytesIO(data), []
-        while stream.tell() < len(data):  # a legacy torch file is several pickles in a row
-            strings: list[str] = []
+            pickles = LEGACY_PICKLES
+    except (OSError, StopIteration, zipfile.BadZipFile, KeyError):
+        return None
+    stream, found = io.BytesIO(data), []
+    for number in range(pickles):
+        strings: list[str] = []
+        try:
             for opcode, arg, _ in pickletools.genops(stream):
                 if opcode.name == "GLOBAL":  # "module name"; protocol 2 spells builtins as __builtin__
                     module, name = str(arg).split(" ", 1)
@@ -178,11 +188,11 @@ def _pickle_globals(path: Path) -> list[str] | None:
                     found.append(f"{strings[-2]}.{strings[-1]}")
                 elif isinstance(arg, str):
                     strings.append(arg)
-            if not data[stream.tell() :].strip(b"\x00"):
-                break
-        return found
-    except (OSError, ValueError, StopIteration, zipfile.BadZipFile, KeyError, EOFError):
-        return None
+        except (ValueError, EOFError):
+            return found if number > 0 else None  # cut short after a whole pickle: what it names is still known
+        if stream.tell() >= len(data):
+            break
+    return found
 
 
 def load_state_dict(

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector, CannyThresholds
-from annotator.util import HWC3, resize_image, resized_size
+from annotator.util import HWC3, UnreadableImage, read_rgb, resize_image, resized_size
 from cldm.edge_record import recorded_thresholds
 from cldm.loading import load_config, load_model
 from cldm.sampling import guess_mode_scales, hint_from_edges, images_to_uint8, sample
@@ -222,18 +222,15 @@ def check_pixels(width: int, height: int) -> None:
 
 
 def read_upload(path: str | Path, *, preview: bool = False) -> np.ndarray:
-    """An uploaded file as an image array; GenerationInputError saying why when it is not a picture. The size is
-    checked from the file's header before anything is decoded, so a small file that claims a huge picture (a
-    deflate TIFF of 169 megapixels is 1 MB) never reaches memory. `preview` gives at most PREVIEW_SIDE pixels a side
-    (a JPEG is decoded at that scale directly) for the page to show."""
+    """An uploaded file as H×W×3 uint8 RGB, read by the project's one image reader (annotator.util.read_rgb: EXIF
+    turn, 16-bit by range, any mode), so the demo's edge map is made from the pixels training reads;
+    GenerationInputError saying why when it is not a picture. The size is checked from the file's header before
+    anything is decoded, so a small file that claims a huge picture (a deflate TIFF of 169 megapixels is 1 MB)
+    never reaches memory. `preview` gives at most PREVIEW_SIDE pixels a side (a JPEG is decoded at that scale
+    directly) for the page to show."""
     try:
         with Image.open(path) as image:
             check_pixels(*image.size)
-            if preview:
-                image.draft("RGB", (PREVIEW_SIDE, PREVIEW_SIDE))
-                image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))  # before the turn: it is cheaper on the small one
-            ImageOps.exif_transpose(image, in_place=True)  # no copy of a picture that may be 64 megapixels
-            return np.asarray(image)
     except Image.DecompressionBombError:
         raise GenerationInputError(
             f"The upload is too large to open safely (more than {Image.MAX_IMAGE_PIXELS * 2:,} pixels)."
@@ -241,6 +238,12 @@ def read_upload(path: str | Path, *, preview: bool = False) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise GenerationInputError(
             f"The upload is not a picture the demo can read ({type(err).__name__}); use a PNG, JPEG or WebP image."
+        ) from None
+    try:
+        return read_rgb(path, name="the upload", fit=PREVIEW_SIDE if preview else None)
+    except UnreadableImage as err:
+        raise GenerationInputError(
+            f"The upload is not a picture the demo can read ({err.reason}); use a PNG, JPEG or WebP image."
         ) from None
 
 

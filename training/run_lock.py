@@ -1,4 +1,8 @@
-"""One run per output folder: a lock file naming the process, host and SLURM job that holds the folder."""
+"""One run per output folder: a lock file naming the process, host and SLURM job that holds the folder.
+
+The lock is a file that names its holder rather than a kernel lock (filelock): a refusal can then say who holds
+the folder, and a requeued SLURM job on another node can take its own lock over. A kernel lock guards only the
+takeover of a stale lock."""
 
 from __future__ import annotations
 
@@ -11,11 +15,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
 import psutil
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+TAKEOVER_FILE = ".lock.takeover"  # the kernel lock held while a stale .lock is checked and deleted
 
 
 class RunFolderLocked(RuntimeError):
@@ -44,6 +50,35 @@ def _stale(held: dict[str, object]) -> str | None:
     return None
 
 
+def _publish(folder: Path, lock: Path) -> bool:
+    """Write this run's holder to a private file, then link it to `lock`, so a lock appears whole or not at all
+    (a run starting beside it never reads it empty); False when a lock is already there."""
+    tmp = folder / f".lock.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(_holder(), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, lock)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _take_over(folder: Path, lock: Path, judged: bytes) -> None:
+    """Delete `lock` if it still holds what was judged stale. A kernel lock (filelock) makes the check and the
+    delete one step, so of two runs taking over one stale lock, the second finds the first's fresh lock and
+    leaves it."""
+    with filelock.FileLock(str(folder / TAKEOVER_FILE)):
+        try:
+            if lock.read_bytes() == judged:
+                lock.unlink()
+        except FileNotFoundError:
+            pass
+
+
 @contextmanager
 def run_lock(folder: Path) -> Iterator[None]:
     """Hold `folder` for this run; RunFolderLocked if another live run holds it. A lock left by a dead process on
@@ -57,35 +92,29 @@ def run_lock(folder: Path) -> Iterator[None]:
         ) from None
     while True:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                held = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                held = {}
-            reason = _stale(held)
-            if reason is None:
-                raise RunFolderLocked(
-                    f"{folder} is in use by another run (pid {held.get('pid', '?')} on {held.get('host', '?')}, "
-                    f"since {held.get('since', '?')}); wait for it to end or choose another --output. If that run "
-                    f"is gone (its machine went down), delete {lock}"
-                ) from None
-            logger.warning("taking over the lock of %s: %s", folder, reason)
-            lock.unlink(missing_ok=True)
+            if _publish(folder, lock):
+                break
+            judged = lock.read_bytes()
+        except FileNotFoundError:  # the lock went between the two steps: try again
             continue
-        except OSError as err:  # read-only, no permission, or a file where the folder should be
-            raise RunFolderLocked(f"cannot write in {folder} ({err.strerror}); choose a writable folder") from None
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(_holder(), f)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as err:  # e.g. a full disk: leave no empty lock behind to block every later run
-            lock.unlink(missing_ok=True)
+        except OSError as err:  # read-only, no permission, a full disk, or a file where the folder should be
             raise RunFolderLocked(
-                f"cannot write in {folder} ({err.strerror}); free some space or choose another folder"
+                f"cannot write in {folder} ({err.strerror}); free some space or choose a writable folder"
             ) from None
-        break
+        try:
+            held = json.loads(judged or b"{}")
+        except ValueError:
+            held = {}
+        held = held if isinstance(held, dict) else {}
+        reason = _stale(held)
+        if reason is None:
+            raise RunFolderLocked(
+                f"{folder} is in use by another run (pid {held.get('pid', '?')} on {held.get('host', '?')}, "
+                f"since {held.get('since', '?')}); wait for it to end or choose another --output. If that run "
+                f"is gone (its machine went down), delete {lock}"
+            ) from None
+        logger.warning("taking over the lock of %s: %s", folder, reason)
+        _take_over(folder, lock, judged)
     try:
         yield
     finally:

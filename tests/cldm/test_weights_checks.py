@@ -78,9 +78,11 @@ class _RunsACommand:
         return os.system, ("echo this must never run",)
 
 
-def test_a_pickle_that_runs_a_command_is_named_as_such_not_as_damaged(tmp_path):
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_a_pickle_that_runs_a_command_is_named_as_such_not_as_damaged(tmp_path, zipped):
     path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _RunsACommand()}, path)
+    payload = {"state_dict": {"w": torch.zeros(1)}, "payload": _RunsACommand()}
+    torch.save(payload, path, _use_new_zipfile_serialization=zipped)
     for shapes_only in (False, True):
         with pytest.raises(UnsafeCheckpointError, match=r"would call (posix|nt)\.system, which runs commands"):
             load_state_dict(path, shapes_only=shapes_only)

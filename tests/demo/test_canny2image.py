@@ -232,3 +232,15 @@ def test_the_preview_is_small_whatever_the_upload(demo, tmp_path):
     for preview in (False, True):
         upright = read_upload(tmp_path / "phone.jpg", preview=preview)
         assert upright.shape == (100, 40, 3) and upright[:5].mean() > 200 and upright[-5:].mean() < 50
+
+
+def test_an_upload_is_read_as_training_reads_it(tmp_path):
+    """A 16-bit PNG (a scanner's or a camera's export) is scaled by its range, as prepare and training read it;
+    its edge map in the demo is then the one the model was trained on."""
+    from annotator.util import read_rgb
+
+    ramp = (np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    upload = read_upload(tmp_path / "deep.png")
+    assert upload.dtype == np.uint8 and upload.shape == (48, 64, 3)
+    assert np.array_equal(upload, read_rgb(tmp_path / "deep.png")) and upload.max() == 255

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from repo_paths import ROOT
 
 from training.run_lock import LOCK_FILE, RunFolderLocked, run_lock
 
@@ -61,3 +62,43 @@ def test_an_empty_lock_left_by_a_failed_start_is_taken_over(tmp_path, caplog):
     with caplog.at_level("WARNING"), run_lock(tmp_path):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
     assert "empty or damaged" in caplog.text
+
+
+def test_a_takeover_never_deletes_a_lock_other_than_the_stale_one_it_judged(tmp_path):
+    from training.run_lock import _take_over
+
+    _lock_of(tmp_path, os.getpid())  # another run's fresh lock, there since the stale one was read
+    fresh = (tmp_path / LOCK_FILE).read_bytes()
+    _take_over(tmp_path, tmp_path / LOCK_FILE, judged=b'{"pid": 1}')
+    assert (tmp_path / LOCK_FILE).read_bytes() == fresh
+
+
+def test_of_runs_starting_together_on_a_stale_lock_exactly_one_holds_the_folder(tmp_path):
+    """Six starts at one instant, on a lock left by a dead process: one holds the folder, the others are refused
+    (a start never reads another's lock half-written, and a takeover never deletes a fresh lock)."""
+    import time
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    start_at = time.time() + 3
+    script = (
+        "import sys, time\n"
+        "from training.run_lock import RunFolderLocked, run_lock\n"
+        f"time.sleep(max(0, {start_at} - time.time()))\n"
+        "try:\n"
+        f"    with run_lock(sys.argv[1]):\n"
+        "        print('held', flush=True); time.sleep(4)\n"
+        "except RunFolderLocked:\n"
+        "    print('refused')\n"
+    )
+    for round_ in range(2):
+        folder = tmp_path / f"run{round_}"
+        _lock_of(folder, gone.pid)
+        starts = [
+            subprocess.Popen([sys.executable, "-c", script, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            for _ in range(6)
+        ]
+        said = sorted(p.communicate(timeout=60)[0].strip() for p in starts)
+        assert said == ["held"] + ["refused"] * 5, said
+        start_at = time.time() + 3
+        script = script.replace(script.split("\n")[2], f"time.sleep(max(0, {start_at} - time.time()))")
