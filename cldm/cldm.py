@@ -192,10 +192,11 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         return torch.Generator(device=self.device).manual_seed(key)
 
     def training_loss(self, batch: Mapping[str, Any], batch_idx: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The ε-MSE loss of one micro-batch (images or cached latents), with its noise from `step_generator`."""
+        """The loss of one micro-batch (images or cached latents) under the model's objective, with its timesteps
+        and noise from `step_generator`."""
         generator = self.step_generator(batch_idx)
         z, cond = self.get_input(batch, self.first_stage_key, generator=generator)
-        t = torch.randint(0, self.num_timesteps, (z.shape[0],), device=z.device, generator=generator)  # B
+        t = self.objective.timesteps(z.shape[0], self.num_timesteps, generator=generator, device=z.device)  # B
         noise = torch.randn(z.shape, device=z.device, generator=generator)  # B×C×H×W
         loss, loss_dict = self.p_losses(z, cond, t, noise)
         if not torch.isfinite(loss):

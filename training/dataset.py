@@ -110,6 +110,12 @@ class PairDataset(torch.utils.data.Dataset):
         draws = item_draws(self.seed, epoch, index, hflip=self.hflip, empty_prompt_p=self.empty_prompt_p)
         return training_item(target, hint, row["prompt"], draws)
 
+    def get_conditioning(self, index: int, epoch: int) -> dict:
+        """Item `index`'s `hint` and `txt` only (what a step with cached latents reads): the target is not read."""
+        row = self.rows[index]
+        draws = item_draws(self.seed, epoch, index, hflip=self.hflip, empty_prompt_p=self.empty_prompt_p)
+        return conditioning_item(self._read(row["source"]), row["prompt"], draws)
+
 
 def item_draws(seed: int, epoch: int, index: int, *, hflip: bool, empty_prompt_p: float) -> tuple[bool, bool]:
     """(flip, empty prompt) of item `index` in `epoch`, from a generator seeded by (seed, epoch, index)."""
@@ -121,14 +127,18 @@ def item_draws(seed: int, epoch: int, index: int, *, hflip: bool, empty_prompt_p
 def training_item(target: np.ndarray, hint: np.ndarray, prompt: str, draws: tuple[bool, bool]) -> dict:
     """The training format of a pair (H×W×3 uint8 images) with its (flip, empty prompt) draws applied:
     `jpg` in [−1, 1], `hint` in [0, 1], `txt`. Shared by every dataset kind, so their items are equal."""
-    flip, empty = draws
-    if flip:
-        target, hint = target[:, ::-1], hint[:, ::-1]
+    target = target[:, ::-1] if draws[0] else target
     return {
         "jpg": np.ascontiguousarray(target, dtype=np.float32) / 127.5 - 1.0,
-        "txt": "" if empty else prompt,
-        "hint": np.ascontiguousarray(hint, dtype=np.float32) / 255.0,
+        **conditioning_item(hint, prompt, draws),
     }
+
+
+def conditioning_item(hint: np.ndarray, prompt: str, draws: tuple[bool, bool]) -> dict:
+    """`hint` (H×W×3 uint8 → [0, 1]) and `txt` of an item with its (flip, empty prompt) draws applied."""
+    flip, empty = draws
+    hint = hint[:, ::-1] if flip else hint
+    return {"txt": "" if empty else prompt, "hint": np.ascontiguousarray(hint, dtype=np.float32) / 255.0}
 
 
 MyDataset = PairDataset  # the original tutorial's name

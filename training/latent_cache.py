@@ -121,7 +121,7 @@ class CachedPairs(Dataset):
         return len(self.dataset)
 
     def get(self, index: int, epoch: int) -> dict:
-        item = self.dataset.get(index, epoch)
+        item = self.dataset.get_conditioning(index, epoch)  # the hint and prompt: the target is in `moments`
         context = self.empty if item["txt"] == "" else self.contexts[index]
         return {
             "moments": np.asarray(self.moments[index], dtype=np.float32),

@@ -245,6 +245,8 @@ def plan_run(
         init = checkpoint_init(ckpt.get("cutenet_config", {}), resumed.path)
         fresh_init = bool(ckpt.get("cutenet_config", {}).get("fresh_init"))  # its saved fresh SD: no gradient expected
         _check_same_eval(ckpt.get("cutenet_config", {}), settings, thresholds, resumed.path)
+        if resumed.continues:
+            _check_same_objective(ckpt.get("cutenet_config", {}), model_config, resumed.path)
         start_step = int(ckpt["global_step"])
         try:
             check_state_dict({k: model_state[k] for k in trainable}, ckpt["state_dict"])
@@ -288,6 +290,24 @@ def _check_same_eval(config: dict[str, Any], settings: TrainSettings, thresholds
             f"{path} was scored with {', '.join(f'{k} {was[k]}' for k in changed)}, this resume with "
             f"{', '.join(f'{k} {now[k]}' for k in changed)}: its control curve and best/ would compare unlike "
             "scores; resume with the same settings, or branch into a new --output"
+        )
+
+
+OBJECTIVE_KEYS = {"loss_weighting": "eps", "timestep_sampling": "uniform", "min_snr_gamma": 5.0}
+
+
+def _check_same_objective(config: dict[str, Any], model_config: dict[str, Any], path: Path) -> None:
+    """A run trains under one objective: a resume into the same folder with another is refused (its steps and
+    control curve would mix two objectives under one run); a branch into a new --output may change it. A
+    checkpoint written before the objective was recorded trained with the defaults."""
+    before = config.get("model", {}).get("params", {})
+    now = model_config.get("params", {})
+    changed = [k for k, default in OBJECTIVE_KEYS.items() if before.get(k, default) != now.get(k, default)]
+    if changed:
+        raise RunInputError(
+            f"{path} trained with {', '.join(f'{k} {before.get(k, OBJECTIVE_KEYS[k])}' for k in changed)}, this "
+            f"resume asks for {', '.join(f'{k} {now.get(k, OBJECTIVE_KEYS[k])}' for k in changed)}: resume with "
+            "the same objective, or branch into a new --output (--resume-from PATH --output NEW)"
         )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from cldm.cldm import FROZEN_DTYPES
 from cldm.optimizer import LR_SCHEDULES, OPTIMIZERS, STATE_DTYPES
 from ldm.flags import knob, typed_fields
+from ldm.models.diffusion.objectives import LOSS_WEIGHTINGS, TIMESTEP_SAMPLINGS
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +209,19 @@ class ModelOptions:
         "adamw (torch's fused AdamW) or adamw8bit (torchao's 8-bit AdamW: a quarter of the optimizer state)",
         choices=OPTIMIZERS,
     )
+    # The training objective (ldm/models/diffusion/objectives.py, docs/training.md). A config written before
+    # these existed trains with their defaults, the objective it trained with then.
+    loss_weighting: str = knob(
+        "weight of each sample's ε-MSE: eps (1), x0 (the MSE of the implied x0: 1/SNR), min-snr (min(SNR, γ)/SNR)",
+        choices=LOSS_WEIGHTINGS,
+        default="eps",
+    )
+    timestep_sampling: str = knob(
+        "how training timesteps are drawn: uniform, or cubic (t = (1 − u³)·T, towards high noise)",
+        choices=TIMESTEP_SAMPLINGS,
+        default="uniform",
+    )
+    min_snr_gamma: float = knob("γ of --loss-weighting min-snr", default=5.0)
 
     PATHS: typing.ClassVar[dict[str, tuple[tuple[str, ...], ...]]] = {
         "checkpointing": (
@@ -229,6 +243,9 @@ class ModelOptions:
             for path in cls.paths(f.name):
                 value: Any = node["params"]
                 for key in path:
+                    if isinstance(value, dict) and key not in value and f.default is not dataclasses.MISSING:
+                        value = f.default  # an option newer than the config: its default
+                        break
                     if not isinstance(value, dict) or key not in value:
                         raise ValueError(
                             f"{source}: model.params.{'.'.join(path)} is missing; copy it from models/cldm_tiny.yaml"
@@ -255,6 +272,8 @@ class ModelOptions:
     def check(self, settings: TrainSettings) -> None:
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"the learning rate (--lr) must be a positive number, got {self.learning_rate}")
+        if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
+            raise ValueError(f"--min-snr-gamma must be a positive number, got {self.min_snr_gamma}")
         if self.frozen_dtype != "float32" and settings.precision == "32":
             raise ValueError(
                 "--frozen-dtype below float32 needs mixed precision: add --precision bf16-mixed (or 16-mixed)"

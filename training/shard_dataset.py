@@ -21,7 +21,7 @@ import torch
 from annotator.util import UnreadableImage, read_rgb
 from pairs.shards import INDEX_FILE, TEXT_EXT, ShardError, ShardIndex, expand_shards
 from training.check_pairs import TAIL_BYTES
-from training.dataset import item_draws, training_item
+from training.dataset import conditioning_item, item_draws, training_item
 
 PROBE_HEAD = 64 * 1024  # an image header (PNG's IHDR, JPEG's markers up to its frame) lies well within this
 PROBE_TAIL = TAIL_BYTES  # where check_pairs looks for the end marker
@@ -160,6 +160,12 @@ class ShardPairs(torch.utils.data.Dataset):
             raise ShardError(f"{self.key(index)}: target {target.shape} and hint {hint.shape} differ in size")
         draws = item_draws(self.seed, epoch, index, hflip=self.hflip, empty_prompt_p=self.empty_prompt_p)
         return training_item(target, hint, prompt, draws)
+
+    def get_conditioning(self, index: int, epoch: int) -> dict:
+        """Item `index`'s `hint` and `txt` only (what a step with cached latents reads): the target is not read."""
+        i = int(self.keep[index])
+        draws = item_draws(self.seed, epoch, index, hflip=self.hflip, empty_prompt_p=self.empty_prompt_p)
+        return conditioning_item(self._image(i, 1), self._text(i), draws)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_files": {}}  # open files stay in their process

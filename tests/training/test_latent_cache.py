@@ -84,3 +84,33 @@ def test_cached_pairs_refuse_a_cache_of_other_pairs(tiny_model, toy_data, tmp_pa
     folder = build_latent_cache(tiny_model, PairDataset(toy_data), tmp_path / "cache")
     with pytest.raises(ValueError, match="not built from the pairs"):
         CachedPairs(PairDataset(toy_data).subset(range(10)), folder)
+
+
+def test_a_step_with_cached_latents_decodes_no_target_image(tiny_model, toy_data, tmp_path, monkeypatch):
+    """The cache holds the targets' latents: an item reads its hint and prompt, never its target (whose decode
+    was thrown away), from a folder and from shards alike."""
+    import annotator.util
+    import training.dataset
+    import training.shard_dataset
+    from training.data.shard_writer import write_shards
+    from training.shard_dataset import ShardPairs
+
+    write_shards(toy_data, tmp_path / "shards", shard_size=16)
+    datasets = (PairDataset(toy_data, seed=1), ShardPairs(tmp_path / "shards", seed=1))
+    caches = [
+        CachedPairs(d, build_latent_cache(tiny_model, d, tmp_path / f"c{i}", batch_size=8))
+        for i, d in enumerate(datasets)
+    ]
+    decoded = []
+
+    def counting(source, **kwargs):
+        decoded.append(source)
+        return annotator.util.read_rgb(source, **kwargs)
+
+    monkeypatch.setattr(training.dataset, "read_rgb", counting)
+    monkeypatch.setattr(training.shard_dataset, "read_rgb", counting)
+    for cached in caches:
+        decoded.clear()
+        items = [cached.get(i, 0) for i in range(4)]
+        assert len(decoded) == 4 and all("jpg" not in item for item in items)  # one decode an item: its hint
+    assert all("source" in str(path) for path in decoded if not isinstance(path, bytes))

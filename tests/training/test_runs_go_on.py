@@ -75,3 +75,20 @@ def test_a_refused_run_and_a_refused_export_write_nothing(toy_data, tmp_path, ba
     wrong = ROOT / "models/cldm_toy.yaml"
     assert tool_export_control.main([str(out), str(export), "--format", "diffusers", "--config", str(wrong)]) == 2
     assert not export.exists()
+
+
+def test_the_objective_is_a_setting_recorded_by_the_run_and_kept_by_its_resumes(toy_data, tmp_path, base, capsys):
+    out = tmp_path / "run"
+    objective = ["--loss-weighting", "x0", "--timestep-sampling", "cubic"]
+    assert main(_args(toy_data, out, "--max-steps", "2", "--ckpt-every", "2", *objective, init=base)) == 0
+    params = _ckpt(out, 2)["cutenet_config"]["model"]["params"]
+    assert (params["loss_weighting"], params["timestep_sampling"]) == ("x0", "cubic")
+    capsys.readouterr()
+    resumed = ["--max-steps", "3", "--ckpt-every", "3", "--resume-from", "last"]
+    assert main(_args(toy_data, out, *resumed, "--loss-weighting", "min-snr", init=base)) == 2
+    err = capsys.readouterr().err
+    assert "loss_weighting x0" in err and "loss_weighting min-snr" in err and "\n" not in err.strip()
+    assert not (out / "checkpoints/step-0000003.ckpt").exists()
+    assert main(_args(toy_data, out, *resumed, *objective, init=base)) == 0  # the same objective goes on
+    branch = ["--resume-from", str(out / "checkpoints/step-0000002.ckpt"), "--loss-weighting", "min-snr"]
+    assert main(_args(toy_data, tmp_path / "branch", "--max-steps", "3", "--ckpt-every", "3", *branch, init=base)) == 0
