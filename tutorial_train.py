@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,7 +22,6 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cldm.loading import load_config
 from cldm.weights import CheckpointMismatchError
@@ -34,6 +32,7 @@ from training.control_monitor import ControlMonitor
 from training.data_source import import_data
 from training.guardrails import TrainingStalled
 from training.preemption import Preemption, requeue_slurm_job
+from training.ranks import is_global_zero
 from training.run import (
     RunInputError,
     RunPlan,
@@ -121,7 +120,7 @@ def plan_and_train(args: argparse.Namespace, signals: StopSignalsRaise) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with ExitStack() as stack:
-        if launches_global_rank_zero():  # one lock per run: DDP ranks > 0 share rank 0's
+        if is_global_zero():  # one lock per run: DDP ranks > 0 share rank 0's
             try:
                 stack.enter_context(run_lock(plan.output))
             except RunFolderLocked as err:
@@ -144,7 +143,7 @@ def plan_from_args(args: argparse.Namespace) -> tuple[dict, RunPlan]:
     """The resolved config and the checked run plan: settings from the YAML and the flags, inputs made or found."""
     config, settings = resolve_settings(args)
     refuse_occupied_early(settings, resume_from=args.resume_from)  # before the import below writes into OUTPUT
-    settings = import_data(settings, rank_zero=launches_global_rank_zero())
+    settings = import_data(settings, rank_zero=is_global_zero())
     make_missing_inputs(config["model"], settings, resume_from=args.resume_from)
     return config, plan_run(config["model"], settings, config_path=args.config, resume_from=args.resume_from)
 
@@ -176,12 +175,6 @@ def print_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def launches_global_rank_zero() -> bool:
-    """Whether this process is the run's global rank 0 (torchrun and SLURM set RANK / SLURM_PROCID; Lightning's own
-    launcher starts ranks > 0 with LOCAL_RANK, and each node with NODE_RANK)."""
-    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0))) == 0
-
-
 def stopped_outside_training(stop: StopSignal, signals: StopSignalsRaise, *, requeue: bool) -> int:
     """A stop signal before the first step (or after the last): say what was saved, requeue if asked, exit 128+N."""
     saved = (
@@ -191,7 +184,7 @@ def stopped_outside_training(stop: StopSignal, signals: StopSignalsRaise, *, req
         "run the same command again, with --resume-from auto to go on from the newest"
     )
     print(f"stopped by {stop.signal.name} while {signals.phase}: {saved}", file=sys.stderr)
-    if requeue and launches_global_rank_zero():
+    if requeue and is_global_zero():
         requeue_slurm_job()
     return 128 + stop.signal.value
 
@@ -205,7 +198,7 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSi
             "This run only exercises the pipeline; pass --init with a tool_add_control.py checkpoint."
         )
     pl.seed_everything(settings.seed, workers=True)
-    rank_zero = launches_global_rank_zero()
+    rank_zero = is_global_zero()
     resolved = resolved_config(plan, config)
     if rank_zero:
         remove_stale_temp_files(plan.output)  # left by a run killed while it wrote (we hold the folder's lock)
@@ -226,7 +219,7 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSi
     prepare_latent_cache(plan, model, "cuda" if cuda else "cpu")
     signals.phase = "starting the trainer"
     trainer = make_trainer(plan, resolved, record=record, log_samples=args.log_samples)
-    if trainer.is_global_zero:
+    if is_global_zero(trainer):
         write_config(plan.output / "config.yaml", resolved)
         write_skipped(plan)
     try:
@@ -236,7 +229,7 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSi
         return 1
     preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
     if preemption.stopped_by is not None:
-        if trainer.is_global_zero:
+        if is_global_zero(trainer):
             print(
                 f"stopped by {preemption.stopped_by.name} at step {trainer.global_step}: saved "
                 f"{plan.output}/checkpoints/step-{trainer.global_step:07d}.ckpt; continue with --resume-from last",
@@ -247,7 +240,7 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSi
     # Every rank prints its own checksum: equal lines show the DDP replicas stayed in sync.
     checksum = sum(float(v.double().sum()) for v in model.control_model.state_dict().values())
     print(f"control checksum rank {trainer.global_rank}: {checksum:.12e}")
-    if trainer.is_global_zero:
+    if is_global_zero(trainer):
         print(f"trained to step {trainer.global_step}; outputs in {plan.output}/:")
         print(f"  ControlNet weights: {plan.output}/control.safetensors (initial weights: {plan.init})")
         print(f"  resumable checkpoints: {plan.output}/checkpoints/ (continue with --resume-from last)")

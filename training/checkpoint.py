@@ -11,12 +11,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_only
 
 from annotator.canny import CannyThresholds
 from cldm.diffusers_io import save_diffusers_controlnet
 from cldm.weights import CorruptCheckpointError, export_control, nonfinite_keys, reading_weights
 from ldm.util import atomic_write
+from training.ranks import is_global_zero
 from training.run_record import RunRecord
 
 logger = logging.getLogger(__name__)
@@ -140,9 +140,9 @@ class PeriodicCheckpoint(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.save_once(trainer, pl_module)
-        self._export_diffusers(pl_module)
+        if is_global_zero(trainer):
+            self._export_diffusers(pl_module)
 
-    @rank_zero_only
     def _export_diffusers(self, pl_module: pl.LightningModule) -> None:
         """The final ControlNet as a diffusers folder beside control.safetensors."""
         folder = save_diffusers_controlnet(pl_module, self.folder.parent / DIFFUSERS_FOLDER, thresholds=self.thresholds)
@@ -166,7 +166,8 @@ class PeriodicCheckpoint(pl.Callback):
                 "newest with --resume-from last"
             )
         trainer.save_checkpoint(path, weights_only=False)  # collective: all ranks call it, rank 0 writes (atomically)
-        self._finish(path, pl_module)
+        if is_global_zero(trainer):
+            self._finish(path, pl_module)
 
     def enter(self, path: Path) -> None:
         """StreamingCheckpointIO's `before_rename` (rank 0): the record lists the checkpoint before it has its name.
@@ -175,7 +176,6 @@ class PeriodicCheckpoint(pl.Callback):
             self.record.add(path.name, checkpoint_step(path))
             self.record.write(self.folder.parent)
 
-    @rank_zero_only
     def _finish(self, path: Path, pl_module: pl.LightningModule) -> None:
         export_control(pl_module, self.folder.parent / CONTROL_FILE, thresholds=self.thresholds)
         if self.record is not None:

@@ -49,6 +49,7 @@ from training.control_curve import (
     write_curve,
 )
 from training.dataset import pairs_fingerprint
+from training.ranks import is_global_zero
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class ControlMonitor(pl.Callback):
     # -- the run's hooks -------------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
-        rows, baseline = self._read_state(step) if trainer.is_global_zero else (None, None)
+        rows, baseline = self._read_state(step) if is_global_zero(trainer) else (None, None)
         self.rows, self.baseline = trainer.strategy.broadcast((rows, baseline), src=0)
         first_row = None  # this step's eval, when the baseline's samples are that eval's
         if self.baseline is None:
@@ -147,7 +148,7 @@ class ControlMonitor(pl.Callback):
             if controls_nothing(pl_module):
                 # Zero convolutions add exactly zero: strength 1 samples what strength 0 did, so it is not sampled again.
                 first_row = (row_of(step, self.baseline, time.perf_counter() - start), grid_rows)
-            if trainer.is_global_zero:
+            if is_global_zero(trainer):
                 write_baseline(self.output, self._baseline_key(), self.baseline)
                 logger.info(
                     "control monitor: strength 0 (control off) scores exact edge F1 %.4f on %d held-out pairs; "
@@ -178,7 +179,7 @@ class ControlMonitor(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step >= trainer.max_steps and not self._has_row(trainer.global_step):
             self.evaluate(trainer, pl_module)  # the curve ends at the weights the run ends with
-        if trainer.is_global_zero and self.rows:
+        if is_global_zero(trainer) and self.rows:
             self._write_summary(trainer.global_step)
 
     # -- one eval --------------------------------------------------------------------------------------------
@@ -195,10 +196,10 @@ class ControlMonitor(pl.Callback):
         self.rows = [r for r in self.rows if r["step"] < step] + [row]
         is_best = self.progress.add(row)
         onset = find_onset([r["step"] for r in self.rows], [r["edge_f1"] for r in self.rows], self.baseline["edge_f1"])
-        if trainer.is_global_zero:
+        if is_global_zero(trainer):
             self._report_onset(onset, row)  # against the onset before this eval
         self.progress.onset = onset
-        if trainer.is_global_zero:  # the summary written here holds this eval's onset
+        if is_global_zero(trainer):  # the summary written here holds this eval's onset
             self._publish(trainer, pl_module, row, grid_rows, is_best=is_best)
         if self._patience_spent():
             logger.info(
@@ -232,7 +233,7 @@ class ControlMonitor(pl.Callback):
                     strengths,
                     settings=self.settings,
                     prompt_file=self.prompt_file,
-                    grid_rows=grid_rows if trainer.is_global_zero else None,
+                    grid_rows=grid_rows if is_global_zero(trainer) else None,
                     rank=trainer.global_rank,
                     world_size=trainer.world_size,
                     gather=gather_scores,

@@ -14,6 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from training.ranks import is_global_zero
 from training.stop_signals import STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Preemption(pl.Callback):
         self.stopped_by = signal.Signals(agreed)
         self.save(trainer, pl_module)
         trainer.should_stop = True
-        if self.requeue and trainer.is_global_zero:
+        if self.requeue and is_global_zero(trainer):
             requeue_slurm_job()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

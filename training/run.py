@@ -47,6 +47,7 @@ from training.guardrails import LearningCheck
 from training.latent_cache import CachedPairs, build_latent_cache
 from training.loader import make_train_loader
 from training.preemption import Preemption
+from training.ranks import is_global_zero
 from training.run_record import RUN_FILE, FileRecord, RunRecord, RunRecordError
 from training.settings import TrainSettings
 from training.shard_dataset import ShardPairs
@@ -504,7 +505,7 @@ def build_model(plan: RunPlan) -> pl.LightningModule:
         plan.fresh_init = True
         plan.output.mkdir(parents=True, exist_ok=True)
         init = plan.output / INIT_FILE
-        if pl.utilities.rank_zero.rank_zero_only.rank == 0:
+        if is_global_zero():
             save_state(model.state_dict(), init)
         plan.init = init
         logger.info("no initial checkpoint: fresh weights, saved to %s", init)
@@ -516,7 +517,7 @@ def build_model(plan: RunPlan) -> pl.LightningModule:
 
 def prepare_latent_cache(plan: RunPlan, model: pl.LightningModule, device: torch.device | str) -> None:
     """Rank 0 encodes the data once before training (the other DDP ranks start later, at fit)."""
-    if not plan.settings.cache_latents or pl.utilities.rank_zero.rank_zero_only.rank != 0:
+    if not plan.settings.cache_latents or not is_global_zero():
         return
     home = model.device
     build_latent_cache(model.to(device), plan.dataset, plan.output / CACHE_DIR)

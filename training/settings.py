@@ -37,8 +37,10 @@ class TrainSettings:
     """Every knob of a training run (the `training:` node); defaults live in the YAML, not here."""
 
     data: str = knob(
-        "prepared folder with prompt.json, source/, target/; or a Hugging Face dataset (save_to_disk folder, parquet "
-        "or arrow files, imagefolder with metadata.jsonl, or hf:HUB_ID), imported once into OUTPUT/data"
+        "prepared folder with prompt.json, source/, target/; WebDataset shards (a folder of *.tar, or "
+        "pairs-{000000..000099}.tar); shards by URL (http(s)://, s3://, gs://), fetched once into OUTPUT/data; or a "
+        "Hugging Face dataset (save_to_disk folder, parquet or arrow files, imagefolder with metadata.jsonl, or "
+        "hf:HUB_ID), imported once into OUTPUT/data"
     )
     image_column: str = knob("a Hugging Face dataset's column of target images (diffusers' --image_column)")
     conditioning_image_column: str = knob(
