@@ -313,9 +313,14 @@ def _check_same_objective(config: dict[str, Any], model_config: dict[str, Any], 
 
 
 def checkpoint_init(config: dict[str, Any], path: Path) -> Path:
-    """The initial weights a checkpoint's run started from: its config's `init` (`base` in checkpoints written
-    before the rename), else the run folder's saved fresh init."""
-    recorded = config.get("init") or config.get("base")
+    """The initial weights a checkpoint's run started from: its config's `init`, else the run folder's saved fresh
+    init. A checkpoint of an older CuteNet, which named them `base`, is refused with what to do."""
+    if "init" not in config and config.get("base"):
+        raise RunInputError(
+            f"{path} was written by an older CuteNet (its config names its initial weights 'base'); resume it with "
+            "that release, or start a new run from its ControlNet: --control-from (after tool_export_control.py)"
+        )
+    recorded = config.get("init")
     return Path(recorded) if recorded else path.parent.parent / INIT_FILE
 
 

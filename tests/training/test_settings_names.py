@@ -1,9 +1,8 @@
 """One word, one meaning: `init` is the initial ControlLDM file and `base` the SD weights. The original tutorial's
-`--resume` and the older `--sd-base` (and their YAML keys) keep working as aliases, and old checkpoints, which
-named their initial weights `base`, still resume from them."""
+`--resume` keeps working as an alias; this project's own older names (`--sd-base`, the YAML keys `resume` and
+`sd_base`, a checkpoint's `base`) are refused with the rename or the step to take."""
 
 import copy
-import logging
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,12 @@ from training.settings import TrainSettings
 from tutorial_train import parse_args
 
 
-def test_the_old_flags_set_the_new_settings_and_help_says_they_are_aliases(capsys):
-    args = parse_args(["--resume", "a.ckpt", "--sd-base", "sd.ckpt"])
+def test_the_tutorials_flag_sets_init_and_help_says_it_is_an_alias(capsys):
+    args = parse_args(["--resume", "a.ckpt", "--base", "sd.ckpt"])
     assert (args.init, args.base) == ("a.ckpt", "sd.ckpt")
+    with pytest.raises(SystemExit):
+        parse_args(["--sd-base", "sd.ckpt"])
+    capsys.readouterr()
     assert parse_args(["--init", "b.ckpt"]).init == "b.ckpt"
     with pytest.raises(SystemExit):
         parse_args(["--help"])
@@ -25,19 +27,17 @@ def test_the_old_flags_set_the_new_settings_and_help_says_they_are_aliases(capsy
     assert "--init INIT, --resume INIT" in text and "original tutorial's name" in text
 
 
-def test_a_config_with_the_old_keys_loads_the_same_and_says_so_once(caplog):
+def test_a_config_with_this_projects_old_keys_is_refused_with_the_rename():
     node = load_config(TINY_CONFIG)["training"]
-    old = {{"init": "resume", "base": "sd_base"}.get(k, k): v for k, v in copy.deepcopy(node).items()}
-    with caplog.at_level(logging.INFO, logger="training.settings"):
-        assert TrainSettings.from_config(old, "old.yaml") == TrainSettings.from_config(node, "new.yaml")
-    said = [r.getMessage() for r in caplog.records]
-    assert said == ["old.yaml: training.resume, training.sd_base read as training.init, training.base (the new names)"]
-    with pytest.raises(ValueError, match="both resume and init"):
-        TrainSettings.from_config({**node, "resume": None}, "mixed.yaml")
+    for old, new in (("resume", "init"), ("sd_base", "base")):
+        renamed = {{new: old}.get(k, k): v for k, v in copy.deepcopy(node).items()}
+        with pytest.raises(ValueError, match=rf"old.yaml: training.{old} .* training.{new}"):
+            TrainSettings.from_config(renamed, "old.yaml")
 
 
-def test_a_checkpoint_names_its_initial_weights_under_either_key(tmp_path):
+def test_a_checkpoint_names_its_initial_weights_or_is_refused_as_older(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "step-0000002.ckpt"
     assert checkpoint_init({"init": "i.safetensors"}, ckpt) == Path("i.safetensors")
-    assert checkpoint_init({"base": "old.ckpt"}, ckpt) == Path("old.ckpt")  # written before the rename
     assert checkpoint_init({}, ckpt) == tmp_path / "run" / INIT_FILE
+    with pytest.raises(ValueError, match="step-0000002.ckpt .*'base'"):
+        checkpoint_init({"base": "old.ckpt"}, ckpt)
