@@ -38,18 +38,18 @@ from training.run import (
     RunPlan,
     TrainData,
     build_model,
+    check_record,
     make_missing_inputs,
     make_trainer,
     plan_run,
     prepare_latent_cache,
     refuse_occupied_early,
     resolved_config,
-    start_record,
     write_config,
+    write_record,
     write_skipped,
 )
 from training.run_lock import RunFolderLocked, run_lock
-from training.run_record import FileRecord
 from training.settings import ModelOptions, TrainSettings
 from training.stop_signals import StopSignal, StopSignalsRaise
 
@@ -191,7 +191,7 @@ def stopped_outside_training(stop: StopSignal, signals: StopSignalsRaise, *, req
 
 def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSignalsRaise) -> int:
     settings = plan.settings
-    if plan.init is None:
+    if plan.writes_init:
         print(
             "note: no initial checkpoint (training.init is null): the SD part is freshly initialised, so its "
             "zero-initialised output layer passes no gradient to the ControlNet and nothing is learned. "
@@ -204,16 +204,14 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSi
         remove_stale_temp_files(plan.output)  # left by a run killed while it wrote (we hold the folder's lock)
     signals.phase = "checking the run record"
     try:
-        record = start_record(plan, resolved) if rank_zero else None
+        if rank_zero:
+            check_record(plan)
         signals.phase = "loading the weights"
         model = build_model(plan)
+        record = write_record(plan, resolved) if rank_zero else None
     except ValueError as err:  # a resume that does not match its run, a damaged file, or NaN/inf weights
         print(f"error: {err}", file=sys.stderr)
         return 2
-    resolved = resolved_config(plan, config)  # with the base a fresh init was just saved to
-    if record is not None and record.init is None and plan.init is not None:
-        record.init, record.settings = FileRecord.of(plan.init), resolved
-        record.write(plan.output)
     cuda = torch.cuda.is_available() and settings.accelerator != "cpu"
     signals.phase = "building the latent cache"
     prepare_latent_cache(plan, model, "cuda" if cuda else "cpu")

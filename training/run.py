@@ -64,22 +64,27 @@ class RunInputError(ValueError):
     """Bad input found before any model is built; the message says what and where."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunPlan:
-    """Everything checked and resolved before the model is built."""
+    """Everything checked and resolved before the model is built; nothing changes it afterwards."""
 
     settings: TrainSettings
     model_config: dict[str, Any]
     output: Path
     dataset: PairDataset | ShardPairs
-    init: Path | None  # full ControlLDM weights to start from (None: fresh init, saved as init.safetensors)
+    init: Path  # full ControlLDM weights to start from (a fresh start writes its fresh weights here: `writes_init`)
     resume_from: Path | None  # a training checkpoint to continue
     start_step: int
     skipped: list[BadPair]  # pairs that failed the pre-flight check and are left out (settings.skip_bad)
     record: RunRecord | None = None  # the folder's run record, when this run continues it
     branch_of: dict[str, Any] | None = None  # the other run's checkpoint a branch starts from
-    fresh_init: bool = False  # no initial checkpoint: SD freshly initialised (set by build_model)
+    fresh_init: bool = False  # no initial checkpoint: SD freshly initialised, its weights saved to OUTPUT/init
     thresholds: CannyThresholds = DEFAULT_THRESHOLDS  # that made the data's edge maps: scored and exported with them
+
+    @property
+    def writes_init(self) -> bool:
+        """A fresh start without initial weights: build_model saves the fresh ones to `init`."""
+        return self.fresh_init and self.resume_from is None
 
 
 def _meta_state(model_config: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -253,7 +258,9 @@ def plan_run(
             check_state_dict({k: model_state[k] for k in trainable}, ckpt["state_dict"])
         except CheckpointMismatchError as err:
             raise RunInputError(f"{resumed.path} was written for another config than {config_path}: {err}") from None
-    if init is not None:
+    if init is None:  # a fresh start: its fresh weights are saved here, and its resumes reload them
+        init, fresh_init = output / INIT_FILE, True
+    elif not (fresh_init and resumed is None):
         if not init.is_file():
             raise RunInputError(
                 f"initial checkpoint {init} does not exist; make it with tool_add_control.py "
@@ -334,31 +341,39 @@ def _branch_point(resumed: Resume) -> dict[str, Any]:
     }
 
 
-def start_record(plan: RunPlan, resolved: dict[str, Any]) -> RunRecord:
-    """The run record rank 0 writes before the model is built: a continued run's own, checked against its data and
-    initial weights (the frozen parts reload from that file, so a changed file would silently train another model),
-    or a new one for a fresh start or a branch."""
-    data = plan.dataset.fingerprint()
+def check_record(plan: RunPlan) -> None:
+    """Before the model is built (rank 0): a continued run's record against its data and initial weights (the
+    frozen parts reload from that file, so a changed file would silently train another model)."""
     record = plan.record
     if record is None:
-        record = RunRecord.new(data=data, data_root=str(plan.dataset.root), settings=resolved, parent=plan.branch_of)
-        if plan.init is not None:
-            record.init = FileRecord.of(plan.init)
-        record.write(plan.output)
-        logger.info("run %s in %s", record.run_id[:12], plan.output)
-        return record
-    if record.data != data:
+        return
+    if record.data != plan.dataset.fingerprint():
         raise RunInputError(
             f"the pairs in {plan.dataset.root} are not those run {record.run_id[:12]} trained on (their list, sizes or "
             f"modification times changed), so the resume would train on other data: restore them (a copy must keep "
             f"modification times: cp -p, rsync -a), or branch into a new folder with --resume-from {plan.resume_from} "
             f"--output NEW"
         )
-    if record.init is not None and (plan.init is None or not plan.init.is_file() or not record.init.matches(plan.init)):
+    if record.init is not None and (not plan.init.is_file() or not record.init.matches(plan.init)):
         raise RunInputError(
             f"the initial weights {plan.init} are not the file run {record.run_id[:12]} started from "
             f"(sha256 {record.init.sha256[:12]}): its frozen parts would reload other weights. Restore that file"
         )
+
+
+def write_record(plan: RunPlan, resolved: dict[str, Any]) -> RunRecord:
+    """After the model is built, so a fresh start's initial weights exist (rank 0): the run record, written once
+    for this start: a new one for a fresh start or a branch, or the continued run's, with the checkpoint it goes
+    on from."""
+    record = plan.record
+    if record is None:
+        record = RunRecord.new(
+            data=plan.dataset.fingerprint(), data_root=str(plan.dataset.root), settings=resolved, parent=plan.branch_of
+        )
+        record.init = FileRecord.of(plan.init)
+        record.write(plan.output)
+        logger.info("run %s in %s", record.run_id[:12], plan.output)
+        return record
     changed = record.changed_settings(resolved)
     if changed:
         logger.warning("run %s goes on with changed settings: %s", record.run_id[:12], "; ".join(changed))
@@ -500,20 +515,19 @@ def instantiate_model(
 
 
 def build_model(plan: RunPlan) -> pl.LightningModule:
-    """The ControlLDM with its starting weights; a fresh start saves them so resumes reload the same frozen parts.
-    `control_from` replaces the initial ControlNet at a fresh start (a resume takes it from the checkpoint)."""
-    model = instantiate_model(plan.model_config, plan.init, allow_nonfinite=plan.settings.allow_nonfinite)
+    """The ControlLDM with its starting weights; a fresh start saves them to `plan.init` (rank 0), so resumes reload
+    the same frozen parts. `control_from` replaces the initial ControlNet at a fresh start (a resume takes it from
+    the checkpoint)."""
+    init = None if plan.writes_init else plan.init
+    model = instantiate_model(plan.model_config, init, allow_nonfinite=plan.settings.allow_nonfinite)
     if plan.settings.control_from and plan.resume_from is None:
         load_control(model, plan.settings.control_from, allow_nonfinite=plan.settings.allow_nonfinite)
         logger.info("the ControlNet starts from %s", plan.settings.control_from)
-    if plan.init is None:
-        plan.fresh_init = True
+    if plan.writes_init:
         plan.output.mkdir(parents=True, exist_ok=True)
-        init = plan.output / INIT_FILE
         if is_global_zero():
-            save_state(model.state_dict(), init)
-        plan.init = init
-        logger.info("no initial checkpoint: fresh weights, saved to %s", init)
+            save_state(model.state_dict(), plan.init)
+        logger.info("no initial checkpoint: fresh weights, saved to %s", plan.init)
     if plan.settings.compile:
         model.compile_networks()
         logger.info("torch.compile: the ControlNet and the UNet compile on their first steps")
@@ -532,7 +546,7 @@ def prepare_latent_cache(plan: RunPlan, model: pl.LightningModule, device: torch
 def resolved_config(plan: RunPlan, config: dict[str, Any]) -> dict[str, Any]:
     resolved = copy.deepcopy(config)
     resolved["training"] = asdict(plan.settings)
-    resolved["init"] = str(plan.init) if plan.init else None
+    resolved["init"] = str(plan.init)
     resolved["canny_thresholds"] = asdict(plan.thresholds)
     resolved["fresh_init"] = plan.fresh_init
     return resolved
