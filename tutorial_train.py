@@ -31,7 +31,7 @@ from ldm.util import remove_stale_temp_files
 from training.control_monitor import ControlMonitor
 from training.data_source import import_data
 from training.guardrails import TrainingStalled
-from training.preemption import Preemption, requeue_slurm_job
+from training.preemption import requeue_slurm_job
 from training.ranks import is_global_zero
 from training.run import (
     RunInputError,
@@ -49,6 +49,7 @@ from training.run import (
     write_record,
     write_skipped,
 )
+from training.run_events import RunEvents
 from training.run_lock import RunFolderLocked, run_lock
 from training.settings import ModelOptions, TrainSettings
 from training.stop_signals import StopSignal, StopSignalsRaise
@@ -225,15 +226,15 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSi
     except (FloatingPointError, CheckpointMismatchError, TrainingStalled) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    preemption = next(c for c in trainer.callbacks if isinstance(c, Preemption))
-    if preemption.stopped_by is not None:
+    events = next(c for c in trainer.callbacks if isinstance(c, RunEvents))
+    if events.stopped_by_signal is not None:
         if is_global_zero(trainer):
             print(
-                f"stopped by {preemption.stopped_by.name} at step {trainer.global_step}: saved "
+                f"stopped by {events.stopped_by_signal.name} at step {trainer.global_step}: saved "
                 f"{plan.output}/checkpoints/step-{trainer.global_step:07d}.ckpt; continue with --resume-from last",
                 file=sys.stderr,
             )
-        return 128 + preemption.stopped_by.value
+        return 128 + events.stopped_by_signal.value
     signals.phase = FINISHING
     # Every rank prints its own checksum: equal lines show the DDP replicas stayed in sync.
     checksum = sum(float(v.double().sum()) for v in model.control_model.state_dict().values())
@@ -243,9 +244,8 @@ def train(args: argparse.Namespace, config: dict, plan: RunPlan, signals: StopSi
         print(f"  ControlNet weights: {plan.output}/control.safetensors (initial weights: {plan.init})")
         print(f"  resumable checkpoints: {plan.output}/checkpoints/ (continue with --resume-from last)")
         print(f"  image grids: {plan.output}/image_log/train/   {settings.logger} logs: {plan.output}/lightning_logs/")
-        monitor = next((c for c in trainer.callbacks if isinstance(c, ControlMonitor)), None)
-        if monitor is not None and monitor.rows:
-            print(control_report(monitor, plan.output))
+        if events.monitor is not None and events.monitor.rows:
+            print(control_report(events.monitor, plan.output))
     return 0
 
 

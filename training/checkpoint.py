@@ -99,8 +99,9 @@ class StreamingCheckpointIO(TorchCheckpointIO):
         return open_checkpoint(path)
 
 
-class PeriodicCheckpoint(pl.Callback):
+class PeriodicCheckpoint:
     """Every `every` optimizer steps (and at the end): `step-N.ckpt` (keep the last `keep`) and the ControlNet export.
+    `training.run_events.RunEvents` decides when (`due`, `save`, `finish`) and adds the run's fields (`annotate`).
 
     Each checkpoint is entered in the run's record (`record`, rank 0's) with its parent, and only the record's
     checkpoints are ever rotated out: files of another run in the folder are never counted or deleted.
@@ -123,22 +124,18 @@ class PeriodicCheckpoint(pl.Callback):
         self.thresholds = thresholds  # of the training data's edge maps: the exports record them
         self._last_saved = -1
 
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
+    def annotate(self, trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:
+        """The run's fields of a checkpoint being written: its resolved config, and its place in the run's lineage."""
         checkpoint["cutenet_config"] = self.config
         if self.record is not None:
             name = f"step-{trainer.global_step:07d}.ckpt"
             checkpoint["cutenet_run"] = {"run_id": self.record.run_id, "parent": self.record.parent_of(name)}
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        step = trainer.global_step
-        if step > 0 and step % self.every == 0 and step != self._last_saved:
-            self.save(trainer, pl_module)
+    def due(self, step: int) -> bool:
+        return step > 0 and step % self.every == 0 and step != self._last_saved
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The last step's checkpoint (unless already saved) and the final ControlNet in diffusers' layout."""
         self.save_once(trainer, pl_module)
         if is_global_zero(trainer):
             self._export_diffusers(pl_module)

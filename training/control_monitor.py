@@ -115,7 +115,10 @@ class Progress:
         return False
 
 
-class ControlMonitor(pl.Callback):
+class ControlMonitor:
+    """The monitor's state and evals; `training.run_events.RunEvents` calls `start`, `due`/`evaluate` at step
+    boundaries, and `finish`, and stops the run when `stopped_early` is set."""
+
     def __init__(
         self,
         output: Path,
@@ -136,8 +139,8 @@ class ControlMonitor(pl.Callback):
         self.progress = Progress()
         self.stopped_early = False
 
-    # -- the run's hooks -------------------------------------------------------------------------------------
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    # -- the run's events (called by RunEvents) -------------------------------------------------------------
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
         rows, baseline = self._read_state(step) if is_global_zero(trainer) else (None, None)
         self.rows, self.baseline = trainer.strategy.broadcast((rows, baseline), src=0)
@@ -160,7 +163,7 @@ class ControlMonitor(pl.Callback):
         self.progress = Progress.of(self.rows, self.baseline["edge_f1"])
         if self._patience_spent():
             logger.info("control monitor: the run had already stopped early at step %d", self.rows[-1]["step"])
-            self._stop(trainer)
+            self.stopped_early = True
             return
         if step % self.every == 0 and not self._has_row(step):
             if first_row is not None:
@@ -168,15 +171,10 @@ class ControlMonitor(pl.Callback):
             else:
                 self.evaluate(trainer, pl_module)
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        step = trainer.global_step
-        # should_stop: a stop signal's checkpoint was just saved, and the job has seconds left, not an eval's worth.
-        if step % self.every == 0 and not self._has_row(step) and not trainer.should_stop:
-            self.evaluate(trainer, pl_module)
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 and not self._has_row(step)
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step >= trainer.max_steps and not self._has_row(trainer.global_step):
             self.evaluate(trainer, pl_module)  # the curve ends at the weights the run ends with
         if is_global_zero(trainer) and self.rows:
@@ -211,7 +209,7 @@ class ControlMonitor(pl.Callback):
                 self.progress.best_f1,
                 self.output / BEST_FOLDER,
             )
-            self._stop(trainer)
+            self.stopped_early = True
         return row
 
     def _score(
@@ -369,7 +367,3 @@ class ControlMonitor(pl.Callback):
 
     def _patience_spent(self) -> bool:
         return self.patience > 0 and self.progress.since_best >= self.patience
-
-    def _stop(self, trainer: pl.Trainer) -> None:
-        self.stopped_early = True
-        trainer.should_stop = True

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -32,9 +31,10 @@ def _norm(tensors: list[torch.Tensor]) -> float:
     return float(torch.nn.utils.get_total_norm(tensors)) if tensors else 0.0
 
 
-class LearningCheck(pl.Callback):
+class LearningCheck:
     """`expect_gradient`: the run starts from pretrained SD weights, so the ControlNet must receive gradient (a freshly
-    initialised SD passes none through its zero output layer: that run only exercises the pipeline)."""
+    initialised SD passes none through its zero output layer: that run only exercises the pipeline).
+    `training.run_events.RunEvents` calls `start`, `before_optimizer_step` and, at each step boundary, `check`."""
 
     def __init__(self, *, expect_gradient: bool, log_every: int, fp16: bool = False) -> None:
         self.expect_gradient, self.log_every = expect_gradient, max(1, log_every)
@@ -45,11 +45,11 @@ class LearningCheck(pl.Callback):
         self._first_lrs: list[float] | None = None
         self._checked = False
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = trainer.global_step
         self._before = _checksums(self._trainable(pl_module))
 
-    def on_before_optimizer_step(
+    def before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         first = self._first_grad_norm is None
@@ -65,9 +65,8 @@ class LearningCheck(pl.Callback):
             self._first_grad_norm = norm
         pl_module.log("train/control_grad_norm", norm, on_step=True, on_epoch=False, rank_zero_only=True)
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """At a step boundary: log the zero convolutions' norm, and raise TrainingStalled if nothing is learned."""
         step = trainer.global_step
         if step % self.log_every == 0:
             norm = _norm(pl_module.control_model.zero_conv_parameters())

@@ -7,38 +7,33 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from training.ranks import is_global_zero
 from training.stop_signals import STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
 
 
-class Preemption(pl.Callback):
-    """On a stop signal, save through `save` at the next optimizer-step boundary, then stop training.
+class Preemption:
+    """A stop signal (SLURM's time limit or preemption, Ctrl-C), turned into a stop at the next optimizer-step
+    boundary: `training.run_events.RunEvents` asks `agreed` at each boundary, saves, and stops.
 
     Lightning's own SIGTERM handling ends a run without a checkpoint and with exit code 0, so these handlers
-    replace it while training runs (Lightning restores the originals at teardown). Under DDP the ranks agree
-    at each step boundary, so all of them save and stop together even if only one was signalled. A second
-    signal before the save exits at once.
+    replace it while training runs (`start`; `restore` puts the previous ones back). Under DDP the ranks agree
+    at each boundary, so all of them save and stop together even if only one was signalled. A second signal
+    before the save exits at once.
     """
 
-    def __init__(self, save: Callable[[pl.Trainer, pl.LightningModule], None], *, requeue: bool = False) -> None:
-        self.save = save
-        self.requeue = requeue
+    def __init__(self) -> None:
         self.received: signal.Signals | None = None  # the signal that asked this process to stop
         self.stopped_by: signal.Signals | None = None  # set once the run has saved and stopped for a signal
         self._previous: dict[signal.Signals, Any] = {}
-        self._last_step = -1
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_step = trainer.global_step
+    def start(self) -> None:
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
@@ -48,23 +43,15 @@ class Preemption(pl.Callback):
         self.received = signal.Signals(signum)
         logger.warning("received %s: saving a checkpoint at the end of this step, then stopping", self.received.name)
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if trainer.global_step == self._last_step:
-            return  # inside gradient accumulation: not a step boundary
-        self._last_step = trainer.global_step
+    def agreed(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> signal.Signals | None:
+        """The stop signal any rank received (collective: every rank calls it at every step boundary)."""
         code = signal.Signals(self.received).value if self.received is not None else 0
-        agreed = int(trainer.strategy.reduce(torch.tensor(code, device=pl_module.device), reduce_op="max"))  # any rank
-        if not agreed:
-            return
-        self.stopped_by = signal.Signals(agreed)
-        self.save(trainer, pl_module)
-        trainer.should_stop = True
-        if self.requeue and is_global_zero(trainer):
-            requeue_slurm_job()
+        agreed = int(trainer.strategy.reduce(torch.tensor(code, device=pl_module.device), reduce_op="max"))
+        if agreed:
+            self.stopped_by = signal.Signals(agreed)
+        return self.stopped_by
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def restore(self) -> None:
         for signum, handler in self._previous.items():
             if handler is not None:
                 signal.signal(signum, handler)

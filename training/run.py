@@ -48,6 +48,7 @@ from training.latent_cache import CachedPairs, build_latent_cache
 from training.loader import make_train_loader
 from training.preemption import Preemption
 from training.ranks import is_global_zero
+from training.run_events import RunEvents
 from training.run_record import RUN_FILE, FileRecord, RunRecord, RunRecordError
 from training.settings import TrainSettings
 from training.shard_dataset import ShardPairs
@@ -579,28 +580,32 @@ def make_trainer(
         record=record,
         thresholds=plan.thresholds,
     )
-    callbacks: list[pl.Callback] = [
-        LearningCheck(
+    monitor = None
+    if s.eval_every:
+        monitor = ControlMonitor(
+            plan.output,
+            plan.dataset.root,
+            every=s.eval_every,
+            settings=EvalSettings(n=s.eval_n, thresholds=plan.thresholds),
+            patience=s.early_stop_patience,
+            init_digest=record.init.sha256 if record is not None and record.init is not None else None,
+        )
+    events = RunEvents(  # the one callback that decides what happens around the steps, and in what order
+        learning=LearningCheck(
             expect_gradient=not plan.fresh_init, log_every=min(50, s.logger_freq), fp16=s.precision == "16-mixed"
         ),
-        periodic,
-        Preemption(periodic.save_once, requeue=s.slurm_requeue),
+        checkpoint=periodic,
+        preemption=Preemption(),
+        monitor=monitor,
+        requeue=s.slurm_requeue,
+    )
+    callbacks: list[pl.Callback] = [
+        events,
         ImageLogger(
             plan.output / "image_log" / "train", every=s.logger_freq, ddim_steps=s.image_log_ddim_steps, seed=s.seed
         ),
         TQDMProgressBar(refresh_rate=1),
     ]
-    if s.eval_every:
-        callbacks.append(
-            ControlMonitor(
-                plan.output,
-                plan.dataset.root,
-                every=s.eval_every,
-                settings=EvalSettings(n=s.eval_n, thresholds=plan.thresholds),
-                patience=s.early_stop_patience,
-                init_digest=record.init.sha256 if record is not None and record.init is not None else None,
-            )
-        )
     if log_samples:
         callbacks.append(SampleLog(plan.output / "samples"))
     return pl.Trainer(

@@ -15,6 +15,7 @@ from training.checkpoint import PeriodicCheckpoint
 from training.dataset import PairDataset
 from training.guardrails import LearningCheck, TrainingStalled
 from training.loader import make_train_loader
+from training.run_events import RunEvents
 from tutorial_train import main as train_main
 
 
@@ -32,7 +33,7 @@ def test_an_initial_checkpoint_without_pretrained_sd_is_stopped_after_one_step(t
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and "no gradient reached the ControlNet" in err
     assert "tool_add_control.py" in err
-    # Stopped before the first checkpoint callback: nothing was saved from a run that learns nothing.
+    # Stopped before the first checkpoint (RunEvents checks learning first): nothing was saved from a run that learns nothing.
     assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
 
 
@@ -50,7 +51,7 @@ def test_weights_that_do_not_change_stop_the_run_naming_the_learning_rate(toy_da
         enable_checkpointing=False,
         enable_progress_bar=False,
         use_distributed_sampler=False,
-        callbacks=[LearningCheck(expect_gradient=True, log_every=1)],
+        callbacks=[RunEvents(learning=LearningCheck(expect_gradient=True, log_every=1))],
     )
     with pytest.raises(TrainingStalled, match="learning rate is 0"):
         trainer.fit(model, train_dataloaders=loader)
