@@ -16,6 +16,7 @@ from annotator.canny import CannyThresholds
 from cldm.diffusers_io import save_diffusers_controlnet
 from cldm.weights import CorruptCheckpointError, export_control, nonfinite_keys, reading_weights
 from ldm.util import atomic_write
+from training.ema import ControlEMA, ema_applied
 from training.ranks import is_global_zero
 from training.run_record import RunRecord
 
@@ -122,6 +123,7 @@ class PeriodicCheckpoint:
         self.folder = Path(folder)
         self.every, self.keep, self.config, self.record = every, keep, config, record
         self.thresholds = thresholds  # of the training data's edge maps: the exports record them
+        self.ema: ControlEMA | None = None  # set by RunEvents when EMA is on: the exports hold its weights
         self._last_saved = -1
 
     def annotate(self, trainer: pl.Trainer, checkpoint: dict[str, Any]) -> None:
@@ -142,7 +144,10 @@ class PeriodicCheckpoint:
 
     def _export_diffusers(self, pl_module: pl.LightningModule) -> None:
         """The final ControlNet as a diffusers folder beside control.safetensors."""
-        folder = save_diffusers_controlnet(pl_module, self.folder.parent / DIFFUSERS_FOLDER, thresholds=self.thresholds)
+        with ema_applied(self.ema, pl_module):
+            folder = save_diffusers_controlnet(
+                pl_module, self.folder.parent / DIFFUSERS_FOLDER, thresholds=self.thresholds
+            )
         logger.info("saved the diffusers ControlNet %s", folder)
 
     def save_once(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -174,7 +179,8 @@ class PeriodicCheckpoint:
             self.record.write(self.folder.parent)
 
     def _finish(self, path: Path, pl_module: pl.LightningModule) -> None:
-        export_control(pl_module, self.folder.parent / CONTROL_FILE, thresholds=self.thresholds)
+        with ema_applied(self.ema, pl_module):
+            export_control(pl_module, self.folder.parent / CONTROL_FILE, thresholds=self.thresholds)
         if self.record is not None:
             old = sorted(self.record.checkpoints, key=lambda c: c.step)[: -self.keep]
             self.record.checkpoints = [c for c in self.record.checkpoints if c not in old]

@@ -138,6 +138,7 @@ class ControlMonitor:
         self.baseline: dict[str, Any] | None = None
         self.progress = Progress()
         self.stopped_early = False
+        self.scored_weights = "trained"  # or "ema (decay D)": what the evals, best/ and the summary hold
 
     # -- the run's events (called by RunEvents) -------------------------------------------------------------
     def start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -326,6 +327,7 @@ class ControlMonitor:
             "last_edge_f1": self.rows[-1]["edge_f1"],
             "evals": len(self.rows),
             "stopped_early": self.stopped_early,
+            "scored_weights": self.scored_weights,
         }
         write_text_atomically(path, json.dumps(summary, indent=2) + "\n")
 

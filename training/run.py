@@ -598,6 +598,7 @@ def make_trainer(
         preemption=Preemption(),
         monitor=monitor,
         requeue=s.slurm_requeue,
+        ema_decay=s.ema_decay,
     )
     callbacks: list[pl.Callback] = [
         events,

@@ -84,6 +84,10 @@ class TrainSettings:
     eval_every: int = knob("steps between controllability evals on prompt_val.json (0: no monitor)")
     eval_n: int = knob("held-out pairs each controllability eval scores")
     early_stop_patience: int = knob("stop after this many evals without a gain in exact edge F1 (0: never)")
+    ema_decay: float = knob(
+        "EMA of the ControlNet's weights, updated every step (0: off; 0.999 is usual); the monitor, best/ and the "
+        "exports then hold the EMA weights, checkpoints both"
+    )
     image_log_ddim_steps: int = knob("DDIM steps of the image grids' samples")
     ckpt_every: int = knob("steps between resumable checkpoints")
     keep_last: int = knob("resumable checkpoints to keep")
@@ -134,6 +138,8 @@ class TrainSettings:
                 f"need eval_every >= 0, eval_n >= 1 and early_stop_patience >= 0; got {self.eval_every}, "
                 f"{self.eval_n} and {self.early_stop_patience}"
             )
+        if not (self.ema_decay == 0.0 or 0.0 < self.ema_decay < 1.0):
+            raise ValueError(f"--ema-decay must be 0 (off) or lie in (0, 1), got {self.ema_decay}")
         if self.early_stop_patience and not self.eval_every:
             raise ValueError("early_stop_patience needs the monitor: set eval_every >= 1")
         if self.logger not in LOGGERS:
