@@ -60,10 +60,7 @@ def import_data(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
     except (HFDataError, RunFolderLocked) as err:
         raise DataSourceError(f"data: {err}") from None
     except OSError as err:  # a full or read-only disk: the rows already imported stay, and a re-run goes on
-        raise DataSourceError(
-            f"data: cannot write {err.filename or folder} ({err.strerror}) while importing {settings.data} into "
-            f"{folder}; free space (or fix the folder) and run again: the import goes on where it stopped"
-        ) from None
+        raise _cannot_write(err, folder, settings.data, "import") from None
     logger.info("training on %s as imported into %s", settings.data, folder)
     return dataclasses.replace(settings, data=str(folder))
 
@@ -77,9 +74,15 @@ def _fetched(settings: TrainSettings) -> TrainSettings:
     except ShardError as err:
         raise DataSourceError(f"data: {err}") from None
     except OSError as err:  # a full or read-only disk: the files already fetched stay, and a re-run goes on
-        raise DataSourceError(
-            f"data: cannot write {err.filename or folder} ({err.strerror}) while fetching {settings.data} into "
-            f"{folder}; free space (or fix the folder) and run again: the fetch goes on where it stopped"
-        ) from None
+        raise _cannot_write(err, folder, settings.data, "fetch") from None
     logger.info("training on %s as fetched into %s", settings.data, folder)
     return dataclasses.replace(settings, data=str(folder))
+
+
+def _cannot_write(err: OSError, folder: Path, data: str, phase: str) -> DataSourceError:
+    """A disk that failed while `data` was brought into `folder` (phase: import or fetch), as one line."""
+    doing = {"import": "importing", "fetch": "fetching"}[phase]
+    return DataSourceError(
+        f"data: cannot write {err.filename or folder} ({err.strerror}) while {doing} {data} into {folder}; free "
+        f"space (or fix the folder) and run again: the {phase} goes on where it stopped"
+    )

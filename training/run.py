@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from cldm.weights import (
     save_state,
 )
 from evaluation.evaluate_control import EvalSettings, held_out_rows
+from ldm.models.diffusion.objectives import Objective
 from ldm.util import instantiate_from_config, tsv_text, write_text_atomically
 from pairs.manifest import edge_thresholds
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE
@@ -302,7 +304,7 @@ def _check_same_eval(config: dict[str, Any], settings: TrainSettings, thresholds
         )
 
 
-OBJECTIVE_KEYS = {"loss_weighting": "eps", "timestep_sampling": "uniform", "min_snr_gamma": 5.0}
+OBJECTIVE_KEYS = dataclasses.asdict(Objective())  # the objective fields and their defaults
 
 
 def _check_same_objective(config: dict[str, Any], model_config: dict[str, Any], path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from cldm.cldm import FROZEN_DTYPES
 from cldm.optimizer import LR_SCHEDULES, OPTIMIZERS, STATE_DTYPES
 from ldm.flags import knob, typed_fields
-from ldm.models.diffusion.objectives import LOSS_WEIGHTINGS, TIMESTEP_SAMPLINGS
+from ldm.models.diffusion.objectives import LOSS_WEIGHTINGS, TIMESTEP_SAMPLINGS, Objective
 
 logger = logging.getLogger(__name__)
 
@@ -213,14 +213,14 @@ class ModelOptions:
     loss_weighting: str = knob(
         "weight of each sample's ε-MSE: eps (1), x0 (the MSE of the implied x0: 1/SNR), min-snr (min(SNR, γ)/SNR)",
         choices=LOSS_WEIGHTINGS,
-        default="eps",
+        default=Objective.loss_weighting,
     )
     timestep_sampling: str = knob(
         "how training timesteps are drawn: uniform, or cubic (t = (1 − u³)·T, towards high noise)",
         choices=TIMESTEP_SAMPLINGS,
-        default="uniform",
+        default=Objective.timestep_sampling,
     )
-    min_snr_gamma: float = knob("γ of --loss-weighting min-snr", default=5.0)
+    min_snr_gamma: float = knob("γ of --loss-weighting min-snr", default=Objective.min_snr_gamma)
 
     PATHS: typing.ClassVar[dict[str, tuple[tuple[str, ...], ...]]] = {
         "checkpointing": (

@@ -22,6 +22,7 @@ from annotator.util import UnreadableImage, read_rgb
 from pairs.shards import INDEX_FILE, TEXT_EXT, ShardError, ShardIndex, expand_shards
 from training.check_pairs import TAIL_BYTES
 from training.dataset import conditioning_item, item_draws, training_item
+from training.shard_fetch import URL_SCHEMES
 
 PROBE_HEAD = 64 * 1024  # an image header (PNG's IHDR, JPEG's markers up to its frame) lies well within this
 PROBE_TAIL = TAIL_BYTES  # where check_pairs looks for the end marker
@@ -41,7 +42,7 @@ class ShardPairs(torch.utils.data.Dataset):
 
     def __init__(self, data: str | Path, *, hflip: bool = False, empty_prompt_p: float = 0.0, seed: int = 0) -> None:
         text = str(data)
-        if text.startswith(("http://", "https://", "pipe:", "s3://", "gs://", "gcs://")):
+        if text.startswith((*URL_SCHEMES, "pipe:")):
             raise ShardError(
                 f"{text}: shards are read from a local or mounted folder (a sample is one seek into its shard); "
                 "training fetches http(s), s3:// and gs:// shards into OUTPUT/data first; mount or copy others"

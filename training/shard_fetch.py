@@ -259,10 +259,11 @@ class Fetcher:
             except FileNotFoundError:
                 return False
             except Exception as err:  # noqa: BLE001 (each store raises its own: aiohttp, botocore, google)
-                if _permanent(err) or attempt == self.attempts:
+                permanent = _permanent(err)
+                if permanent or attempt == self.attempts:
                     if isinstance(err, ShardError):
                         raise
-                    tries = "" if _permanent(err) else f" after {attempt} tries"
+                    tries = "" if permanent else f" after {attempt} tries"
                     raise ShardError(
                         f"{url} cannot be fetched{tries} ({type(err).__name__}: {err}); check the address, the "
                         f"network and the credentials, and run again: the fetch goes on with the files it has"

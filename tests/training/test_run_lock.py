@@ -80,25 +80,26 @@ def test_of_runs_starting_together_on_a_stale_lock_exactly_one_holds_the_folder(
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    start_at = time.time() + 3
-    script = (
-        "import sys, time\n"
-        "from training.run_lock import RunFolderLocked, run_lock\n"
-        f"time.sleep(max(0, {start_at} - time.time()))\n"
-        "try:\n"
-        f"    with run_lock(sys.argv[1]):\n"
-        "        print('held', flush=True); time.sleep(4)\n"
-        "except RunFolderLocked:\n"
-        "    print('refused')\n"
-    )
+
+    def script(start_at: float) -> str:
+        return (
+            "import sys, time\n"
+            "from training.run_lock import RunFolderLocked, run_lock\n"
+            f"time.sleep(max(0, {start_at} - time.time()))\n"
+            "try:\n"
+            "    with run_lock(sys.argv[1]):\n"
+            "        print('held', flush=True); time.sleep(4)\n"
+            "except RunFolderLocked:\n"
+            "    print('refused')\n"
+        )
+
     for round_ in range(2):
         folder = tmp_path / f"run{round_}"
         _lock_of(folder, gone.pid)
+        start = script(time.time() + 3)
         starts = [
-            subprocess.Popen([sys.executable, "-c", script, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            subprocess.Popen([sys.executable, "-c", start, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
             for _ in range(6)
         ]
         said = sorted(p.communicate(timeout=60)[0].strip() for p in starts)
         assert said == ["held"] + ["refused"] * 5, said
-        start_at = time.time() + 3
-        script = script.replace(script.split("\n")[2], f"time.sleep(max(0, {start_at} - time.time()))")
