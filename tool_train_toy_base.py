@@ -34,6 +34,7 @@ from ldm.flags import HelpFormatter
 from ldm.models.autoencoder import AutoencoderKL
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE
 from pairs.toy_palette import COLOURS
+from training.data.toy_data import write_toy_dataset
 from training.toy_base import (
     PhaseSettings,
     ToyStream,
@@ -45,7 +46,6 @@ from training.toy_base import (
     train_autoencoder,
     train_denoiser,
 )
-from training.toy_data import write_toy_dataset
 
 
 def base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

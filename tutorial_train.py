@@ -28,6 +28,8 @@ from cldm.weights import CheckpointMismatchError
 from evaluation.onset import onset_threshold
 from ldm.flags import HelpFormatter, add_flags, given_flags, preparse
 from ldm.util import remove_stale_temp_files
+from training.common.run_lock import RunFolderLocked, run_lock
+from training.common.stop_signals import StopSignal, StopSignalsRaise
 from training.control_monitor import ControlMonitor
 from training.data_source import import_data
 from training.guardrails import TrainingStalled
@@ -50,9 +52,7 @@ from training.run import (
     write_skipped,
 )
 from training.run_events import RunEvents
-from training.run_lock import RunFolderLocked, run_lock
 from training.settings import ModelOptions, TrainSettings
-from training.stop_signals import StopSignal, StopSignalsRaise
 
 FINISHING = "finishing"  # the phase after training ended and saved
 

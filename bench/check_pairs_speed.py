@@ -1,4 +1,4 @@
-"""Time of the pre-flight check of training pairs (training.check_pairs) over a prepared folder of N pairs, and of
+"""Time of the pre-flight check of training pairs (training.data.check_pairs) over a prepared folder of N pairs, and of
 the pairs' fingerprint that the run record and the latent cache compare.
 
     .venv/bin/python -m bench.check_pairs_speed --n 20000
@@ -22,8 +22,8 @@ from skimage import data
 from annotator.canny import CannyDetector
 from ldm.flags import HelpFormatter
 from pairs.prompt_file import write_prompt_file
-from training.check_pairs import check_pairs
-from training.dataset import PairDataset
+from training.data.check_pairs import check_pairs
+from training.data.dataset import PairDataset
 
 
 def build_folder(root: Path, n: int) -> list[dict[str, str]]:

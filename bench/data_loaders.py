@@ -5,7 +5,7 @@
 
 Throughput: `--n` synthetic pairs at `--size`² (a photo's crops, JPEG targets and PNG canny maps, as prepared
 data is) in a prepared folder, packed as WebDataset shards, and exported as a Hugging Face dataset and imported
-back as training does; each is read through the run's own loader (training.loader.make_train_loader) with
+back as training does; each is read through the run's own loader (training.data.loader.make_train_loader) with
 `--workers` workers, after a warm-up, and timed over `--batches` batches. Memory: for each size, shards of small
 synthetic pairs (64², one reused sample) and the same pairs as a prepared folder are read for a fixed number of
 samples in a fresh process, whose peak resident set bench.run_memory measures.
@@ -29,12 +29,12 @@ from ldm.flags import HelpFormatter
 from ldm.util import write_bytes_atomically
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
 from pairs.shards import SHARD_NAME, sample_members, write_shard
+from training.data.dataset import PairDataset
 from training.data.hf_export import export_hf
 from training.data.hf_import import import_hf
+from training.data.loader import make_train_loader
+from training.data.shard_dataset import ShardPairs
 from training.data.shard_writer import write_shards
-from training.dataset import PairDataset
-from training.loader import make_train_loader
-from training.shard_dataset import ShardPairs
 
 
 def write_folder(root: Path, n: int, size: int) -> Path:

@@ -67,7 +67,7 @@ def tiny_model(_tiny_model_template):
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory) -> Path:
     """48 generated circle pairs at 64×64 (46 train, 2 held out); tests only read it."""
-    from training.toy_data import write_toy_dataset
+    from training.data.toy_data import write_toy_dataset
 
     return write_toy_dataset(tmp_path_factory.mktemp("toy"), n=48, size=64, seed=0)
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from training.toy_data import toy_example
+from training.data.toy_data import toy_example
 
 
 def write_fill50k_like(root, n=6, *, seed=0):

@@ -13,7 +13,7 @@ from evaluation.evaluate_control import EvalSettings, evaluate
 from evaluation.onset import onset_threshold
 from tool_add_control import main as add_control_main
 from training.control_curve import read_curve
-from training.toy_data import write_toy_dataset
+from training.data.toy_data import write_toy_dataset
 from tutorial_train import main as train_main
 
 

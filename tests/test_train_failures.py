@@ -18,8 +18,8 @@ from repo_paths import ROOT
 from repo_paths import TINY_CONFIG as TINY
 
 from pairs.prompt_file import read_prompt_file
-from training.run_lock import LOCK_FILE
-from training.toy_data import write_toy_dataset
+from training.common.run_lock import LOCK_FILE
+from training.data.toy_data import write_toy_dataset
 from tutorial_train import main
 
 

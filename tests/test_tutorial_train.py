@@ -26,7 +26,7 @@ from cldm.weights import load_state_dict
 from pairs.prompt_file import read_prompt_file
 from training.checkpoint import list_checkpoints
 from training.control_curve import BASELINE_FILE, read_curve
-from training.toy_data import write_toy_dataset
+from training.data.toy_data import write_toy_dataset
 from tutorial_train import main
 
 
@@ -443,7 +443,7 @@ def _resume_matches_a_straight_run(toy_data, tmp_path, _args, *lever: str) -> di
 def shards(tmp_path_factory):
     """48 training pairs (and 2 held out) as 5 WebDataset shards of up to 10 pairs."""
     from training.data.shard_writer import write_shards
-    from training.toy_data import write_toy_dataset
+    from training.data.toy_data import write_toy_dataset
 
     folder = write_toy_dataset(tmp_path_factory.mktemp("toy50"), n=50, size=64, seed=1)
     out = tmp_path_factory.mktemp("shards")
@@ -461,7 +461,7 @@ def test_a_corrupt_sample_in_a_shard_stops_the_run_by_name_or_is_left_out_with_s
 ):
     import shutil
 
-    from training.shard_dataset import ShardPairs
+    from training.data.shard_dataset import ShardPairs
 
     data = tmp_path / "shards"
     shutil.copytree(shards, data)

@@ -48,7 +48,7 @@ from training.control_curve import (
     write_baseline,
     write_curve,
 )
-from training.dataset import pairs_fingerprint
+from training.data.dataset import pairs_fingerprint
 from training.ranks import is_global_zero
 
 logger = logging.getLogger(__name__)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from pairs.prompt_file import PROMPT_FILE
 from pairs.shards import ShardError
+from training.common.run_lock import RunFolderLocked
+from training.data.dataset import PairDataset
 from training.data.hf_import import Columns, HFDataError, import_hf, is_hf_dataset, recorded_source
-from training.dataset import PairDataset
-from training.run_lock import RunFolderLocked
+from training.data.shard_dataset import ShardPairs, is_shard_source
+from training.data.shard_fetch import fetch_shards, is_url_spec
 from training.settings import TrainSettings
-from training.shard_dataset import ShardPairs, is_shard_source
-from training.shard_fetch import fetch_shards, is_url_spec
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def import_data(settings: TrainSettings, *, rank_zero: bool) -> TrainSettings:
 
 
 def _fetched(settings: TrainSettings) -> TrainSettings:
-    """Shards named by URL, fetched once into OUTPUT/data (training/shard_fetch.py); the ranks of a node take turns,
+    """Shards named by URL, fetched once into OUTPUT/data (training/data/shard_fetch.py); the ranks of a node take turns,
     and the first fetches."""
     folder = Path(settings.output) / IMPORT_DIR
     try:

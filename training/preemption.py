@@ -13,7 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from training.stop_signals import STOP_SIGNALS
+from training.common.stop_signals import STOP_SIGNALS
 
 logger = logging.getLogger(__name__)
 

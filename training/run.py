@@ -33,7 +33,6 @@ from ldm.models.diffusion.objectives import Objective
 from ldm.util import instantiate_from_config, tsv_text, write_text_atomically
 from pairs.manifest import edge_thresholds
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE
-from training.check_pairs import BadPair, check_pairs, check_shard_pairs, size_multiple
 from training.checkpoint import (
     CONTROL_FILE,
     DIFFUSERS_FOLDER,
@@ -43,18 +42,19 @@ from training.checkpoint import (
     open_checkpoint,
 )
 from training.control_monitor import ControlMonitor
+from training.data.check_pairs import BadPair, check_pairs, check_shard_pairs, size_multiple
+from training.data.dataset import PairDataset
+from training.data.latent_cache import CachedPairs, build_latent_cache
+from training.data.loader import make_train_loader
+from training.data.shard_dataset import ShardPairs
+from training.data.toy_data import write_toy_dataset
 from training.data_source import open_pairs
-from training.dataset import PairDataset
 from training.guardrails import LearningCheck
-from training.latent_cache import CachedPairs, build_latent_cache
-from training.loader import make_train_loader
 from training.preemption import Preemption
 from training.ranks import is_global_zero
 from training.run_events import RunEvents
 from training.run_record import RUN_FILE, FileRecord, RunRecord, RunRecordError
 from training.settings import TrainSettings
-from training.shard_dataset import ShardPairs
-from training.toy_data import write_toy_dataset
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from ldm.models.diffusion.ddpm import LatentDiffusion
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.util import instantiate_from_config
 from pairs.prompt_file import PROMPT_FILE, read_prompt_file
-from training.toy_data import toy_example
+from training.data.toy_data import toy_example
 
 logger = logging.getLogger(__name__)
 

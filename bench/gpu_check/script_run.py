@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from bench.gpu_check.common import ROOT, Plan, Row
-from training.toy_data import write_toy_dataset
+from training.data.toy_data import write_toy_dataset
 
 
 def script(plan: Plan, work: Path) -> list[Row]:

@@ -12,7 +12,7 @@ import pytest
 from repo_paths import ROOT
 
 from pairs.prompt_file import VAL_PROMPT_FILE, read_prompt_file
-from training.toy_data import write_toy_dataset
+from training.data.toy_data import write_toy_dataset
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [

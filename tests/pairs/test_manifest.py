@@ -7,7 +7,7 @@ import pytest
 
 from annotator.canny import DEFAULT_THRESHOLDS, CannyThresholds
 from pairs.manifest import MANIFEST_FILE, DatasetManifest, edge_thresholds
-from training.toy_data import write_toy_dataset
+from training.data.toy_data import write_toy_dataset
 
 
 def test_the_toy_set_records_how_it_was_made(tmp_path):

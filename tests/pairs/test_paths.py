@@ -14,9 +14,9 @@ import pytest
 from pairs.paths import DataPathError, within
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, read_prompt_file
 from pairs.shards import INDEX_FILE, ShardError, ShardIndex, member_key
+from training.data.shard_dataset import ShardPairs
+from training.data.shard_fetch import fetch_shards
 from training.data.shard_writer import shards_to_folder, write_shards
-from training.shard_dataset import ShardPairs
-from training.shard_fetch import fetch_shards
 
 
 @pytest.mark.parametrize("rel", ["/etc/passwd", "../x.png", "source/../../x.png", "C:/x.png", ""])
@@ -116,7 +116,7 @@ def test_writing_a_shard_set_again_with_another_size_leaves_only_the_new_set(toy
 
 
 def test_a_non_utf8_caption_is_a_bad_pair_of_the_pre_flight_check_naming_shard_and_key(tmp_path):
-    from training.check_pairs import check_shard_pairs
+    from training.data.check_pairs import check_shard_pairs
 
     shards = tmp_path / "shards"
     shards.mkdir()

@@ -12,9 +12,9 @@ from repo_paths import TINY_CONFIG as TINY
 
 from cldm.weights import load_state_dict
 from training.checkpoint import PeriodicCheckpoint
-from training.dataset import PairDataset
+from training.data.dataset import PairDataset
+from training.data.loader import make_train_loader
 from training.guardrails import LearningCheck, TrainingStalled
-from training.loader import make_train_loader
 from training.run_events import RunEvents
 from tutorial_train import main as train_main
 

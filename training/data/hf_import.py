@@ -34,7 +34,7 @@ from pairs.held_out import check_val_fraction, is_validation
 from pairs.manifest import DatasetManifest, HowMade
 from pairs.paths import DataPathError, within
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
-from training.run_lock import LOCK_FILE, RunFolderLocked, run_lock
+from training.common.run_lock import LOCK_FILE, RunFolderLocked, run_lock
 
 logger = logging.getLogger(__name__)
 

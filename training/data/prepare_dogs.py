@@ -31,13 +31,13 @@ from ldm.util import remove_stale_temp_files, tsv_text, write_bytes_atomically, 
 from pairs.held_out import check_val_fraction, is_validation
 from pairs.manifest import MANIFEST_FILE, DatasetManifest, HowMade, SourceFile
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, write_prompt_file
+from training.common.run_lock import RunFolderLocked, run_lock
+from training.common.stop_signals import StopSignal, StopSignalsRaise
 from training.data.captions import BLIP_MODEL_ID, finalise_caption, load_blip
 from training.data.crop import CROP_MODES, crop_square
 from training.data.discover import ImageRecord, discover, read_split_list
 from training.data.shard_writer import write_shards
 from training.data.validate import UnreadableImage, load_rgb
-from training.run_lock import RunFolderLocked, run_lock
-from training.stop_signals import StopSignal, StopSignalsRaise
 
 logger = logging.getLogger(__name__)
 

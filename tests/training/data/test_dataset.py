@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from training.dataset import PairDataset
-from training.toy_data import write_toy_dataset
+from training.data.dataset import PairDataset
+from training.data.toy_data import write_toy_dataset
 
 
 def test_items_have_documented_keys_dtypes_and_ranges(toy_data):

@@ -9,7 +9,7 @@ from repo_paths import ROOT
 
 from annotator.canny import CannyThresholds
 from pairs.manifest import edge_thresholds
-from training.shard_dataset import ShardPairs
+from training.data.shard_dataset import ShardPairs
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cldm.weights import state_digest
 from ldm.util import atomic_write, write_text_atomically
-from training.dataset import PairDataset
+from training.data.dataset import PairDataset
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pairs.prompt_file import read_prompt_file
-from training.check_pairs import check_pairs, image_size, size_multiple
+from training.data.check_pairs import check_pairs, image_size, size_multiple
 
 
 def _jpeg(size=(64, 64)) -> bytes:

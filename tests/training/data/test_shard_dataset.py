@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from pairs.shards import ShardError
-from training.check_pairs import check_shard_pairs
+from training.data.check_pairs import check_shard_pairs
+from training.data.dataset import PairDataset
+from training.data.shard_dataset import ShardPairs, is_shard_source
 from training.data.shard_writer import write_shards
-from training.dataset import PairDataset
-from training.shard_dataset import ShardPairs, is_shard_source
 
 
 def test_shard_items_equal_the_folders_item_for_item(toy_data, tmp_path):

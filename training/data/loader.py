@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from training.dataset import PairDataset
-from training.latent_cache import CachedPairs
+from training.data.dataset import PairDataset
+from training.data.latent_cache import CachedPairs
 
 
 class EpochPermuted(Dataset):

@@ -4,7 +4,7 @@ Targets are a filled circle on a plain background; sources are the canny edges o
 hint is exactly what the canny ControlNet sees at test time; prompts name the colours. dataset.json records
 how the set was made (the thresholds above all), as the Stanford Dogs preparation's does.
 
-    python -m training.toy_data --out training/toy --n 2000 --size 64 --seed 0
+    python -m training.data.toy_data --out training/toy --n 2000 --size 64 --seed 0
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ import pytest
 from s3_store import s3_store
 
 from pairs.shards import ShardError
+from training.data.shard_dataset import ShardPairs
+from training.data.shard_fetch import RECORD_FILE, fetch_shards
 from training.data.shard_writer import write_shards
-from training.shard_dataset import ShardPairs
-from training.shard_fetch import RECORD_FILE, fetch_shards
 
 SPEC = "pairs-{000000..000004}.tar"
 

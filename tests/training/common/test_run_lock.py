@@ -9,7 +9,7 @@ import sys
 import pytest
 from repo_paths import ROOT
 
-from training.run_lock import LOCK_FILE, RunFolderLocked, run_lock
+from training.common.run_lock import LOCK_FILE, RunFolderLocked, run_lock
 
 
 def _lock_of(folder, pid, host=None, job=None):
@@ -65,7 +65,7 @@ def test_an_empty_lock_left_by_a_failed_start_is_taken_over(tmp_path, caplog):
 
 
 def test_a_takeover_never_deletes_a_lock_other_than_the_stale_one_it_judged(tmp_path):
-    from training.run_lock import _take_over
+    from training.common.run_lock import _take_over
 
     _lock_of(tmp_path, os.getpid())  # another run's fresh lock, there since the stale one was read
     fresh = (tmp_path / LOCK_FILE).read_bytes()
@@ -84,7 +84,7 @@ def test_of_runs_starting_together_on_a_stale_lock_exactly_one_holds_the_folder(
     def script(start_at: float) -> str:
         return (
             "import sys, time\n"
-            "from training.run_lock import RunFolderLocked, run_lock\n"
+            "from training.common.run_lock import RunFolderLocked, run_lock\n"
             f"time.sleep(max(0, {start_at} - time.time()))\n"
             "try:\n"
             "    with run_lock(sys.argv[1]):\n"

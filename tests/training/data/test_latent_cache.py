@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.dataset import PairDataset
-from training.latent_cache import CachedPairs, build_latent_cache
+from training.data.dataset import PairDataset
+from training.data.latent_cache import CachedPairs, build_latent_cache
 
 
 def _collate(items):
@@ -30,8 +30,8 @@ def test_cached_inputs_equal_encoding_on_the_fly(tiny_model, toy_data, tmp_path)
 
 
 def test_a_cache_of_shards_equals_the_cache_of_the_same_folder(tiny_model, toy_data, tmp_path):
+    from training.data.shard_dataset import ShardPairs
     from training.data.shard_writer import write_shards
-    from training.shard_dataset import ShardPairs
 
     write_shards(toy_data, tmp_path / "shards", shard_size=16)
     folder, shards = (
@@ -90,10 +90,10 @@ def test_a_step_with_cached_latents_decodes_no_target_image(tiny_model, toy_data
     """The cache holds the targets' latents: an item reads its hint and prompt, never its target (whose decode
     was thrown away), from a folder and from shards alike."""
     import annotator.util
-    import training.dataset
-    import training.shard_dataset
+    import training.data.dataset
+    import training.data.shard_dataset
+    from training.data.shard_dataset import ShardPairs
     from training.data.shard_writer import write_shards
-    from training.shard_dataset import ShardPairs
 
     write_shards(toy_data, tmp_path / "shards", shard_size=16)
     datasets = (PairDataset(toy_data, seed=1), ShardPairs(tmp_path / "shards", seed=1))
@@ -107,8 +107,8 @@ def test_a_step_with_cached_latents_decodes_no_target_image(tiny_model, toy_data
         decoded.append(source)
         return annotator.util.read_rgb(source, **kwargs)
 
-    monkeypatch.setattr(training.dataset, "read_rgb", counting)
-    monkeypatch.setattr(training.shard_dataset, "read_rgb", counting)
+    monkeypatch.setattr(training.data.dataset, "read_rgb", counting)
+    monkeypatch.setattr(training.data.shard_dataset, "read_rgb", counting)
     for cached in caches:
         decoded.clear()
         items = [cached.get(i, 0) for i in range(4)]

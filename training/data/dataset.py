@@ -48,7 +48,7 @@ class PairDataset(torch.utils.data.Dataset):
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"data folder {self.root} does not exist; prepare it with "
-                "`python -m training.data.prepare_dogs` or `python -m training.toy_data`"
+                "`python -m training.data.prepare_dogs` or `python -m training.data.toy_data`"
             )
         path = self.root / prompt_file
         if not path.is_file():

@@ -1,7 +1,7 @@
 """The training Dataset over WebDataset shards (pairs/shards.py): the items, draws and interface of PairDataset,
 read by seeking into the shards through their index, so any rank and any DataLoader worker reads any sample.
 
-The run's loader (training/loader.py) asks for samples by their place in the run, so ranks and workers read
+The run's loader (training/data/loader.py) asks for samples by their place in the run, so ranks and workers read
 disjoint samples, an epoch covers each once, and a resumed run starts at the very sample where it stopped, as it
 does over a folder. Memory holds the index (97 bytes a sample with 9-character keys) and one open file per shard
 and worker.
@@ -20,9 +20,9 @@ import torch
 
 from annotator.util import UnreadableImage, read_rgb
 from pairs.shards import INDEX_FILE, TEXT_EXT, ShardError, ShardIndex, expand_shards
-from training.check_pairs import TAIL_BYTES
-from training.dataset import conditioning_item, item_draws, training_item
-from training.shard_fetch import URL_SCHEMES
+from training.data.check_pairs import TAIL_BYTES
+from training.data.dataset import conditioning_item, item_draws, training_item
+from training.data.shard_fetch import URL_SCHEMES
 
 PROBE_HEAD = 64 * 1024  # an image header (PNG's IHDR, JPEG's markers up to its frame) lies well within this
 PROBE_TAIL = TAIL_BYTES  # where check_pairs looks for the end marker

@@ -190,7 +190,7 @@ def test_an_unwritable_out_is_one_error_line(dogs_tree, tmp_path, capsys):
 
 def test_the_cli_also_writes_webdataset_shards_of_the_pairs(dogs_tree, tmp_path):
     from pairs.prompt_file import read_prompt_file
-    from training.shard_dataset import ShardPairs
+    from training.data.shard_dataset import ShardPairs
 
     out = tmp_path / "prepared"
     args = ["--images", str(dogs_tree["images"]), "--out", str(out), "--captioner", "breed", "--size", "64"]
