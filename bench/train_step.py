@@ -21,7 +21,7 @@ from bench.run_memory import GB, status_kb
 from cldm.loading import load_config
 from cldm.optimizer import OPTIMIZERS
 from ldm.flags import HelpFormatter, add_flags, given_flags, preparse
-from training.run import instantiate_model
+from training.run_build import instantiate_model
 from training.settings import ModelOptions, TrainSettings
 
 

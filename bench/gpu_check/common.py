@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from cldm.loading import load_config
-from training.run import instantiate_model
+from training.run_build import instantiate_model
 from training.settings import ModelOptions
 
 ROOT = Path(__file__).resolve().parents[2]

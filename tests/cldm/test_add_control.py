@@ -7,7 +7,7 @@ from repo_paths import TINY_CONFIG
 from cldm.loading import load_base, load_config
 from cldm.weights import build_control_init, load_state_dict, save_state, unet_twin
 from tool_add_control import main
-from training.run import make_control_init
+from training.run_plan import make_control_init
 
 TINY = str(TINY_CONFIG)
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from ldm.util import atomic_write
-from training.run import write_config
+from training.run_build import write_config
 
 
 def test_a_write_that_fails_half_way_keeps_the_old_file(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from repo_paths import TINY_CONFIG
 
 from cldm.loading import load_config
-from training.run import INIT_FILE, checkpoint_init
+from training.resume import INIT_FILE, checkpoint_init
 from training.settings import TrainSettings
 from tutorial_train import parse_args
 
