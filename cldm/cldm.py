@@ -31,23 +31,13 @@ logger = logging.getLogger(__name__)
 FROZEN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-# The packing of (seed, step, micro-batch, rank) used before seeds were hashed. It is kept, bit for bit, where it
-# is collision-free (micro-batch < 64, rank < 4096, step < 1_000_003), so runs started earlier resume with the
-# same noise; every other tuple is hashed into [2^63, 2^64), which no packed seed reaches.
-_PACKED_LIMITS = (1_000_003, 64, 4096)
-
-
 def noise_seed(seed: int, step: int, micro_batch: int, rank: int) -> int:
-    """A 64-bit generator seed, distinct for every (seed, step, micro-batch, rank) up to hash collisions (2^-63)."""
+    """A 64-bit generator seed, distinct for every (seed, step, micro-batch, rank) up to hash collisions (2^-64):
+    a hash, since any packing of four unbounded integers into 64 bits collides somewhere."""
     if min(seed, step, micro_batch, rank) < 0:
         raise ValueError(f"noise_seed takes non-negative values, got {(seed, step, micro_batch, rank)}")
-    steps, micro_batches, ranks = _PACKED_LIMITS
-    if step < steps and micro_batch < micro_batches and rank < ranks:
-        packed = ((seed * steps + step) * micro_batches + micro_batch) * ranks + rank
-        if packed < 2**63:
-            return packed
     digest = hashlib.blake2b(f"{seed},{step},{micro_batch},{rank}".encode(), digest_size=8).digest()
-    return 2**63 | int.from_bytes(digest, "little")
+    return int.from_bytes(digest, "little")
 
 
 class ControlLDM(LatentDiffusion, pl.LightningModule):
