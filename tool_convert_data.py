@@ -21,7 +21,8 @@ from pairs.prompt_file import PROMPT_FILE
 from pairs.shards import ShardError
 from training.common.run_lock import RunFolderLocked
 from training.data.hf_export import export_hf
-from training.data.hf_import import Columns, HFDataError, import_hf, is_hf_dataset
+from training.data.hf_import import import_hf
+from training.data.hf_source import Columns, HFDataError, is_hf_dataset
 from training.data.shard_dataset import is_shard_source
 from training.data.shard_writer import shards_to_folder, write_shards
 

@@ -24,7 +24,7 @@ from annotator.canny import CannyDetector
 from ldm.flags import HelpFormatter
 from training.data.crop import crop_square
 from training.data.discover import ImageRecord
-from training.data.prepare_dogs import ImageSettings, Summary, prepare_images
+from training.data.pair_images import ImageSettings, Summary, prepare_images
 from training.data.validate import load_rgb
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat")

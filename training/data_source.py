@@ -11,7 +11,8 @@ from pairs.prompt_file import PROMPT_FILE
 from pairs.shards import ShardError
 from training.common.run_lock import RunFolderLocked
 from training.data.dataset import PairDataset
-from training.data.hf_import import Columns, HFDataError, import_hf, is_hf_dataset, recorded_source
+from training.data.hf_import import import_hf, recorded_source
+from training.data.hf_source import Columns, HFDataError, is_hf_dataset
 from training.data.shard_dataset import ShardPairs, is_shard_source
 from training.data.shard_fetch import fetch_shards, is_url_spec
 from training.settings import TrainSettings

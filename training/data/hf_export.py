@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, read_prompt_file
-from training.data.hf_import import Columns
+from training.data.hf_source import Columns
 
 
 def _split(folder: Path, rows: list[dict[str, str]], columns: Columns):

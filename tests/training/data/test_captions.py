@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from training.data.captions import finalise_caption, is_degenerate, load_blip, template_caption, weave_breed
-from training.data.prepare_dogs import ImageSettings, prepare
+from training.data.pair_images import ImageSettings
+from training.data.prepare_dogs import prepare
 
 WORDS = [
     "[PAD]",

@@ -11,7 +11,8 @@ from PIL import Image
 from annotator.canny import DEFAULT_THRESHOLDS, CannyDetector
 from pairs.manifest import edge_thresholds
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, read_prompt_file
-from training.data.hf_import import Columns, HFDataError, import_hf, is_hf_dataset, main
+from training.data.hf_import import import_hf, main
+from training.data.hf_source import Columns, HFDataError, is_hf_dataset
 
 
 def test_an_imagefolder_imports_with_its_bytes_and_prompts_unchanged(tmp_path):

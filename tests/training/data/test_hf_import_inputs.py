@@ -14,7 +14,8 @@ from PIL import Image
 from annotator.canny import CannyDetector
 from annotator.util import read_rgb
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE, read_prompt_file
-from training.data.hf_import import HFDataError, import_hf, is_hf_dataset
+from training.data.hf_import import import_hf
+from training.data.hf_source import HFDataError, is_hf_dataset
 
 
 def _photo(h=64, w=128) -> np.ndarray:

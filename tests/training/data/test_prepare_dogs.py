@@ -10,8 +10,9 @@ from repo_paths import ROOT
 
 from training.data.crop import crop_square, square_window
 from training.data.discover import Box, breed_from_folder, discover
-from training.data.prepare_dogs import ImageSettings, prepare
+from training.data.pair_images import ImageSettings
 from training.data.prepare_dogs import main as prepare_main
+from training.data.prepare_dogs import prepare
 from training.data.validate import load_rgb
 
 SETTINGS = ImageSettings(size=64)

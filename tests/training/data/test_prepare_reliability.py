@@ -21,8 +21,9 @@ from pairs.manifest import MANIFEST_FILE, DatasetManifest
 from pairs.prompt_file import read_prompt_file
 from training.common.run_lock import run_lock
 from training.data.discover import discover
-from training.data.prepare_dogs import ImageSettings, prepare
+from training.data.pair_images import ImageSettings
 from training.data.prepare_dogs import main as prepare_main
+from training.data.prepare_dogs import prepare
 
 
 def _photo(path: Path, seed: int, size: int = 96) -> None:
