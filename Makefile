@@ -44,10 +44,10 @@ format: setup-dev
 	$(VENV)/bin/ruff format .
 
 test: setup-dev browser lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=30
 
 test-fast: setup-dev
-	$(PY) -m pytest -m "not slow and not browser and not distributed"
+	$(PY) -m pytest -m "not slow and not browser and not distributed" --durations=15
 
 # The CPU quickstart (about 9 minutes on 2 CPU cores): ControlNet on the committed toy base, trained on generated
 # circles, then scored with control against the same model at control strength 0. Run again, it goes on with the

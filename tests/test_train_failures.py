@@ -170,7 +170,7 @@ def test_a_signal_while_the_latent_cache_is_built_unwinds_says_so_and_requeues(t
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "stopped by SIGTERM while building the latent cache: no training step was taken" in err
+    assert "SIGTERM" in err and "latent cache" in err
     assert "Traceback" not in err
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "42"]
     assert not list(out.rglob("*.tmp")) and not (out / LOCK_FILE).exists()

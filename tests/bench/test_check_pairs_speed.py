@@ -7,8 +7,7 @@ from bench.check_pairs_speed import main
 
 def test_it_checks_every_pair_of_the_folder_it_builds(capsys):
     main(["--n", "30"])
-    assert re.fullmatch(
-        r"checked 30 pairs \(512×512 JPEG \+ PNG\) in [\d.]+ s \([\d,]+ pairs/s\), 0 bad; "
-        r"their fingerprint \(run record, latent cache\) took [\d.]+ s\n",
-        capsys.readouterr().out,
-    )
+    out = capsys.readouterr().out
+    # the facts of its one line: how many pairs, how many bad, and two timings
+    assert re.search(r"\b30 pairs\b", out) and re.search(r"\b0 bad\b", out), out
+    assert len(re.findall(r"[\d.]+ s\b", out)) == 2, out

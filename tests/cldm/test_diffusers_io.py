@@ -179,7 +179,7 @@ def test_a_scheduler_that_disagrees_with_the_config_is_reported(pipeline, caplog
     )
     with caplog.at_level("WARNING"):
         load_model(TINY, base=folder)
-    assert "disagrees with the config's diffusion schedule" in caplog.text and "beta_start: 0.0001" in caplog.text
+    assert "beta_start: 0.0001" in caplog.text
 
 
 def test_no_weight_loader_takes_a_config_dict_beside_the_model():
