@@ -1,6 +1,8 @@
 """Seconds per training step, samples/s and peak memory of ControlLDM for one set of options.
 
     .venv/bin/python -m bench.train_step --config models/cldm_v15.yaml --resolution 128 --batch 1
+    .venv/bin/python -m bench.train_step --config models/cldm_v15.yaml --resolution 128 --batch 1 \
+        --reward-weight 1 --reward-max-t 999          # the same step with the reward on every sample
 
 Random weights (no download needed): the cost of a step does not depend on the values. Run one
 configuration per process, so the peak-memory figure belongs to it alone.
@@ -85,7 +87,15 @@ def make_optimizer(name: str, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 SETTINGS = ("precision", "cache_latents")  # the training settings a step's cost depends on
-OPTIONS = ("frozen_dtype", "optimizer_state_dtype", "gradient_release", "checkpointing", "optimizer")
+OPTIONS = (
+    "frozen_dtype",
+    "optimizer_state_dtype",
+    "gradient_release",
+    "checkpointing",
+    "optimizer",
+    "reward_weight",  # the reward stage decodes (and backpropagates through) the VAE for its rewarded samples
+    "reward_max_t",  # 999 rewards every sample: the cost of a rewarded one
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -115,7 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """Build the model as training does, time the steps, print the figures; returns the trained model and optimizer."""
     config = load_config(args.config)["model"]
-    options = args.options
+    # A schedule only scales the rate (and a cosine one needs the trainer's max_steps): the step costs the same.
+    options = dataclasses.replace(args.options, lr_schedule="constant")
     torch.manual_seed(0)
     model = instantiate_model(options.applied_to(config, seed=0)).to(args.device).train()
     optimizer = make_optimizer("adamw-foreach" if args.foreach else options.optimizer, model)
@@ -154,6 +165,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.opti
             "text encode": model.cond_stage_model,
             "ControlNet": model.control_model,
             "UNet": model.model.diffusion_model,
+            "VAE decode": model.first_stage_model.decoder,
         },
         clock,
     )
@@ -188,7 +200,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.opti
         f"config={args.config} resolution={side} batch={b} precision={args.precision} "
         f"frozen_dtype={options.frozen_dtype} checkpointing={options.checkpointing} optimizer={options.optimizer}"
         f"{' (foreach)' if args.foreach else ''} optimizer_states={options.optimizer_state_dtype} "
-        f"gradient_release={options.gradient_release} cache_latents={args.cache_latents} device={args.device} "
+        f"gradient_release={options.gradient_release} reward_weight={options.reward_weight} "
+        f"reward_max_t={options.reward_max_t} cache_latents={args.cache_latents} device={args.device} "
         f"threads={torch.get_num_threads()}"
     )
     per_stage = ", ".join(f"{name} {statistics.median(t[name] for t in stage_times):.3f}" for name in stage_times[0])

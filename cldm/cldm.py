@@ -15,8 +15,10 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from annotator.canny import DEFAULT_THRESHOLDS, CannyThresholds
 from cldm.control_net import ControlNet
 from cldm.controlled_unet import ControlledUnetModel
+from cldm.edge_reward import REWARD_MAX_T, edge_f1, edge_reward_loss
 from cldm.optimizer import LR_SCHEDULES, OPTIMIZERS, STATE_DTYPES, AdamW, GradientRelease, adamw_8bit
 from cldm.text_image import text_as_images
 from cldm.weights import CheckpointMismatchError, check_state_dict
@@ -58,6 +60,9 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         gradient_release: bool = False,
         optimizer: str = "adamw",
         lr_schedule: str = "constant",
+        reward_weight: float = 0.0,
+        reward_max_t: int = REWARD_MAX_T,
+        reward_thresholds: Sequence[int] | None = None,
         **ldm_params: Any,
     ) -> None:
         # **ldm_params are LatentDiffusion's keyword-only parameters; it rejects unknown names.
@@ -81,7 +86,11 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        if not (isinstance(reward_weight, int | float) and math.isfinite(reward_weight) and reward_weight >= 0):
+            raise ValueError(f"reward_weight must be a number >= 0 (0: no reward), got {reward_weight!r}")
         super().__init__(**ldm_params)
+        if not (isinstance(reward_max_t, int) and 0 <= reward_max_t < self.num_timesteps):
+            raise ValueError(f"reward_max_t must be an int in [0, {self.num_timesteps}), got {reward_max_t!r}")
         if not isinstance(self.model.diffusion_model, ControlledUnetModel):
             raise ValueError(
                 "unet_config must build cldm.cldm.ControlledUnetModel (the UNet that accepts control), "
@@ -106,6 +115,13 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         self.lr_schedule = lr_schedule
         self.seed = seed
         self.control_scales = scales
+        # ControlNet++'s reward stage (cldm/edge_reward.py): its weight, the largest t it is applied at, and the
+        # canny thresholds of the data.
+        self.reward_weight = float(reward_weight)
+        self.reward_max_t = reward_max_t
+        self.reward_thresholds = (
+            DEFAULT_THRESHOLDS if reward_thresholds is None else CannyThresholds(*reward_thresholds)
+        )
         # Memory savers of the optimizer (cldm/optimizer.py): bf16 moments, and the step inside backward.
         self.optimizer_state_dtype = STATE_DTYPES[optimizer_state_dtype]
         self.gradient_release = bool(gradient_release)
@@ -182,13 +198,20 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         return torch.Generator(device=self.device).manual_seed(key)
 
     def training_loss(self, batch: Mapping[str, Any], batch_idx: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss of one micro-batch (images or cached latents) under the model's objective, with its timesteps
-        and noise from `step_generator`."""
+        """The loss of one micro-batch (images or cached latents) under the model's objective, plus the reward stage's
+        when `reward_weight` > 0, with its timesteps and noise from `step_generator`."""
         generator = self.step_generator(batch_idx)
         z, cond = self.get_input(batch, self.first_stage_key, generator=generator)
         t = self.objective.timesteps(z.shape[0], self.num_timesteps, generator=generator, device=z.device)  # B
         noise = torch.randn(z.shape, device=z.device, generator=generator)  # B×C×H×W
-        loss, loss_dict = self.p_losses(z, cond, t, noise)
+        x_noisy = self.q_sample(z, t, noise)  # B×C×H×W
+        eps = self.apply_model(x_noisy, t, cond)  # B×C×H×W
+        loss, loss_dict = self.eps_loss(eps, noise, t)
+        if self.reward_weight > 0:
+            reward, reward_dict = self.edge_reward(z, x_noisy, t, eps, cond["c_concat"][0])
+            loss_dict = {**loss_dict, "train/loss_diffusion": loss.detach(), **reward_dict}
+            loss = loss + self.reward_weight * reward
+            loss_dict["train/loss"] = loss.detach()
         if not torch.isfinite(loss):
             # Raised before backward, so no optimizer step and no checkpoint ever sees the bad values.
             raise FloatingPointError(
@@ -196,6 +219,31 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
                 f"batch {batch_idx}; lower the learning rate or check the data"
             )
         return loss, loss_dict
+
+    def edge_reward(
+        self, z: torch.Tensor, x_noisy: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, hint: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """ControlNet++'s reward on the samples noised to t <= reward_max_t (the others add nothing): their x_0 in one
+        step from the controlled ε, decoded by the frozen VAE with the gradient through it (each decoder level
+        recomputed in backward), scored against the training image (its latent `z` decoded: the latent cache holds
+        no pixels) by `edge_reward_loss`, averaged over them."""
+        rewarded = t <= self.reward_max_t  # B
+        if not bool(rewarded.any()):
+            return eps.new_zeros(()), {}
+        x0 = self.predict_start(x_noisy[rewarded], t[rewarded], eps[rewarded])  # B'×C×H×W
+        image = self._to_unit_image(self.first_stage_model.decode(self._unscaled(x0), checkpointed=True))
+        with torch.no_grad():
+            reference = self._to_unit_image(self.first_stage_model.decode(self._unscaled(z[rewarded])))
+        reward = edge_reward_loss(image, reference, self.reward_thresholds).mean()
+        f1 = edge_f1(image.detach(), reference, self.reward_thresholds)
+        return reward, {"train/loss_reward": reward.detach(), "train/reward_edge_f1": f1}
+
+    def _unscaled(self, z: torch.Tensor) -> torch.Tensor:
+        return (z / self.scale_factor).to(self.frozen_dtype)  # B×C×H×W, as the VAE stores its weights
+
+    @staticmethod
+    def _to_unit_image(image: torch.Tensor) -> torch.Tensor:
+        return (image.float() / 2 + 0.5).clamp(0, 1)  # B×3×8H×8W in [0, 1]
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss, loss_dict = self.training_loss(batch, batch_idx)

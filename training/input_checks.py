@@ -11,6 +11,7 @@ from typing import Any
 
 from annotator.canny import CannyThresholds
 from cldm.edge_record import recorded_thresholds
+from cldm.edge_reward import REWARD_MAX_T
 from evaluation.evaluate_control import held_out_rows
 from ldm.models.diffusion.objectives import Objective
 from pairs.manifest import edge_thresholds
@@ -107,7 +108,8 @@ def check_same_eval(config: dict[str, Any], settings: TrainSettings, thresholds:
         )
 
 
-OBJECTIVE_KEYS = dataclasses.asdict(Objective())  # the objective fields and their defaults
+# the objective's fields, the reward stage's, and their defaults (what a run trained with before they existed)
+OBJECTIVE_KEYS = {**dataclasses.asdict(Objective()), "reward_weight": 0.0, "reward_max_t": REWARD_MAX_T}
 
 
 def check_same_objective(config: dict[str, Any], model_config: dict[str, Any], path: Path) -> None:
@@ -122,4 +124,14 @@ def check_same_objective(config: dict[str, Any], model_config: dict[str, Any], p
             f"{path} trained with {', '.join(f'{k} {before.get(k, OBJECTIVE_KEYS[k])}' for k in changed)}, this "
             f"resume asks for {', '.join(f'{k} {now.get(k, OBJECTIVE_KEYS[k])}' for k in changed)}: resume with "
             "the same objective, or branch into a new --output (--resume-from PATH --output NEW)"
+        )
+
+
+def check_reward_start(model_config: dict[str, Any], settings: TrainSettings, *, resuming: bool) -> None:
+    """The reward stage fine-tunes a ControlNet that has taken control (ControlNet++ starts from a trained one): a
+    fresh start with it and without --control-from is refused."""
+    if model_config["params"].get("reward_weight", 0.0) > 0 and not settings.control_from and not resuming:
+        raise RunInputError(
+            "--reward-weight fine-tunes a trained ControlNet: start from one with --control-from "
+            "(OUTPUT/control.safetensors of a run), or go on from a checkpoint with --resume-from"
         )

@@ -27,6 +27,7 @@ from training.input_checks import (
     RunInputError,
     check_data,
     check_held_out,
+    check_reward_start,
     check_same_eval,
     check_same_objective,
     run_thresholds,
@@ -120,6 +121,7 @@ def plan_run(config: dict[str, Any], settings: TrainSettings, *, config_path: st
     except RunRecordError as err:
         raise RunInputError(str(err)) from None
     resumed = resolve_resume_from(resume_from, output, record)
+    check_reward_start(model_config, settings, resuming=resumed is not None)
     if resumed is None or not resumed.continues:
         refuse_occupied(output, record)
     init = Path(settings.init) if settings.init else None
@@ -148,6 +150,9 @@ def plan_run(config: dict[str, Any], settings: TrainSettings, *, config_path: st
             check_state_dict(model_state, load_state_dict(init, shapes_only=True))
         except CheckpointMismatchError as err:
             raise RunInputError(f"{init} does not fit {config_path}: {err}") from None
+    if model_config["params"].get("reward_weight", 0.0) > 0:  # the reward's logged F1 uses the data's thresholds
+        config = copy.deepcopy(config)
+        config["model"]["params"]["reward_thresholds"] = [thresholds.low, thresholds.high]
     return RunPlan(
         settings,
         config,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cldm.cldm import FROZEN_DTYPES
+from cldm.edge_reward import REWARD_MAX_T
 from cldm.optimizer import LR_SCHEDULES, OPTIMIZERS, STATE_DTYPES
 from ldm.flags import knob, typed_fields
 from ldm.models.diffusion.objectives import LOSS_WEIGHTINGS, TIMESTEP_SAMPLINGS, Objective
@@ -221,6 +222,13 @@ class ModelOptions:
         default=Objective.timestep_sampling,
     )
     min_snr_gamma: float = knob("γ of --loss-weighting min-snr", default=Objective.min_snr_gamma)
+    # ControlNet++'s reward stage (cldm/edge_reward.py, docs/training.md): off unless a weight is given.
+    reward_weight: float = knob(
+        "weight λ of the edge reward added to the diffusion loss (0: off); it fine-tunes a trained ControlNet "
+        "(--control-from, or a resume)",
+        default=0.0,
+    )
+    reward_max_t: int = knob("the reward is applied to the samples noised to t <= this", default=REWARD_MAX_T)
 
     PATHS: typing.ClassVar[dict[str, tuple[tuple[str, ...], ...]]] = {
         "checkpointing": (
@@ -273,6 +281,10 @@ class ModelOptions:
             raise ValueError(f"the learning rate (--lr) must be a positive number, got {self.learning_rate}")
         if not (math.isfinite(self.min_snr_gamma) and self.min_snr_gamma > 0):
             raise ValueError(f"--min-snr-gamma must be a positive number, got {self.min_snr_gamma}")
+        if not (math.isfinite(self.reward_weight) and self.reward_weight >= 0):
+            raise ValueError(f"--reward-weight must be a number >= 0 (0: off), got {self.reward_weight}")
+        if self.reward_max_t < 0:
+            raise ValueError(f"--reward-max-t must be >= 0, got {self.reward_max_t}")
         if self.frozen_dtype != "float32" and settings.precision == "32":
             raise ValueError(
                 "--frozen-dtype below float32 needs mixed precision: add --precision bf16-mixed (or 16-mixed)"

@@ -87,8 +87,9 @@ class AutoencoderKL(nn.Module):
         moments = self.quant_conv(self.encoder(x))  # B×2·embed_dim×H/f×W/f
         return DiagonalGaussianDistribution(moments)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z))  # B×3×H×W
+    def decode(self, z: torch.Tensor, *, checkpointed: bool = False) -> torch.Tensor:
+        """Latents → image B×3×H×W in about [−1, 1]; `checkpointed` recomputes each level's activations in backward."""
+        return self.decoder(self.post_quant_conv(z), checkpointed=checkpointed)  # B×3×H×W
 
     def forward(
         self, x: torch.Tensor, *, sample_posterior: bool = True, generator: torch.Generator | None = None

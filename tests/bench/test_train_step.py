@@ -52,9 +52,19 @@ def test_every_saver_at_once_builds_and_steps_the_model_as_training_does(repo_ro
     out = capsys.readouterr().out
     stages = re.search(
         r"step [\d.]+ s \(median of 1: forward ([\d.]+) \[VAE encode ([\d.]+), text encode ([\d.]+), "
-        r"ControlNet ([\d.]+), UNet ([\d.]+)\], backward [\d.]+, optimizer [\d.]+\)",
+        r"ControlNet ([\d.]+), UNet ([\d.]+), VAE decode ([\d.]+)\], backward [\d.]+, optimizer [\d.]+\)",
         out,
     )
     assert stages, out
-    forward, *parts = map(float, stages.groups())
+    forward, *parts, decode = map(float, stages.groups())
     assert all(t > 0 for t in parts) and sum(parts) <= forward + 0.005  # the parts lie inside the forward
+    assert decode == 0.0  # no reward: the decoder never runs in the step
+
+
+def test_the_reward_step_decodes_in_its_forward(repo_root, capsys):
+    config = ["--config", str(repo_root / "models/cldm_tiny.yaml"), "--resolution", "64", "--steps", "1"]
+    run_benchmark(parse_args([*config, "--device", "cpu", "--reward-weight", "1", "--reward-max-t", "999"]))
+    out = capsys.readouterr().out
+    assert "reward_weight=1.0" in out, out
+    decode = re.search(r"VAE decode ([\d.]+)\]", out)
+    assert decode and float(decode.group(1)) > 0, out

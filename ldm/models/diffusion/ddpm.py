@@ -170,14 +170,26 @@ class LatentDiffusion(nn.Module):
         context = torch.cat(list(cond["c_crossattn"]), dim=1)  # B×L×D
         return self.model.diffusion_model(x_noisy, t, context)  # B×C×H×W
 
+    def predict_start(self, x_noisy: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The x_0 that x_t and ε imply, in one step: (x_t − √(1−ᾱ_t) ε) / √ᾱ_t."""
+        return (
+            extract(self.sqrt_recip_alphas_cumprod, t, x_noisy.ndim) * x_noisy
+            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_noisy.ndim) * eps
+        )  # B×C×H×W
+
     def p_losses(
         self, x_start: torch.Tensor, cond: Cond, t: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """ε-prediction MSE weighted by the objective's w_t (1 for `eps`), then by exp(−logvar_t) + logvar_t as the
-        reference (logvar is 0 for SD). `loss_simple` is the unweighted ε-MSE, comparable across objectives."""
+        """The loss of predicting the noise of x_0 diffused to t (`eps_loss`)."""
         noise = torch.randn_like(x_start) if noise is None else noise
         x_noisy = self.q_sample(x_start, t, noise)  # B×C×H×W
-        eps = self.apply_model(x_noisy, t, cond)  # B×C×H×W
+        return self.eps_loss(self.apply_model(x_noisy, t, cond), noise, t)
+
+    def eps_loss(
+        self, eps: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """ε-prediction MSE weighted by the objective's w_t (1 for `eps`), then by exp(−logvar_t) + logvar_t as the
+        reference (logvar is 0 for SD). `loss_simple` is the unweighted ε-MSE, comparable across objectives."""
         loss_simple = F.mse_loss(eps.float(), noise.float(), reduction="none").mean(dim=[1, 2, 3])  # B
         weighted = loss_simple
         if self.objective.loss_weighting != "eps":

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 
 
@@ -93,6 +94,11 @@ class _Level(nn.Module):
             if self.attn:
                 h = self.attn[i](h)
         return h
+
+    def forward_up(self, h: torch.Tensor) -> torch.Tensor:
+        """A decoder level: its blocks, then its upsampling where it has one."""
+        h = self.run(h)
+        return self.upsample(h) if hasattr(self, "upsample") else h
 
 
 class _Mid(nn.Module):
@@ -196,10 +202,17 @@ class Decoder(nn.Module):
         self.norm_out = Normalize(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, padding=1)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))  # B×C×h×w
+    def forward(self, z: torch.Tensor, *, checkpointed: bool = False) -> torch.Tensor:
+        """`checkpointed`: keep only each level's input for backward and recompute its activations there, so that a
+        loss on the decoded image (the reward stage) holds one level's activations at a time, not the whole
+        decoder's."""
+        h = self._run(self.mid, self.conv_in(z), checkpointed)  # B×C×h×w
         for stage in reversed(self.up):
-            h = stage.run(h)
-            if hasattr(stage, "upsample"):
-                h = stage.upsample(h)
+            h = self._run(stage.forward_up, h, checkpointed)  # B×C'×2h×2w (the last level keeps its size)
         return self.conv_out(swish(self.norm_out(h)))  # B×3×fh×fw
+
+    @staticmethod
+    def _run(part: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+        if checkpointed and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(part, h, use_reentrant=False)
+        return part(h)
