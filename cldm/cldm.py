@@ -225,13 +225,14 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """ControlNet++'s reward on the samples noised to t <= reward_max_t (the others add nothing): their x_0 in one
         step from the controlled ε, decoded by the frozen VAE with the gradient through it (each decoder level
-        recomputed in backward), scored against the training image (its latent `z` decoded: the latent cache holds
+        recomputed in backward when the networks checkpoint theirs), scored against the training image (its latent `z` decoded: the latent cache holds
         no pixels) by `edge_reward_loss`, averaged over them."""
         rewarded = t <= self.reward_max_t  # B
         if not bool(rewarded.any()):
             return eps.new_zeros(()), {}
         x0 = self.predict_start(x_noisy[rewarded], t[rewarded], eps[rewarded])  # B'×C×H×W
-        image = self._to_unit_image(self.first_stage_model.decode(self._unscaled(x0), checkpointed=True))
+        checkpointed = self.model.diffusion_model.spec.use_checkpoint  # as the networks are (--checkpointing)
+        image = self._to_unit_image(self.first_stage_model.decode(self._unscaled(x0), checkpointed=checkpointed))
         with torch.no_grad():
             reference = self._to_unit_image(self.first_stage_model.decode(self._unscaled(z[rewarded])))
         reward = edge_reward_loss(image, reference, self.reward_thresholds).mean()
