@@ -85,3 +85,18 @@ def test_bad_ddconfig_raises(bad, match):
 def test_vae_training_loss_config_is_refused():
     with pytest.raises(ValueError, match="does not train the autoencoder"):
         AutoencoderKL(ddconfig=TINY_DD, embed_dim=4, lossconfig={"target": "ldm.modules.losses.LPIPSWithDiscriminator"})
+
+
+def test_a_checkpointed_decode_gives_the_same_image_and_gradient():
+    torch.manual_seed(0)
+    vae = AutoencoderKL(ddconfig=TINY_DD, embed_dim=4).requires_grad_(False)
+    results = []
+    for checkpointed in (False, True):
+        z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        image = vae.decode(z, checkpointed=checkpointed)  # B×3×16×16
+        (image**2).sum().backward()
+        results.append((image.detach(), z.grad))
+    (plain, plain_grad), (again, again_grad) = results
+    assert plain.shape == (2, 3, 16, 16) and plain_grad.abs().sum() > 0
+    torch.testing.assert_close(again, plain, rtol=0, atol=0)
+    torch.testing.assert_close(again_grad, plain_grad, rtol=1e-6, atol=1e-7)
