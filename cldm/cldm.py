@@ -208,7 +208,7 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         eps = self.apply_model(x_noisy, t, cond)  # B×C×H×W
         loss, loss_dict = self.eps_loss(eps, noise, t)
         if self.reward_weight > 0:
-            reward, reward_dict = self.edge_reward(z, x_noisy, t, eps, cond["c_concat"][0])
+            reward, reward_dict = self.edge_reward(z, x_noisy, t, eps)
             loss_dict = {**loss_dict, "train/loss_diffusion": loss.detach(), **reward_dict}
             loss = loss + self.reward_weight * reward
             loss_dict["train/loss"] = loss.detach()
@@ -221,14 +221,14 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
         return loss, loss_dict
 
     def edge_reward(
-        self, z: torch.Tensor, x_noisy: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, hint: torch.Tensor
+        self, z: torch.Tensor, x_noisy: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """ControlNet++'s reward on the samples noised to t <= reward_max_t (the others add nothing): their x_0 in one
         step from the controlled ε, decoded by the frozen VAE with the gradient through it (each decoder level
-        recomputed in backward when the networks checkpoint theirs), scored against the training image (its latent `z` decoded: the latent cache holds
-        no pixels) by `edge_reward_loss`, averaged over them."""
+        recomputed in backward when the networks checkpoint theirs), scored by `edge_reward_loss` against the
+        training image (its latent `z` decoded: the latent cache holds no pixels), averaged over them."""
         rewarded = t <= self.reward_max_t  # B
-        if not bool(rewarded.any()):
+        if not bool(rewarded.any()):  # one sync a step, instead of decoding the whole batch as ControlNet++ does
             return eps.new_zeros(()), {}
         x0 = self.predict_start(x_noisy[rewarded], t[rewarded], eps[rewarded])  # B'×C×H×W
         checkpointed = self.model.diffusion_model.spec.use_checkpoint  # as the networks are (--checkpointing)

@@ -79,7 +79,7 @@ def test_the_reward_adds_its_weighted_loss_and_changes_the_controlnet_gradient(b
 def test_samples_noised_past_reward_max_t_are_not_rewarded(build_tiny):
     model = build_tiny(reward_weight=1.0, reward_max_t=0)
     x = torch.randn(2, 4, 8, 8)
-    reward, logged = model.edge_reward(x, x, torch.tensor([5, 900]), torch.randn_like(x), torch.rand(2, 3, 64, 64))
+    reward, logged = model.edge_reward(x, x, torch.tensor([5, 900]), torch.randn_like(x))
     assert reward.item() == 0.0 and logged == {}
 
 
