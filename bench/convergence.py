@@ -65,9 +65,16 @@ def maucc(steps: list[int], f1: list[float], baseline: float) -> float:
 
 
 def run_one(arm: str, seed: int, out: Path, flags: list[str], init: Path | None) -> None:
-    """Train (or go on with) one run; its wall time and the steps it trained are added to its timing file."""
+    """Train (or go on with) one run of an arm."""
     weighting, sampling = split_arm(arm)
     folder = out / arm / f"seed{seed}"
+    objective = ["--loss-weighting", weighting, "--timestep-sampling", sampling]
+    run_logged([*flags, "--init", str(init or out / f"init-seed{seed}.safetensors"), *objective], seed, folder)
+
+
+def run_logged(flags: list[str], seed: int, folder: Path) -> None:
+    """tutorial_train.py with `flags` for the run in `folder` (resumed where it stopped), its output appended to
+    folder/bench.log, and the wall time, eval time and steps of this segment to its timing file."""
     folder.mkdir(parents=True, exist_ok=True)
     before = max((r["step"] for r in read_curve(folder)), default=0)
     command = [
@@ -76,12 +83,6 @@ def run_one(arm: str, seed: int, out: Path, flags: list[str], init: Path | None)
         *flags,
         "--seed",
         str(seed),
-        "--init",
-        str(init or out / f"init-seed{seed}.safetensors"),
-        "--loss-weighting",
-        weighting,
-        "--timestep-sampling",
-        sampling,
         "--output",
         str(folder),
         "--logger",
@@ -94,13 +95,24 @@ def run_one(arm: str, seed: int, out: Path, flags: list[str], init: Path | None)
         code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
     wall = time.perf_counter() - start
     if code != 0:
-        raise SystemExit(f"{arm} seed {seed}: tutorial_train.py exited with {code}; see {folder / 'bench.log'}")
+        raise SystemExit(f"{folder}: tutorial_train.py exited with {code}; see {folder / 'bench.log'}")
     rows = read_curve(folder)
     timing_path = folder / TIMING_FILE
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {"segments": []}
     evals = sum(r["seconds"] for r in rows if r["step"] > before)
     timing["segments"].append({"wall_s": wall, "eval_s": evals, "steps": rows[-1]["step"] - before if rows else 0})
     write_text_atomically(timing_path, json.dumps(timing, indent=1))
+
+
+def seconds_per_step(folder: Path) -> float | None:
+    """Training seconds a step over the benchmark's segments of a run (eval time left out); the wall time includes
+    each segment's start-up (model build, data check), so a short run overstates it."""
+    timing_path = folder / TIMING_FILE
+    if not timing_path.is_file():
+        return None
+    segments = json.loads(timing_path.read_text())["segments"]
+    trained = sum(s["steps"] for s in segments)
+    return sum(s["wall_s"] - s["eval_s"] for s in segments) / trained if trained else None
 
 
 def finished(folder: Path, steps: int | None) -> bool:
@@ -112,13 +124,6 @@ def result_of(arm: str, seed: int, folder: Path) -> RunResult:
     rows = read_curve(folder)
     baseline = json.loads((folder / BASELINE_FILE).read_text())["scores"]["edge_f1"]
     steps, f1 = [r["step"] for r in rows], [r["edge_f1"] for r in rows]
-    timing_path = folder / TIMING_FILE
-    per_step = None
-    if timing_path.is_file():
-        segments = json.loads(timing_path.read_text())["segments"]
-        trained = sum(s["steps"] for s in segments)
-        # the wall time includes each segment's start-up (model build, data check): a short run overstates it
-        per_step = sum(s["wall_s"] - s["eval_s"] for s in segments) / trained if trained else None
     return RunResult(
         arm,
         seed,
@@ -127,7 +132,7 @@ def result_of(arm: str, seed: int, folder: Path) -> RunResult:
         maucc(steps, f1, baseline),
         f1[-1],
         max(f1),
-        per_step,
+        seconds_per_step(folder),
     )
 
 
