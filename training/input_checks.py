@@ -12,7 +12,7 @@ from typing import Any
 from annotator.canny import CannyThresholds
 from cldm.edge_record import recorded_thresholds
 from cldm.edge_reward import REWARD_MAX_T
-from evaluation.evaluate_control import held_out_rows
+from evaluation.evaluate_control import EvalSettings, held_out_rows
 from ldm.models.diffusion.objectives import Objective
 from pairs.manifest import edge_thresholds
 from pairs.prompt_file import PROMPT_FILE, VAL_PROMPT_FILE
@@ -97,8 +97,12 @@ def check_same_eval(config: dict[str, Any], settings: TrainSettings, thresholds:
     """A resume scores its control curve as the run did before: the curve and best/ compare F1 across evals, which
     other held-out pairs or thresholds would make meaningless. A change is refused with what to do."""
     before = config.get("training", {})
-    now = {"eval_n": settings.eval_n, "canny_thresholds": asdict(thresholds)}
-    was = {"eval_n": before.get("eval_n", settings.eval_n), "canny_thresholds": config.get("canny_thresholds")}
+    now = {"eval_n": settings.eval_n, "eval_steps": settings.eval_steps, "canny_thresholds": asdict(thresholds)}
+    was = {
+        "eval_n": before.get("eval_n", settings.eval_n),
+        "eval_steps": before.get("eval_steps", EvalSettings.steps),  # before it was a setting: the tool's default
+        "canny_thresholds": config.get("canny_thresholds"),
+    }
     changed = [k for k in now if was[k] is not None and was[k] != now[k] and settings.eval_every]
     if changed:
         raise RunInputError(

@@ -135,7 +135,7 @@ def make_trainer(plan: RunPlan, *, record: RunRecord | None, log_samples: bool =
             plan.output,
             plan.dataset.root,
             every=s.eval_every,
-            settings=EvalSettings(n=s.eval_n, thresholds=plan.thresholds),
+            settings=EvalSettings(n=s.eval_n, steps=s.eval_steps, thresholds=plan.thresholds),
             patience=s.early_stop_patience,
             init_digest=record.init.sha256 if record is not None and record.init is not None else None,
         )

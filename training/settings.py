@@ -84,6 +84,7 @@ class TrainSettings:
     logger_freq: int = knob("steps between image grids")
     eval_every: int = knob("steps between controllability evals on prompt_val.json (0: no monitor)")
     eval_n: int = knob("held-out pairs each controllability eval scores")
+    eval_steps: int = knob("DDIM steps of each controllability eval's samples (tool_eval_control.py --steps)")
     early_stop_patience: int = knob("stop after this many evals without a gain in exact edge F1 (0: never)")
     ema_decay: float = knob(
         "EMA of the ControlNet's weights, updated every step (0: off; 0.999 is usual); the monitor, best/ and the "
@@ -134,10 +135,10 @@ class TrainSettings:
             raise ValueError("cache_latents needs hflip off: cached latents cannot follow random flips")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if self.eval_every < 0 or self.eval_n < 1 or self.early_stop_patience < 0:
+        if self.eval_every < 0 or self.eval_n < 1 or self.eval_steps < 1 or self.early_stop_patience < 0:
             raise ValueError(
-                f"need eval_every >= 0, eval_n >= 1 and early_stop_patience >= 0; got {self.eval_every}, "
-                f"{self.eval_n} and {self.early_stop_patience}"
+                f"need eval_every >= 0, eval_n >= 1, eval_steps >= 1 and early_stop_patience >= 0; got "
+                f"{self.eval_every}, {self.eval_n}, {self.eval_steps} and {self.early_stop_patience}"
             )
         if not (self.ema_decay == 0.0 or 0.0 < self.ema_decay < 1.0):
             raise ValueError(f"--ema-decay must be 0 (off) or lie in (0, 1), got {self.ema_decay}")

@@ -41,7 +41,8 @@ def test_scores_during_training_equal_the_offline_tools_on_the_same_weights(toy_
     assert [r["step"] for r in rows] == [0, 3, 6]
     out = tmp_path / "eval.json"
     offline = ["--config", str(TINY), "--base", str(base), "--control", str(run / "control.safetensors")]
-    assert eval_main([*offline, "--data", str(toy_data), "--n", "4", "--device", "cpu", "--out", str(out)]) == 0
+    tool = [*offline, "--data", str(toy_data), "--n", "4", "--steps", "4", "--device", "cpu", "--out", str(out)]
+    assert eval_main(tool) == 0  # the eval settings of cldm_tiny.yaml
     results = json.loads(out.read_text())["results"]
     assert {k: rows[-1][k] for k in SCORES} == {k: results["1"][k] for k in SCORES}
     # The baseline is the offline tool's strength 0, measured once, at the start.

@@ -51,16 +51,15 @@ def test_a_resume_with_another_lr_trains_at_it(toy_data, tmp_path, base):
     assert _ckpt(out, 3)["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(2e-3)
 
 
-def test_a_resume_scored_with_another_eval_n_is_refused(toy_data, tmp_path, base, capsys):
+@pytest.mark.parametrize(("flag", "before", "after"), [("--eval-n", "1", "2"), ("--eval-steps", "4", "3")])
+def test_a_resume_scored_otherwise_is_refused(toy_data, tmp_path, base, capsys, flag, before, after):
     out = tmp_path / "run"
-    scored = ["--eval-every", "2", "--ckpt-every", "2"]
-    assert main(_args(toy_data, out, "--max-steps", "2", *scored, "--eval-n", "1", init=base)) == 0
+    scored = ["--eval-every", "2", "--ckpt-every", "2", "--eval-n", "1"]
+    assert main(_args(toy_data, out, "--max-steps", "2", *scored, flag, before, init=base)) == 0
     capsys.readouterr()
-    assert (
-        main(_args(toy_data, out, "--max-steps", "3", *scored, "--eval-n", "2", "--resume-from", "last", init=base))
-        == 2
-    )
-    assert "eval_n 1" in capsys.readouterr().err
+    resumed = ["--max-steps", "3", *scored, flag, after, "--resume-from", "last"]
+    assert main(_args(toy_data, out, *resumed, init=base)) == 2
+    assert f"{flag[2:].replace('-', '_')} {before}" in capsys.readouterr().err
 
 
 def test_a_refused_run_and_a_refused_export_write_nothing(toy_data, tmp_path, base, capsys):
