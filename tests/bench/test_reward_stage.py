@@ -16,7 +16,7 @@ def test_both_arms_start_from_the_control_and_only_one_is_rewarded(toy_data, bas
     assert train_main(tiny_args(toy_data, tmp_path / "start", "--max-steps", "2", "--eval-every", "0", init=base)) == 0
     control = tmp_path / "start/control.safetensors"
     flags = ["--config", str(TINY_CONFIG), "--data", str(toy_data), "--init", str(base), "--batch-size", "2"]
-    flags += ["--eval-every", "1", "--eval-n", "1", "--workers", "0", "--ckpt-every", "2", "--reward-max-t", "999"]
+    flags += ["--eval-every", "2", "--eval-n", "1", "--workers", "0", "--ckpt-every", "2", "--reward-max-t", "999"]
     bench = ["--control", str(control), "--steps", "2", "--seeds", "0", "--out", str(tmp_path / "bench")]
     assert main([*bench, *flags]) == 0
     out = capsys.readouterr().out

@@ -10,17 +10,26 @@ from cldm import convert
 from ldm.util import instantiate_from_config
 
 
-def _randomised(model, seed=0):
-    """Random weights everywhere (no zero convolutions left), so every tensor's mapping matters."""
+def _randomised(model, seed=0, *, parts=None):
+    """Random weights everywhere in `parts` (default: the whole model; no zero convolutions left), so every
+    tensor's mapping matters."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        for part in parts or [model]:
+            for p in part.parameters():
+                p.normal_(std=0.05, generator=g)
     return model.eval()
 
 
-def _diffusers(cls, config):
-    return cls(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
+def _diffusers(cls, config, state=None):
+    """A diffusers model of `config`; given `state`, built without initialising and then holding those tensors."""
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    if state is None:
+        return cls(**kwargs).eval()
+    with torch.device("meta"):
+        model = cls(**kwargs)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()
 
 
 def _close(ours, theirs, scale):
@@ -29,33 +38,33 @@ def _close(ours, theirs, scale):
 
 def _check_controlled_eps(model, steps=(3, 801)):
     state = model.state_dict()
-    controlnet = _diffusers(ControlNetModel, convert.diffusers_controlnet_config(model))
-    controlnet.load_state_dict(convert.controlnet_to_diffusers(state, model), strict=True)
-    unet = _diffusers(UNet2DConditionModel, convert.diffusers_unet_config(model))
-    unet.load_state_dict(convert.unet_to_diffusers(state, model), strict=True)
+    controlnet_state = convert.controlnet_to_diffusers(state, model)
+    controlnet = _diffusers(ControlNetModel, convert.diffusers_controlnet_config(model), controlnet_state)
+    unet = _diffusers(
+        UNet2DConditionModel, convert.diffusers_unet_config(model), convert.unet_to_diffusers(state, model)
+    )
     g = torch.Generator().manual_seed(1)
-    h = 8
-    x = torch.randn(2, 4, h, h, generator=g)  # B×C×H×W
-    hint = torch.rand(2, 3, 8 * h, 8 * h, generator=g)  # B×3×8H×8W
-    context = torch.randn(2, 77, model.control_model.spec.context_dim, generator=g)  # B×L×D
-    for step in steps:
-        t = torch.full((2,), step)
-        with torch.no_grad():
-            ours = model.control_model(x, hint, t, context)
-            down, mid = controlnet(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
-            assert len(ours) == len(down) + 1
-            scale = max(float(r.abs().max()) for r in ours)
-            for a, b in zip(ours, [*down, mid]):
-                _close(a, b, scale)
-            eps = model.apply_model(x, t, {"c_concat": [hint], "c_crossattn": [context]})
-            theirs = unet(
-                x,
-                t,
-                encoder_hidden_states=context,
-                down_block_additional_residuals=down,
-                mid_block_additional_residual=mid,
-            ).sample
-            _close(eps, theirs, float(eps.abs().max()))
+    h, b = 8, len(steps)  # one sample per timestep, so that one pass checks them all
+    x = torch.randn(b, 4, h, h, generator=g)  # B×C×H×W
+    hint = torch.rand(b, 3, 8 * h, 8 * h, generator=g)  # B×3×8H×8W
+    context = torch.randn(b, 77, model.control_model.spec.context_dim, generator=g)  # B×L×D
+    t = torch.tensor(steps)  # B
+    with torch.no_grad():
+        ours = model.control_model(x, hint, t, context)
+        down, mid = controlnet(x, t, encoder_hidden_states=context, controlnet_cond=hint, return_dict=False)
+        assert len(ours) == len(down) + 1
+        scale = max(float(r.abs().max()) for r in ours)
+        for a, b_ in zip(ours, [*down, mid]):
+            _close(a, b_, scale)
+        eps = model.apply_model(x, t, {"c_concat": [hint], "c_crossattn": [context]})  # the whole controlled ε
+        theirs = unet(
+            x,
+            t,
+            encoder_hidden_states=context,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample
+        _close(eps, theirs, float(eps.abs().max()))
 
 
 def test_controlnet_and_unet_exports_match_diffusers(tiny_model):
@@ -140,6 +149,7 @@ def test_the_sd21_text_encoder_is_refused_with_a_reason(repo_root):
 def test_the_sd15_architecture_matches_diffusers(repo_root):
     from cldm.loading import create_model
 
-    torch.manual_seed(0)
-    model = _randomised(create_model(repo_root / "models/cldm_v15.yaml"))
-    _check_controlled_eps(model, steps=(3, 801))
+    with torch.device("meta"):  # no initialisation: the ControlNet and UNet are filled below, the rest is not used
+        model = create_model(repo_root / "models/cldm_v15.yaml")
+    model = model.to_empty(device="cpu")
+    _check_controlled_eps(_randomised(model, parts=[model.control_model, model.model.diffusion_model]), steps=(3, 801))
