@@ -18,7 +18,7 @@ import torch
 from annotator.canny import DEFAULT_THRESHOLDS, CannyThresholds
 from cldm.control_net import ControlNet
 from cldm.controlled_unet import ControlledUnetModel
-from cldm.edge_reward import REWARD_MAX_T, edge_f1, edge_reward_loss
+from cldm.edge_reward import REWARD_MAX_T, edge_reward, to_unit_range
 from cldm.optimizer import LR_SCHEDULES, OPTIMIZERS, STATE_DTYPES, AdamW, GradientRelease, adamw_8bit
 from cldm.text_image import text_as_images
 from cldm.weights import CheckpointMismatchError, check_state_dict
@@ -225,26 +225,18 @@ class ControlLDM(LatentDiffusion, pl.LightningModule):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """ControlNet++'s reward on the samples noised to t <= reward_max_t (the others add nothing): their x_0 in one
         step from the controlled ε, decoded by the frozen VAE with the gradient through it (each decoder level
-        recomputed in backward when the networks checkpoint theirs), scored by `edge_reward_loss` against the
+        recomputed in backward when the networks checkpoint theirs), scored by `edge_reward` against the
         training image (its latent `z` decoded: the latent cache holds no pixels), averaged over them."""
         rewarded = t <= self.reward_max_t  # B
         if not bool(rewarded.any()):  # one sync a step, instead of decoding the whole batch as ControlNet++ does
             return eps.new_zeros(()), {}
         x0 = self.predict_start(x_noisy[rewarded], t[rewarded], eps[rewarded])  # B'×C×H×W
         checkpointed = self.model.diffusion_model.spec.use_checkpoint  # as the networks are (--checkpointing)
-        image = self._to_unit_image(self.first_stage_model.decode(self._unscaled(x0), checkpointed=checkpointed))
-        with torch.no_grad():
-            reference = self._to_unit_image(self.first_stage_model.decode(self._unscaled(z[rewarded])))
-        reward = edge_reward_loss(image, reference, self.reward_thresholds).mean()
-        f1 = edge_f1(image.detach(), reference, self.reward_thresholds)
+        image = self.first_stage_model.decode(x0 / self.scale_factor, checkpointed=checkpointed)  # B'×3×8H×8W
+        reference = self.decode_first_stage(z[rewarded])  # B'×3×8H×8W, without a gradient
+        losses, f1 = edge_reward(to_unit_range(image), to_unit_range(reference), self.reward_thresholds)
+        reward = losses.mean()
         return reward, {"train/loss_reward": reward.detach(), "train/reward_edge_f1": f1}
-
-    def _unscaled(self, z: torch.Tensor) -> torch.Tensor:
-        return (z / self.scale_factor).to(self.frozen_dtype)  # B×C×H×W, as the VAE stores its weights
-
-    @staticmethod
-    def _to_unit_image(image: torch.Tensor) -> torch.Tensor:
-        return (image.float() / 2 + 0.5).clamp(0, 1)  # B×3×8H×8W in [0, 1]
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss, loss_dict = self.training_loss(batch, batch_idx)

@@ -20,33 +20,29 @@ REWARD_MAX_T = 200  # ControlNet++ rewards the samples noised to t <= 200 of SD'
 OPENCV_PER_KORNIA = 255.0 * 8.0
 
 
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Decoded images (about [−1, 1]) → [0, 1] in float32, what the canny takes."""
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
 def kornia_thresholds(thresholds: CannyThresholds) -> tuple[float, float]:
     return thresholds.low / OPENCV_PER_KORNIA, thresholds.high / OPENCV_PER_KORNIA
 
 
-def edge_magnitude(images: torch.Tensor, thresholds: CannyThresholds) -> torch.Tensor:
-    """B×3×H×W in [0, 1] → B×1×H×W: canny's gradient magnitude after non-maximum suppression (differentiable)."""
-    low, high = kornia_thresholds(thresholds)
-    magnitude, _ = kornia.filters.canny(images, low, high, hysteresis=False)  # B×1×H×W
-    return magnitude
-
-
-def edge_reward_loss(images: torch.Tensor, references: torch.Tensor, thresholds: CannyThresholds) -> torch.Tensor:
+def edge_reward(
+    images: torch.Tensor, references: torch.Tensor, thresholds: CannyThresholds
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample (B), the MSE between the edge magnitudes of `images` and of the `references` the edge maps were made
-    from, both B×3×H×W in [0, 1]. Zero, with a zero gradient, where the images are the references."""
-    with torch.no_grad():
-        target = edge_magnitude(references.float(), thresholds)  # B×1×H×W
-    return F.mse_loss(edge_magnitude(images.float(), thresholds), target, reduction="none").mean(dim=(1, 2, 3))
-
-
-@torch.no_grad()
-def edge_f1(images: torch.Tensor, references: torch.Tensor, thresholds: CannyThresholds) -> torch.Tensor:
-    """The exact (pixel-for-pixel) F1 over the batch of the images' canny edges against the references', both by
-    Kornia's canny at the data's thresholds (Kornia's blur places edges a pixel from OpenCV's, so the data's own
-    OpenCV edge maps would score a perfect image at about 0.5)."""
+    from, both B×3×H×W in [0, 1]: zero, with a zero gradient, where the images are the references. And, without a
+    gradient, the exact (pixel-for-pixel) F1 over the batch of the images' canny edges against the references', both
+    by Kornia at the data's thresholds (Kornia's blur places edges a pixel from OpenCV's, so the data's own OpenCV
+    edge maps would score a perfect image at about 0.5). One canny per image gives both: the magnitude (after
+    non-maximum suppression) does not depend on the thresholds, the edges do."""
     low, high = kornia_thresholds(thresholds)
-    _, found = kornia.filters.canny(images.float(), low, high)  # B×1×H×W in {0, 1}
-    _, wanted = kornia.filters.canny(references.float(), low, high)  # B×1×H×W in {0, 1}
-    found, wanted = found > 0.5, wanted > 0.5
-    hit = (found & wanted).sum()
-    return 2.0 * hit / (found.sum() + wanted.sum()).clamp(min=1)
+    magnitude, found = kornia.filters.canny(images.float(), low, high)  # B×1×H×W each; edges in {0, 1}
+    with torch.no_grad():
+        target, wanted = kornia.filters.canny(references.float(), low, high)  # B×1×H×W each
+    loss = F.mse_loss(magnitude, target, reduction="none").mean(dim=(1, 2, 3))  # B
+    found, wanted = found.detach() > 0.5, wanted > 0.5
+    f1 = 2.0 * (found & wanted).sum() / (found.sum() + wanted.sum()).clamp(min=1)
+    return loss, f1

@@ -5,7 +5,7 @@ import torch
 from batches import make_batch
 
 from annotator.canny import DEFAULT_THRESHOLDS
-from cldm.edge_reward import edge_f1, edge_reward_loss
+from cldm.edge_reward import edge_reward
 
 
 def _squares(n: int = 2, size: int = 32) -> torch.Tensor:
@@ -19,21 +19,21 @@ def _squares(n: int = 2, size: int = 32) -> torch.Tensor:
 def test_the_reward_is_zero_with_a_zero_gradient_where_the_edges_match():
     references = _squares()
     images = references.clone().requires_grad_(True)
-    loss = edge_reward_loss(images, references, DEFAULT_THRESHOLDS)
+    loss, _ = edge_reward(images, references, DEFAULT_THRESHOLDS)
     loss.sum().backward()
     assert loss.shape == (2,) and torch.equal(loss, torch.zeros(2))
     assert torch.equal(images.grad, torch.zeros_like(images))
     # the square two pixels off: a loss, and a gradient that moves it
     moved = torch.roll(references, shifts=2, dims=3).requires_grad_(True)
-    loss = edge_reward_loss(moved, references, DEFAULT_THRESHOLDS)
+    loss, _ = edge_reward(moved, references, DEFAULT_THRESHOLDS)
     loss.sum().backward()
     assert (loss > 0).all() and moved.grad.abs().sum() > 0
 
 
 def test_the_logged_f1_is_one_where_the_edges_match_and_low_where_they_moved():
     references = _squares()
-    assert edge_f1(references, references, DEFAULT_THRESHOLDS) == 1.0
-    assert edge_f1(torch.roll(references, shifts=(3, 3), dims=(2, 3)), references, DEFAULT_THRESHOLDS) < 0.2
+    assert edge_reward(references, references, DEFAULT_THRESHOLDS)[1] == 1.0
+    assert edge_reward(torch.roll(references, shifts=(3, 3), dims=(2, 3)), references, DEFAULT_THRESHOLDS)[1] < 0.2
 
 
 def _trained(model):
