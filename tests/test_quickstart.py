@@ -24,10 +24,9 @@ def test_controlnet_learns_to_follow_the_edges(tmp_path):
     assert add_control_main([str(BASE), str(init), "--config", str(TOY)]) == 0
     run = tmp_path / "run"
     args = ["--config", str(TOY), "--data", str(data), "--init", str(init), "--output", str(run)]
-    # The demo's learning rate held constant, and empty prompts only: the edge map is then the only cue. Min-SNR
-    # weighting takes control within a few hundred steps (docs/training.md, 'The training objective').
+    # The demo's learning rate held constant, and empty prompts only: the edge map is then the only cue. The
+    # config's Min-SNR weighting takes control within a few hundred steps (docs/training.md, 'The training objective').
     quick = ["--max-steps", "450", "--lr", "2e-3", "--lr-schedule", "constant", "--empty-prompt-p", "1.0"]
-    quick += ["--loss-weighting", "min-snr", "--timestep-sampling", "uniform"]
     assert train_main([*args, *quick, "--logger-freq", "10000", "--ckpt-every", "10000", "--eval-every", "150"]) == 0
     # The monitor saw the control take hold during training: the curve rises above its strength-0 baseline, and
     # the onset is found (and lies on the curve, before its end).
