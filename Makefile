@@ -43,11 +43,15 @@ format: setup-dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# One pytest worker per core, each (and every process a test starts) on one compute thread; worksteal keeps every
+# worker busy to the end of the run.
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -n auto --dist worksteal
+
 test: setup-dev browser lint
-	$(PY) -m pytest --durations=30
+	$(PYTEST) --durations=30
 
 test-fast: setup-dev
-	$(PY) -m pytest -m "not slow and not browser and not distributed" --durations=15
+	$(PYTEST) -m "not slow and not browser and not distributed" --durations=15
 
 # The CPU quickstart (about 9 minutes on 2 CPU cores): ControlNet on the committed toy base, trained on generated
 # circles, then scored with control against the same model at control strength 0. Run again, it goes on with the
