@@ -43,9 +43,9 @@ format: setup-dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# One pytest worker per core, each (and every process a test starts) on one compute thread; worksteal keeps every
-# worker busy to the end of the run.
-PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -n auto --dist worksteal
+# One pytest worker per core, each (and every process a test starts) on one compute thread; loadgroup keeps the
+# tests of one xdist_group on one worker (the torch.compile tests that share inductor's cached graphs).
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -n auto --dist loadgroup
 
 test: setup-dev browser lint
 	$(PYTEST) --durations=30

@@ -9,6 +9,7 @@ from bench.gpu_check.common import wake_zero_inits
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("inductor_tiny_training")  # one worker, so the second test reads the graphs it compiled
 def test_compiled_networks_match_eager_in_forward_and_backward(tiny_model):
     wake_zero_inits(tiny_model)  # non-zero outputs and gradients to compare
     eager = tiny_model.train()
