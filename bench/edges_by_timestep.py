@@ -33,8 +33,8 @@ from evaluation.controllability import EdgeCounts, edge_counts, edge_f1
 from evaluation.evaluate_control import EvalSettings, HeldOutPair, batches_of, fixed_noise, held_out_rows, read_pairs
 from ldm.flags import HelpFormatter
 from ldm.util import check_writable, write_text_atomically
-from pairs.manifest import edge_thresholds
 from pairs.prompt_file import VAL_PROMPT_FILE
+from tool_eval_control import data_thresholds
 
 ROUND_TRIP = "round trip"  # the row of the autoencoder alone
 TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out is not None:
             check_writable(args.out)
-        thresholds = edge_thresholds(args.data)
+        thresholds = data_thresholds(args.data, args.control)  # warns where the ControlNet learned others
         model, description = load_model(args.config, base=args.base, control=args.control)
         model = model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
         bad = [t for t in args.timesteps if not 0 <= t < model.num_timesteps]
