@@ -1,6 +1,7 @@
 """bench/edges_by_timestep.py: the round trip bounds what an estimate scores, the estimate loses the edges as the noise
 grows, zero convolutions make the control's strength irrelevant, and the command line names what it refuses."""
 
+import copy
 import json
 
 import pytest
@@ -36,10 +37,11 @@ def test_estimates_lose_the_edges_as_noise_grows_and_zero_convs_ignore_the_stren
         assert scored[f"t={t} s=1"] == scored[f"t={t} s=0"]
     assert edges_by_timestep(toy_model, pairs, (999,), (1.0,), DEFAULT_THRESHOLDS)["t=999 s=1"] == scored["t=999 s=1"]
 
+    trained = copy.deepcopy(toy_model)
     with torch.no_grad():  # a control that adds something: strength now matters
-        for p in toy_model.control_model.parameters():
+        for p in trained.control_model.parameters():
             p.add_(torch.randn_like(p) * 0.5)
-    changed = edges_by_timestep(toy_model, pairs, (999,), (1.0, 0.0), DEFAULT_THRESHOLDS)
+    changed = edges_by_timestep(trained, pairs, (999,), (1.0, 0.0), DEFAULT_THRESHOLDS)
     assert changed["t=999 s=1"] != changed["t=999 s=0"]
     assert changed["t=999 s=0"] == scored["t=999 s=0"]  # the control off is the base model, whatever the ControlNet
 
